@@ -1,0 +1,1 @@
+"""The ASGI adapter: REST, Server-Sent Events, WebSocket and the dashboard."""

@@ -1,0 +1,195 @@
+"""The job record, its lifecycle, and the events that describe its changes.
+
+Every state change of every job goes through :func:`advance`, which checks the one
+transition table below and bumps ``version``; stores never compare status strings.
+
+::
+
+    scheduled ──promote──▶ queued ──claim──▶ running ──▶ completed
+        │  ▲                 │  ▲               │ │ │──▶ failed
+        │  └────retry────────┼──┼───────────────┘ │ └──▶ cancelled
+        │                    │  └──requeue────────┘  (lease expired / shutdown)
+        └──────cancel────────┴──cancel──▶ cancelled
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import attrs
+
+from .errors import IllegalTransition
+
+__all__ = [
+    "TERMINAL",
+    "EventType",
+    "Job",
+    "JobError",
+    "JobEvent",
+    "JobStatus",
+    "Lease",
+    "advance",
+    "can_transition",
+]
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its lifecycle."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+S = JobStatus
+#: The one transition table. A status maps to the statuses it may move to.
+_TRANSITIONS: Final[Mapping[JobStatus, frozenset[JobStatus]]] = {
+    S.SCHEDULED: frozenset({S.QUEUED, S.CANCELLED}),
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED}),
+    # running -> scheduled is a retry with backoff; running -> queued is a requeue after
+    # a lost lease or a graceful shutdown.
+    S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.SCHEDULED, S.QUEUED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+del S
+
+
+def can_transition(from_status: JobStatus, to_status: JobStatus) -> bool:
+    """Return whether the lifecycle allows ``from_status -> to_status``."""
+    return to_status in _TRANSITIONS[from_status]
+
+
+class EventType(str, enum.Enum):
+    """What happened to a job. Every event carries the job's full snapshot after it."""
+
+    SNAPSHOT = "job_snapshot"  # a subscriber's initial view, not a change
+    CREATED = "job_created"
+    QUEUED = "job_queued"  # a scheduled job became due, or a lost lease was requeued
+    STARTED = "job_started"
+    PROGRESS = "job_progress"
+    CANCEL_REQUESTED = "job_cancel_requested"
+    RETRYING = "job_retrying"
+    COMPLETED = "job_completed"
+    FAILED = "job_failed"
+    CANCELLED = "job_cancelled"
+    DELETED = "job_deleted"
+
+    @property
+    def is_final(self) -> bool:
+        """True for events after which a job never changes again."""
+        return self in _FINAL_EVENTS
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL_EVENTS: Final = frozenset(
+    {EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED, EventType.DELETED}
+)
+
+
+@attrs.frozen
+class JobError:
+    """A structured failure: exception type, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+@attrs.frozen
+class Lease:
+    """Who holds a running job, until when, and the fencing token that proves it."""
+
+    worker_id: str
+    token: str
+    expires_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """An immutable snapshot of one job. A change makes a new snapshot, ``version + 1``.
+
+    Times are timezone-aware UTC datetimes. ``params`` and ``result`` are JSON values.
+    """
+
+    id: str
+    type: str
+    params: dict[str, Any]
+    status: JobStatus
+    created_at: datetime
+    run_at: datetime
+    priority: int = 0
+    progress: float = 0.0
+    message: str | None = None
+    result: Any = None
+    error: JobError | None = None
+    attempts: int = 0
+    max_attempts: int = 1
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timeout: float | None = None
+    retention: float | None = None
+    idempotency_key: str | None = None
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+    cancel_requested: bool = False
+    version: int = 1
+    lease: Lease | None = attrs.field(default=None, repr=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def advance(job: Job, status: JobStatus | None = None, **changes: Any) -> Job:
+    """Return the next version of ``job`` with ``changes`` applied.
+
+    Args:
+        job: The current snapshot.
+        status: The new status, checked against the transition table; ``None`` keeps
+            the status (a progress update, a cancel request).
+        **changes: Other fields to change.
+
+    Raises:
+        IllegalTransition: the lifecycle does not allow this change, including any change
+            at all to a job in a terminal state.
+    """
+    if status is not None and status is not job.status:
+        if not can_transition(job.status, status):
+            raise IllegalTransition(job.id, job.status.value, status.value)
+        changes["status"] = status
+    elif job.status in TERMINAL:
+        raise IllegalTransition(job.id, job.status.value, job.status.value)
+    return attrs.evolve(job, version=job.version + 1, **changes)
+
+
+@attrs.frozen
+class JobEvent:
+    """One change to one job: ``{type, seq, at, job}`` with the full snapshot after it.
+
+    ``seq`` grows with each event a store publishes (0 for snapshots). A subscriber that
+    has seen ``job.version`` already can drop the event.
+    """
+
+    type: EventType
+    seq: int
+    at: datetime
+    job: Job

@@ -1,0 +1,334 @@
+"""MemoryStore: the reference Store, in dicts and heaps, inside one process.
+
+Every method runs without awaiting, so each is atomic on the event loop. Jobs are lost
+when the process exits: use it for tests, demos and embedded runners that can afford
+that; use SQLite or PostgreSQL for anything that must survive a restart.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import logging
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from typing import final
+
+import anyio
+
+from ..errors import IllegalTransition, JobNotFound, QueueFull
+from ..job import EventType, Job, JobEvent, JobStatus
+from .protocol import EventListener, Outcome, Page, Stats
+from .steps import (
+    cancel_step,
+    check_purge_statuses,
+    claim_step,
+    expire_step,
+    finish_step,
+    new_token,
+    progress_step,
+    promote_step,
+    renew_step,
+)
+
+__all__ = ["MemoryStore"]
+
+logger = logging.getLogger("asyncjobs.store")
+
+_WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED)
+
+
+@final
+class MemoryStore:
+    """An in-process store: fast, and lost when the process exits."""
+
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._order: list[str] = []  # every id, sorted, for cursor pagination
+        # Per-type heaps of (-priority, id) for queued jobs; entries go stale when a job
+        # leaves the queued state and are skipped on pop (lazy deletion).
+        self._queued: dict[str, list[tuple[int, str]]] = {}
+        self._scheduled: list[tuple[datetime, str]] = []
+        self._running: set[str] = set()
+        self._counts: Counter[tuple[str, JobStatus]] = Counter()
+        self._idempotency: dict[str, str] = {}
+        self._listeners: list[EventListener] = []
+        self._seq = 0
+        self._wake = anyio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    # -- internal bookkeeping ----------------------------------------------------
+
+    def _put(self, old: Job | None, new: Job) -> None:
+        if old is not None:
+            self._counts[(old.type, old.status)] -= 1
+            if old.status is JobStatus.RUNNING:
+                self._running.discard(old.id)
+        self._counts[(new.type, new.status)] += 1
+        self._jobs[new.id] = new
+        if old is None or old.status is not new.status:
+            if new.status is JobStatus.QUEUED:
+                heapq.heappush(self._queued.setdefault(new.type, []), (-new.priority, new.id))
+            elif new.status is JobStatus.SCHEDULED:
+                heapq.heappush(self._scheduled, (new.run_at, new.id))
+            elif new.status is JobStatus.RUNNING:
+                self._running.add(new.id)
+
+    def _remove(self, job: Job) -> None:
+        del self._jobs[job.id]
+        self._counts[(job.type, job.status)] -= 1
+        index = bisect.bisect_left(self._order, job.id)
+        if index < len(self._order) and self._order[index] == job.id:
+            del self._order[index]
+        if job.idempotency_key is not None and self._idempotency.get(job.idempotency_key) == job.id:
+            del self._idempotency[job.idempotency_key]
+
+    def _emit(self, type: EventType, job: Job, now: datetime) -> None:
+        self._seq += 1
+        event = JobEvent(type=type, seq=self._seq, at=now, job=job)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not undo a committed change
+                logger.exception("event listener %r failed", listener)
+
+    def _notify_work(self) -> None:
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    def _get(self, job_id: str) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    # -- Store protocol ----------------------------------------------------------
+
+    async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        if job.idempotency_key is not None:
+            existing = self._idempotency.get(job.idempotency_key)
+            if existing is not None:
+                return self._jobs[existing], False
+        if max_queued is not None:
+            waiting = sum(n for (_, s), n in self._counts.items() if s in _WAITING)
+            if waiting >= max_queued:
+                raise QueueFull(max_queued)
+        if job.id in self._jobs:
+            raise ValueError(f"a job with id {job.id} exists already")
+        self._put(None, job)
+        bisect.insort(self._order, job.id)
+        if job.idempotency_key is not None:
+            self._idempotency[job.idempotency_key] = job.id
+        self._emit(EventType.CREATED, job, job.created_at)
+        if job.status is JobStatus.QUEUED:
+            self._notify_work()
+        return job, True
+
+    async def get(self, job_id: str) -> Job:
+        return self._get(job_id)
+
+    async def list(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        end = len(self._order) if cursor is None else bisect.bisect_left(self._order, cursor)
+        wanted_status = None if statuses is None else frozenset(JobStatus(s) for s in statuses)
+        wanted_type = None if types is None else frozenset(types)
+        found: list[Job] = []
+        for index in range(end - 1, -1, -1):
+            job = self._jobs[self._order[index]]
+            if wanted_status is not None and job.status not in wanted_status:
+                continue
+            if wanted_type is not None and job.type not in wanted_type:
+                continue
+            if owner is not None and job.owner != owner:
+                continue
+            if len(found) == limit:
+                return Page(found, found[-1].id)
+            found.append(job)
+        return Page(found, None)
+
+    async def stats(self) -> Stats:
+        counts: Counter[JobStatus] = Counter({s: 0 for s in JobStatus})
+        by_type: dict[str, dict[JobStatus, int]] = {}
+        for (type_, status), n in self._counts.items():
+            if n:
+                counts[status] += n
+                by_type.setdefault(type_, {s: 0 for s in JobStatus})[status] += n
+        return Stats(dict(counts), by_type)
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        types: Collection[str],
+        limit: int,
+        lease: float,
+        now: datetime,
+        type_limits: Mapping[str, int] | None = None,
+    ) -> list[Job]:
+        limits = type_limits or {}
+        claimed: list[Job] = []
+        room = {
+            t: limits[t] - self._counts[(t, JobStatus.RUNNING)] for t in types if t in limits
+        }
+        while len(claimed) < limit:
+            best: tuple[int, str] | None = None
+            best_type = ""
+            for type_ in types:
+                heap = self._queued.get(type_)
+                if not heap or room.get(type_, 1) <= 0:
+                    continue
+                while heap:  # drop stale heads
+                    _, head_id = heap[0]
+                    head = self._jobs.get(head_id)
+                    if head is not None and head.status is JobStatus.QUEUED:
+                        break
+                    heapq.heappop(heap)
+                if heap and (best is None or heap[0] < best):
+                    best, best_type = heap[0], type_
+            if best is None:
+                break
+            heapq.heappop(self._queued[best_type])
+            job = self._jobs[best[1]]
+            running = claim_step(job, worker_id, new_token(), lease, now)
+            self._put(job, running)
+            if best_type in room:
+                room[best_type] -= 1
+            claimed.append(running)
+            self._emit(EventType.STARTED, running, now)
+        return claimed
+
+    async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
+        job = self._get(job_id)
+        renewed = renew_step(job, token, lease, now)
+        self._jobs[job_id] = renewed
+        return renewed
+
+    async def set_progress(
+        self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
+    ) -> Job:
+        job = self._get(job_id)
+        updated = progress_step(job, token, progress, message)
+        self._put(job, updated)
+        self._emit(EventType.PROGRESS, updated, now)
+        return updated
+
+    async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
+        job = self._get(job_id)
+        done, event = finish_step(job, token, outcome, now)
+        self._put(job, done)
+        self._emit(event, done, now)
+        self._notify_work()  # a slot (and maybe a per-type slot) is free again
+        return done
+
+    async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
+        job = self._get(job_id)
+        step = cancel_step(job, now)
+        if step is None:
+            return job
+        cancelled, event = step
+        self._put(job, cancelled)
+        self._emit(event, cancelled, now)
+        return cancelled
+
+    async def delete(self, job_id: str, *, now: datetime) -> Job:
+        job = self._get(job_id)
+        if not job.is_terminal:
+            raise IllegalTransition(job.id, job.status.value, "deleted")
+        self._remove(job)
+        self._emit(EventType.DELETED, job, now)
+        return job
+
+    async def requeue_expired(self, *, now: datetime) -> list[Job]:
+        changed: list[Job] = []
+        for job_id in sorted(self._running):
+            job = self._jobs[job_id]
+            if job.lease is not None and job.lease.expires_at <= now:
+                recovered, event = expire_step(job, now)
+                self._put(job, recovered)
+                self._emit(event, recovered, now)
+                changed.append(recovered)
+        if changed:
+            self._notify_work()
+        return changed
+
+    async def promote_scheduled(self, *, now: datetime) -> list[Job]:
+        promoted: list[Job] = []
+        while self._scheduled and self._scheduled[0][0] <= now:
+            run_at, job_id = heapq.heappop(self._scheduled)
+            job = self._jobs.get(job_id)
+            if job is None or job.status is not JobStatus.SCHEDULED or job.run_at != run_at:
+                continue  # stale entry
+            queued = promote_step(job)
+            self._put(job, queued)
+            self._emit(EventType.QUEUED, queued, now)
+            promoted.append(queued)
+        if promoted:
+            self._notify_work()
+        return promoted
+
+    async def purge(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = (
+            JobStatus.COMPLETED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        ),
+        types: Collection[str] | None = None,
+        finished_before: datetime | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        chosen = check_purge_statuses(statuses)
+        doomed: list[Job] = []
+        for job in self._jobs.values():
+            if job.status not in chosen or (types is not None and job.type not in types):
+                continue
+            finished = job.finished_at
+            if finished_before is not None and (finished is None or finished >= finished_before):
+                continue
+            if expired and (
+                job.retention is None
+                or finished is None
+                or finished.timestamp() + job.retention > now.timestamp()
+            ):
+                continue
+            doomed.append(job)
+            if limit is not None and len(doomed) >= limit:
+                break
+        for job in doomed:
+            self._remove(job)
+            self._emit(EventType.DELETED, job, now)
+        return len(doomed)
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    async def wait_for_work(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
+

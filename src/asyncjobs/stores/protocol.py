@@ -1,0 +1,223 @@
+"""The Store protocol: the one pluggable seam for job state.
+
+A store keeps jobs and publishes an event for every visible change. Each method is
+atomic: it either applies its whole change and publishes its events, or raises and
+changes nothing. Times are passed in (``now``) rather than read from a clock, so that
+tests drive time and every store agrees on it.
+
+Rules every store follows (the conformance suite in ``tests/stores`` checks them):
+
+* Every status change goes through :func:`asyncjobs.job.advance` (or an equivalent
+  that the conformance suite shows agrees with it) and bumps ``version`` by one.
+  ``renew`` changes only the internal lease and bumps nothing.
+* ``claim`` takes queued jobs of the given types, highest ``priority`` first, then by
+  ``id`` (FIFO), never more than ``limit``, never more running jobs of a type than
+  ``type_limits[type]`` across all workers; it moves them to running, adds one to
+  ``attempts``, resets progress, and gives each a lease with a fresh fencing token.
+* Methods that take a ``token`` raise :class:`~asyncjobs.errors.LeaseLost` unless the
+  job is running under exactly that token: a worker whose lease expired can never
+  finish, or report progress on, a job that was handed to someone else.
+* Events: one per change, with ``seq`` strictly increasing per store, delivered to
+  every listener registered with :meth:`Store.add_listener` in this process and (for
+  server-backed stores) in every other process attached to the same store. Listeners
+  are plain callables run on the event loop; they must not block.
+
+Event types per change:
+
+=============================================  ========================
+change                                         event
+=============================================  ========================
+add                                            job_created
+scheduled -> queued (promote)                  job_queued
+queued -> running (claim)                      job_started
+set_progress                                   job_progress
+request_cancel of a running job                job_cancel_requested
+running -> scheduled / queued (retry, requeue) job_retrying
+-> completed / failed / cancelled              job_completed / _failed / _cancelled
+delete, purge                                  job_deleted (snapshot before deletion)
+=============================================  ========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from ..job import TERMINAL, Job, JobError, JobEvent, JobStatus
+
+__all__ = ["EventListener", "Outcome", "Page", "Stats", "Store"]
+
+EventListener = Callable[[JobEvent], None]
+
+
+@attrs.frozen
+class Outcome:
+    """How a worker ends one attempt of a job.
+
+    ``status`` is the job's next status: ``COMPLETED`` (with ``result``), ``FAILED``
+    (with ``error``), ``CANCELLED``, ``SCHEDULED`` (a retry at ``run_at``, keeping
+    ``error``) or ``QUEUED`` (a requeue after a graceful shutdown: the interrupted
+    attempt is given back, ``attempts - 1``).
+    """
+
+    status: JobStatus
+    result: Any = None
+    error: JobError | None = None
+    run_at: datetime | None = None
+
+
+@attrs.frozen
+class Page:
+    """One page of :meth:`Store.list`, newest first; ``next_cursor`` is None at the end."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+@attrs.frozen
+class Stats:
+    """Job counts per status, overall and per job type."""
+
+    counts: Mapping[JobStatus, int]
+    by_type: Mapping[str, Mapping[JobStatus, int]]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistent (or not) job state shared by every Queue attached to it."""
+
+    async def open(self) -> None:
+        """Connect, migrate, and start delivering events. Idempotent."""
+
+    async def close(self) -> None:
+        """Release connections and stop delivering events. Idempotent."""
+
+    async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        """Store a new queued or scheduled job; publish ``job_created``.
+
+        Returns ``(job, True)``; or, when a live-or-finished job with the same
+        ``idempotency_key`` is stored already, ``(that_job, False)`` and nothing changes.
+
+        Raises:
+            QueueFull: ``max_queued`` is set and that many jobs are queued or scheduled.
+        """
+        ...
+
+    async def get(self, job_id: str) -> Job:
+        """Raises: JobNotFound."""
+        ...
+
+    async def list(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """Jobs matching every given filter, newest (highest id) first.
+
+        ``cursor`` is the ``next_cursor`` of the previous page (the id of its last job);
+        jobs with ids below it follow.
+        """
+        ...
+
+    async def stats(self) -> Stats:
+        """Counts per status and per type."""
+        ...
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        types: Collection[str],
+        limit: int,
+        lease: float,
+        now: datetime,
+        type_limits: Mapping[str, int] | None = None,
+    ) -> list[Job]:
+        """Atomically move up to ``limit`` queued jobs to running for ``worker_id``."""
+        ...
+
+    async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
+        """Extend a held lease to ``now + lease``; the job's ``cancel_requested`` tells
+        the worker whether someone asked to cancel it.
+
+        Raises: LeaseLost, JobNotFound.
+        """
+        ...
+
+    async def set_progress(
+        self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
+    ) -> Job:
+        """Record progress (0.0 to 1.0) of a running job. Raises: LeaseLost, JobNotFound."""
+        ...
+
+    async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
+        """End the current attempt as ``outcome`` says. Raises: LeaseLost, JobNotFound."""
+        ...
+
+    async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
+        """Cancel a scheduled or queued job at once; flag a running one
+        (``cancel_requested``) so the worker holding it cancels the handler.
+
+        A repeated request on a running job changes nothing.
+
+        Raises: IllegalTransition (the job is finished), JobNotFound.
+        """
+        ...
+
+    async def delete(self, job_id: str, *, now: datetime) -> Job:
+        """Delete a finished job; publish ``job_deleted``; return its last snapshot.
+
+        Raises: IllegalTransition (the job is still live), JobNotFound.
+        """
+        ...
+
+    async def requeue_expired(self, *, now: datetime) -> list[Job]:
+        """Recover running jobs whose lease expired before ``now`` (their worker died).
+
+        A job with a pending cancel request becomes cancelled; one with attempts left
+        becomes queued (``job_retrying``); otherwise it fails with error type
+        ``LeaseExpired``.
+        """
+        ...
+
+    async def promote_scheduled(self, *, now: datetime) -> list[Job]:
+        """Move scheduled jobs whose ``run_at <= now`` to queued."""
+        ...
+
+    async def purge(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = TERMINAL,
+        types: Collection[str] | None = None,
+        finished_before: datetime | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        """Delete finished jobs; publish ``job_deleted`` for each; return how many.
+
+        ``statuses`` must all be terminal (ValueError otherwise). ``finished_before``
+        keeps jobs that finished at or after it; ``expired=True`` deletes only jobs whose
+        ``finished_at + retention <= now`` (jobs with no retention are kept).
+        """
+        ...
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        """Call ``listener`` with every event; return a function that removes it."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when a job may have become claimable (a job was added, promoted,
+        requeued, or a running one ended), or after ``timeout`` seconds."""
+        ...

@@ -1,0 +1,144 @@
+"""Pure state steps shared by every store.
+
+Each function takes a job snapshot and returns the next one plus the event type to
+publish, going through :func:`asyncjobs.job.advance`. Stores differ in how they lock,
+persist and publish; what a change *is* lives here once, so all stores agree.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+import attrs
+
+from ..errors import IllegalTransition, LeaseLost
+from ..job import TERMINAL, EventType, Job, JobError, JobStatus, Lease, advance
+from .protocol import Outcome
+
+__all__ = [
+    "check_lease",
+    "claim_step",
+    "cancel_step",
+    "expire_step",
+    "finish_step",
+    "new_token",
+    "progress_step",
+    "promote_step",
+    "renew_step",
+    "check_purge_statuses",
+    "EXPIRED_ERROR",
+]
+
+EXPIRED_ERROR = JobError(
+    type="LeaseExpired",
+    message="the worker holding this job stopped renewing its lease (it crashed or hung)",
+)
+
+_FINISH_EVENTS = {
+    JobStatus.COMPLETED: EventType.COMPLETED,
+    JobStatus.FAILED: EventType.FAILED,
+    JobStatus.CANCELLED: EventType.CANCELLED,
+    JobStatus.SCHEDULED: EventType.RETRYING,
+    JobStatus.QUEUED: EventType.RETRYING,
+}
+
+
+def new_token() -> str:
+    """A fresh, unguessable fencing token."""
+    return secrets.token_hex(12)
+
+
+def check_lease(job: Job, token: str) -> None:
+    """Raise LeaseLost unless ``job`` is running under ``token``."""
+    if job.status is not JobStatus.RUNNING or job.lease is None or job.lease.token != token:
+        raise LeaseLost(job.id)
+
+
+def claim_step(job: Job, worker_id: str, token: str, lease: float, now: datetime) -> Job:
+    return advance(
+        job,
+        JobStatus.RUNNING,
+        attempts=job.attempts + 1,
+        started_at=now,
+        progress=0.0,
+        message=None,
+        lease=Lease(worker_id, token, now + timedelta(seconds=lease)),
+    )
+
+
+def renew_step(job: Job, token: str, lease: float, now: datetime) -> Job:
+    """The lease is internal: renewing it is not a visible change, so no new version."""
+    check_lease(job, token)
+    assert job.lease is not None
+    return attrs.evolve(
+        job, lease=attrs.evolve(job.lease, expires_at=now + timedelta(seconds=lease))
+    )
+
+
+def progress_step(job: Job, token: str, progress: float, message: str | None) -> Job:
+    check_lease(job, token)
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be between 0.0 and 1.0, got {progress!r}")
+    return advance(job, progress=progress, message=message)
+
+
+def finish_step(job: Job, token: str, outcome: Outcome, now: datetime) -> tuple[Job, EventType]:
+    check_lease(job, token)
+    status = outcome.status
+    if status is JobStatus.COMPLETED:
+        nxt = advance(
+            job, status, result=outcome.result, error=None, progress=1.0,
+            finished_at=now, lease=None,
+        )
+    elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        nxt = advance(job, status, error=outcome.error, finished_at=now, lease=None)
+    elif status is JobStatus.SCHEDULED:
+        if outcome.run_at is None:
+            raise ValueError("a retry (SCHEDULED outcome) needs run_at")
+        nxt = advance(job, status, error=outcome.error, run_at=outcome.run_at, lease=None)
+    elif status is JobStatus.QUEUED:
+        nxt = advance(job, status, attempts=max(job.attempts - 1, 0), run_at=now, lease=None)
+    else:
+        raise IllegalTransition(job.id, job.status.value, status.value)
+    return nxt, _FINISH_EVENTS[status]
+
+
+def cancel_step(job: Job, now: datetime) -> tuple[Job, EventType] | None:
+    """Returns None when nothing changes (a running job already flagged)."""
+    if job.status in (JobStatus.SCHEDULED, JobStatus.QUEUED):
+        return advance(job, JobStatus.CANCELLED, finished_at=now), EventType.CANCELLED
+    if job.status is JobStatus.RUNNING:
+        if job.cancel_requested:
+            return None
+        return advance(job, cancel_requested=True), EventType.CANCEL_REQUESTED
+    raise IllegalTransition(job.id, job.status.value, JobStatus.CANCELLED.value)
+
+
+def expire_step(job: Job, now: datetime) -> tuple[Job, EventType]:
+    if job.cancel_requested:
+        return advance(job, JobStatus.CANCELLED, finished_at=now, lease=None), EventType.CANCELLED
+    if job.attempts < job.max_attempts:
+        return (
+            advance(job, JobStatus.QUEUED, error=EXPIRED_ERROR, run_at=now, lease=None),
+            EventType.RETRYING,
+        )
+    return (
+        advance(job, JobStatus.FAILED, error=EXPIRED_ERROR, finished_at=now, lease=None),
+        EventType.FAILED,
+    )
+
+
+def promote_step(job: Job) -> Job:
+    return advance(job, JobStatus.QUEUED)
+
+
+def check_purge_statuses(statuses: Iterable[JobStatus | str]) -> frozenset[JobStatus]:
+    chosen = frozenset(JobStatus(s) for s in statuses)
+    live = chosen - TERMINAL
+    if live:
+        raise ValueError(
+            f"only finished jobs can be purged; not {sorted(s.value for s in live)}"
+        )
+    return chosen
