@@ -1,0 +1,554 @@
+"""SqliteStore: jobs in one SQLite file, for one machine, surviving restarts.
+
+Every call runs on the store's own thread, on its one connection, so calls are
+serialized without blocking the event loop. Each write is one ``BEGIN IMMEDIATE``
+transaction; its events get their ``seq`` inside that transaction (the counter lives in
+the file, so it keeps growing across restarts) and reach listeners on the event loop
+after the commit. The file is in WAL mode with ``synchronous=NORMAL``: a crash of the
+process loses nothing committed; a power loss may lose the last transactions.
+
+Events and worker wake-ups stay inside the process: several processes may share one file
+(they see each other's jobs, and claims never overlap), but they only learn of each
+other's changes by polling. Use PostgreSQL to spread a queue over processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from typing import Any, Final, TypeVar, final
+from urllib.parse import parse_qs
+
+import anyio
+
+from ..errors import ConfigurationError, IllegalTransition, JobNotFound, QueueFull
+from ..job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ._sqlite_schema import JOB_COLUMNS, job_from_row, job_params, micros, migrate
+from .protocol import EventListener, Outcome, Page, Stats
+from .steps import (
+    cancel_step,
+    check_purge_statuses,
+    claim_step,
+    expire_step,
+    finish_step,
+    new_token,
+    progress_step,
+    promote_step,
+    renew_step,
+)
+
+__all__ = ["SqliteStore"]
+
+logger = logging.getLogger("asyncjobs.store")
+
+T = TypeVar("T")
+# `list` is a method name inside the class, so annotations there use this alias.
+_Jobs = list[Job]
+
+_Q: Final = JobStatus.QUEUED.value
+_R: Final = JobStatus.RUNNING.value
+_S: Final = JobStatus.SCHEDULED.value
+_INSERT: Final = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 11)})"
+_UPDATE: Final = (
+    "UPDATE jobs SET type = ?, status = ?, priority = ?, owner = ?, idempotency_key = ?, "
+    "run_at = ?, finished_at = ?, lease_expires_at = ?, retention = ?, record = ? WHERE id = ?"
+)
+
+
+class _Changes:
+    """What one write transaction tells the event loop once it has committed."""
+
+    __slots__ = ("events", "pending", "wake")
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[EventType, Job, datetime]] = []
+        self.events: list[JobEvent] = []
+        self.wake = False
+
+    def emit(self, type: EventType, job: Job, at: datetime) -> None:
+        self.pending.append((type, job, at))
+
+
+def _marks(values: Collection[Any]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def _get(conn: sqlite3.Connection, job_id: str) -> Job:
+    row = conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise JobNotFound(job_id)
+    return job_from_row(row[0])
+
+
+def _save(conn: sqlite3.Connection, job: Job) -> None:
+    job_id, *rest = job_params(job)
+    conn.execute(_UPDATE, (*rest, job_id))
+
+
+@final
+class SqliteStore:
+    """A store in one SQLite file: durable on one machine, no server to run.
+
+    Args:
+        path: The database file (created if missing), or ``":memory:"`` for a throwaway
+            database that lives as long as the store is open.
+        busy_timeout: Seconds a write waits for another process's write lock before
+            failing with ``sqlite3.OperationalError: database is locked``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[EventListener] = []
+        self._wake = asyncio.Event()
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """Build a store from ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
+        ``sqlite:///:memory:``; ``?busy_timeout=SECONDS`` is accepted.
+
+        Raises:
+            ConfigurationError: the URL is not a SQLite URL of that shape.
+        """
+        scheme, sep, rest = url.partition("://")
+        rest, _, query = rest.partition("?")
+        if scheme.lower() != "sqlite" or not sep or not rest.startswith("/") or rest == "/":
+            raise ConfigurationError(
+                f"bad SQLite URL {url!r}; use sqlite:///relative.db, sqlite:////abs/path.db "
+                "or sqlite:///:memory:"
+            )
+        options = parse_qs(query)
+        unknown = set(options) - {"busy_timeout"}
+        if unknown:
+            raise ConfigurationError(
+                f"unknown SQLite URL option(s) {sorted(unknown)} in {url!r}; "
+                "only busy_timeout is supported"
+            )
+        kwargs: dict[str, float] = {}
+        if "busy_timeout" in options:
+            try:
+                kwargs["busy_timeout"] = float(options["busy_timeout"][-1])
+            except ValueError:
+                raise ConfigurationError(f"busy_timeout in {url!r} must be a number") from None
+        return cls(rest[1:], **kwargs)
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.path!r})"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        loop = asyncio.get_running_loop()
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="asyncjobs-sqlite"
+        )
+        try:
+            await asyncio.wrap_future(executor.submit(self._connect))
+        except BaseException:
+            executor.submit(self._disconnect)
+            executor.shutdown(wait=False)
+            raise
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._executor = executor
+
+    async def close(self) -> None:
+        executor = self._executor
+        if executor is None:
+            return
+        self._executor = None  # new calls fail; calls already queued still run first
+        try:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wrap_future(executor.submit(self._disconnect))
+        finally:
+            executor.shutdown(wait=False)
+
+    def _connect(self) -> None:  # store thread
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
+            conn.execute("PRAGMA journal_mode = WAL")  # ":memory:" stays "memory"
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _disconnect(self) -> None:  # store thread
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- running on the store thread ---------------------------------------------
+
+    def _executor_or_fail(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            raise ConfigurationError(
+                f"{self!r} is not open; await store.open() first (a Queue opens its store)"
+            )
+        return self._executor
+
+    async def _read(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` on the store thread; a single SELECT is a consistent snapshot."""
+        executor = self._executor_or_fail()
+        return await asyncio.wrap_future(executor.submit(self._in_thread, body))
+
+    def _in_thread(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            raise ConfigurationError(f"{self!r} was closed")
+        return body(self._conn)
+
+    async def _write(self, body: Callable[[sqlite3.Connection, _Changes], T]) -> T:
+        """Run ``body`` in one write transaction; publish its events after the commit."""
+        executor = self._executor_or_fail()
+        future = executor.submit(self._transaction, body)
+        try:
+            # A transaction that has begun will commit: wait for it, so that its events
+            # are published and the caller learns its outcome; anyio cancellation is
+            # delivered right after.
+            with anyio.CancelScope(shield=True):
+                value, changes = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Plain asyncio cancellation reaches through the shield. A transaction not
+            # yet started is dropped with the future; one in flight still commits, and
+            # its events must still go out.
+            future.add_done_callback(self._publish_from_thread)
+            raise
+        self._publish(changes)
+        return value
+
+    def _transaction(
+        self, body: Callable[[sqlite3.Connection, _Changes], T]
+    ) -> tuple[T, _Changes]:  # store thread
+        conn = self._conn
+        if conn is None:
+            raise ConfigurationError(f"{self!r} was closed")
+        changes = _Changes()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            value = body(conn, changes)
+            if changes.pending:
+                (last,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'seq'", (last + len(changes.pending),)
+                )
+                changes.events = [
+                    JobEvent(type=type_, seq=last + n, at=at, job=job)
+                    for n, (type_, job, at) in enumerate(changes.pending, start=1)
+                ]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return value, changes
+
+    def _publish_from_thread(self, future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None or self._loop is None:
+            return
+        _, changes = future.result()
+        with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to tell
+            self._loop.call_soon_threadsafe(self._publish, changes)
+
+    def _publish(self, changes: _Changes) -> None:  # event loop
+        for event in changes.events:
+            for listener in list(self._listeners):
+                try:
+                    listener(event)
+                except Exception:  # a broken listener must not undo a committed change
+                    logger.exception("event listener %r failed", listener)
+        if changes.wake:
+            self._wake.set()
+            self._wake = asyncio.Event()
+
+    # -- Store protocol: reads -----------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        return await self._read(lambda conn: _get(conn, job_id))
+
+    async def list(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if statuses is not None:
+            values = sorted({JobStatus(s).value for s in statuses})
+            clauses.append(f"status IN ({_marks(values)})")
+            args += values
+        if types is not None:
+            names = sorted(set(types))
+            clauses.append(f"type IN ({_marks(names)})")
+            args += names
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        if cursor is not None:
+            clauses.append("id < ?")
+            args.append(cursor)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT record FROM jobs {where} ORDER BY id DESC LIMIT ?"
+        args.append(max(limit, 0) + 1)  # one more tells whether a next page exists
+
+        def body(conn: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in conn.execute(sql, args)]
+
+        records = await self._read(body)
+        jobs = [job_from_row(r) for r in records[:limit]]
+        more = len(records) > limit and bool(jobs)
+        return Page(jobs, jobs[-1].id if more else None)
+
+    async def stats(self) -> Stats:
+        def body(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+            sql = "SELECT type, status, COUNT(*) FROM jobs GROUP BY status, type"
+            return list(conn.execute(sql))
+
+        counts = {s: 0 for s in JobStatus}
+        by_type: dict[str, dict[JobStatus, int]] = {}
+        for type_, status_value, n in await self._read(body):
+            status = JobStatus(status_value)
+            counts[status] += n
+            by_type.setdefault(type_, {s: 0 for s in JobStatus})[status] += n
+        return Stats(counts, by_type)
+
+    # -- Store protocol: writes ----------------------------------------------------
+
+    async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        def body(conn: sqlite3.Connection, changes: _Changes) -> tuple[Job, bool]:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT record FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return job_from_row(row[0]), False
+            if max_queued is not None:
+                (waiting,) = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)", (_Q, _S)
+                ).fetchone()
+                if waiting >= max_queued:
+                    raise QueueFull(max_queued)
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone():
+                raise ValueError(f"a job with id {job.id} exists already")
+            conn.execute(_INSERT, job_params(job))
+            changes.emit(EventType.CREATED, job, job.created_at)
+            changes.wake = job.status is JobStatus.QUEUED
+            return job, True
+
+        return await self._write(body)
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        types: Collection[str],
+        limit: int,
+        lease: float,
+        now: datetime,
+        type_limits: Mapping[str, int] | None = None,
+    ) -> _Jobs:
+        wanted = sorted(set(types))
+        limits = dict(type_limits or {})
+
+        def body(conn: sqlite3.Connection, changes: _Changes) -> _Jobs:
+            claimed: _Jobs = []
+            if not wanted or limit <= 0:
+                return claimed
+            room: dict[str, int] = {t: limits[t] for t in wanted if t in limits}
+            if room:
+                sql = (
+                    f"SELECT type, COUNT(*) FROM jobs WHERE status = ? "
+                    f"AND type IN ({_marks(room)}) GROUP BY type"
+                )
+                for type_, running in conn.execute(sql, (_R, *room)):
+                    room[type_] -= running
+            eligible = [t for t in wanted if room.get(t, 1) > 0]
+            # Each round takes the best queued jobs of the types with room left; a round
+            # that skipped a type which ran out of room is followed by another.
+            while eligible and len(claimed) < limit:
+                sql = (
+                    f"SELECT record FROM jobs WHERE status = ? AND type IN ({_marks(eligible)}) "
+                    "ORDER BY priority DESC, id LIMIT ?"
+                )
+                rows = conn.execute(sql, (_Q, *eligible, limit - len(claimed))).fetchall()
+                if not rows:
+                    break
+                for (record,) in rows:
+                    job = job_from_row(record)
+                    if room.get(job.type, 1) <= 0:
+                        continue
+                    running_job = claim_step(job, worker_id, new_token(), lease, now)
+                    _save(conn, running_job)
+                    changes.emit(EventType.STARTED, running_job, now)
+                    claimed.append(running_job)
+                    if job.type in room:
+                        room[job.type] -= 1
+                eligible = [t for t in eligible if room.get(t, 1) > 0]
+            return claimed
+
+        return await self._write(body)
+
+    async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
+        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+            renewed = renew_step(_get(conn, job_id), token, lease, now)
+            _save(conn, renewed)
+            return renewed
+
+        return await self._write(body)
+
+    async def set_progress(
+        self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
+    ) -> Job:
+        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+            updated = progress_step(_get(conn, job_id), token, progress, message)
+            _save(conn, updated)
+            changes.emit(EventType.PROGRESS, updated, now)
+            return updated
+
+        return await self._write(body)
+
+    async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
+        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+            done, event = finish_step(_get(conn, job_id), token, outcome, now)
+            _save(conn, done)
+            changes.emit(event, done, now)
+            changes.wake = True  # a slot (and maybe a per-type slot) is free again
+            return done
+
+        return await self._write(body)
+
+    async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
+        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+            job = _get(conn, job_id)
+            step = cancel_step(job, now)
+            if step is None:
+                return job
+            cancelled, event = step
+            _save(conn, cancelled)
+            changes.emit(event, cancelled, now)
+            return cancelled
+
+        return await self._write(body)
+
+    async def delete(self, job_id: str, *, now: datetime) -> Job:
+        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+            job = _get(conn, job_id)
+            if not job.is_terminal:
+                raise IllegalTransition(job.id, job.status.value, "deleted")
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            changes.emit(EventType.DELETED, job, now)
+            return job
+
+        return await self._write(body)
+
+    async def requeue_expired(self, *, now: datetime) -> _Jobs:
+        def body(conn: sqlite3.Connection, changes: _Changes) -> _Jobs:
+            sql = "SELECT record FROM jobs WHERE status = ? AND lease_expires_at <= ? ORDER BY id"
+            recovered: _Jobs = []
+            for (record,) in conn.execute(sql, (_R, micros(now))).fetchall():
+                job, event = expire_step(job_from_row(record), now)
+                _save(conn, job)
+                changes.emit(event, job, now)
+                recovered.append(job)
+            changes.wake = bool(recovered)
+            return recovered
+
+        return await self._write(body)
+
+    async def promote_scheduled(self, *, now: datetime) -> _Jobs:
+        def body(conn: sqlite3.Connection, changes: _Changes) -> _Jobs:
+            sql = "SELECT record FROM jobs WHERE status = ? AND run_at <= ? ORDER BY run_at, id"
+            promoted: _Jobs = []
+            for (record,) in conn.execute(sql, (_S, micros(now))).fetchall():
+                job = promote_step(job_from_row(record))
+                _save(conn, job)
+                changes.emit(EventType.QUEUED, job, now)
+                promoted.append(job)
+            changes.wake = bool(promoted)
+            return promoted
+
+        return await self._write(body)
+
+    async def purge(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = TERMINAL,
+        types: Collection[str] | None = None,
+        finished_before: datetime | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        chosen = sorted(s.value for s in check_purge_statuses(statuses))
+        if not chosen or (types is not None and not types):
+            return 0
+        clauses = [f"status IN ({_marks(chosen)})"]
+        args: list[Any] = list(chosen)
+        if types is not None:
+            names = sorted(set(types))
+            clauses.append(f"type IN ({_marks(names)})")
+            args += names
+        if finished_before is not None:
+            clauses.append("finished_at < ?")
+            args.append(micros(finished_before))
+        if expired:
+            # A coarse filter with a microsecond of slack; the exact test, identical to
+            # the memory store's float arithmetic, runs on each candidate below.
+            clauses.append("retention IS NOT NULL AND finished_at + retention * 1e6 <= ? + 1")
+            args.append(micros(now))
+        sql = f"SELECT record FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id"
+
+        def body(conn: sqlite3.Connection, changes: _Changes) -> int:
+            doomed: _Jobs = []
+            for (record,) in conn.execute(sql, args):
+                job = job_from_row(record)
+                if expired and (
+                    job.retention is None
+                    or job.finished_at is None
+                    or job.finished_at.timestamp() + job.retention > now.timestamp()
+                ):
+                    continue
+                doomed.append(job)
+                if limit is not None and len(doomed) >= limit:
+                    break
+            for job in doomed:
+                conn.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+                changes.emit(EventType.DELETED, job, now)
+            return len(doomed)
+
+        return await self._write(body)
+
+    # -- events and wake-ups -----------------------------------------------------
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (protocol)
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
