@@ -1,0 +1,353 @@
+"""Behaviour only the SQLite store has: a file that outlives the store, its schema and
+pragmas, and one thread serializing every call. The shared conformance suite covers the
+Store protocol itself."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from asyncjobs._ulid import new_ulid
+from asyncjobs.errors import ConfigurationError
+from asyncjobs.job import EventType, Job, JobEvent, JobStatus
+from asyncjobs.stores import open_store
+from asyncjobs.stores._sqlite_schema import MIGRATIONS
+from asyncjobs.stores.protocol import Outcome
+from asyncjobs.stores.sqlite import SqliteStore
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+
+def make_job(type: str = "work", *, status: JobStatus = JobStatus.QUEUED, **fields: Any) -> Job:
+    fields.setdefault("created_at", NOW)
+    fields.setdefault("run_at", NOW)
+    return Job(id=new_ulid(), type=type, params={"n": 1}, status=status, **fields)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def reopened(path: Path) -> SqliteStore:
+    store = SqliteStore(path)
+    await store.open()
+    return store
+
+
+# -- URLs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///jobs.db", "jobs.db"),
+        ("sqlite:///data/jobs.db", "data/jobs.db"),
+        ("sqlite:////var/lib/app/jobs.db", "/var/lib/app/jobs.db"),
+        ("sqlite:///:memory:", ":memory:"),
+        ("SQLITE:///jobs.db", "jobs.db"),
+    ],
+)
+def test_from_url_paths(url: str, path: str) -> None:
+    store = SqliteStore.from_url(url)
+    assert store.path == path
+    assert store.busy_timeout == 5.0
+
+
+def test_from_url_busy_timeout() -> None:
+    assert SqliteStore.from_url("sqlite:///j.db?busy_timeout=0.5").busy_timeout == 0.5
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///",
+        "sqlite://host/jobs.db",
+        "postgresql:///jobs.db",
+        "sqlite:///j.db?timeout=3",
+        "sqlite:///j.db?busy_timeout=soon",
+    ],
+)
+def test_from_url_rejects(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        SqliteStore.from_url(url)
+
+
+def test_open_store_picks_sqlite(db_path: Path) -> None:
+    store = open_store(f"sqlite:///{db_path}")
+    assert isinstance(store, SqliteStore)
+    assert store.path == str(db_path)
+
+
+async def test_memory_database_works() -> None:
+    store = SqliteStore.from_url("sqlite:///:memory:")
+    await store.open()
+    try:
+        job, created = await store.add(make_job())
+        assert created
+        assert await store.get(job.id) == job
+    finally:
+        await store.close()
+
+
+async def test_calls_before_open_fail_clearly(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    with pytest.raises(ConfigurationError, match="not open"):
+        await store.get("nope")
+    await store.open()
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(ConfigurationError, match="not open"):
+        await store.add(make_job())
+
+
+# -- the file: schema, pragmas, persistence -------------------------------------------------
+
+
+def pragma(path: Path, name: str) -> Any:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def test_migrates_an_empty_file_and_reopens_idempotently(db_path: Path) -> None:
+    db_path.write_bytes(b"")  # noqa: ASYNC240 (an existing, empty file is version 0)
+    first = await reopened(db_path)
+    job, _ = await first.add(make_job())
+    await first.open()  # idempotent while open
+    await first.close()
+    assert pragma(db_path, "user_version") == len(MIGRATIONS)
+
+    second = await reopened(db_path)
+    try:
+        assert pragma(db_path, "user_version") == len(MIGRATIONS)
+        assert await second.get(job.id) == job
+    finally:
+        await second.close()
+
+
+async def test_refuses_a_newer_schema(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    store = SqliteStore(db_path)
+    with pytest.raises(ConfigurationError, match="upgrade asyncjobs"):
+        await store.open()
+    with pytest.raises(ConfigurationError, match="not open"):
+        await store.get("x")
+
+
+async def test_wal_mode_and_synchronous_normal(store: SqliteStore, db_path: Path) -> None:
+    assert pragma(db_path, "journal_mode") == "wal"
+    # synchronous is per connection: ask the store's own.
+    synchronous = await store._read(lambda conn: conn.execute("PRAGMA synchronous").fetchone())
+    assert synchronous == (1,)  # NORMAL
+
+
+async def test_jobs_survive_close_and_reopen(db_path: Path) -> None:
+    store = await reopened(db_path)
+    queued, _ = await store.add(make_job(priority=5, owner="ann", tags=("a", "b")))
+    scheduled, _ = await store.add(
+        make_job(status=JobStatus.SCHEDULED, run_at=NOW + timedelta(hours=1))
+    )
+    keyed, _ = await store.add(make_job(idempotency_key="k1"))
+    (running,) = await store.claim("w1", types=["work"], limit=1, lease=30, now=NOW)
+    assert running.id == queued.id  # highest priority first
+    assert running.lease is not None
+    done = await store.finish(
+        running.id, running.lease.token, Outcome(JobStatus.COMPLETED, result=[1, 2]), now=NOW
+    )
+    await store.close()
+
+    store = await reopened(db_path)
+    try:
+        assert await store.get(queued.id) == done
+        assert (await store.get(queued.id)).result == [1, 2]
+        assert await store.get(scheduled.id) == scheduled
+        assert await store.get(keyed.id) == keyed
+        again, created = await store.add(make_job(idempotency_key="k1"))
+        assert (again, created) == (keyed, False)
+        page = await store.list(owner="ann")
+        assert [j.id for j in page.jobs] == [queued.id]
+        stats = await store.stats()
+        assert stats.counts[JobStatus.COMPLETED] == 1
+        assert stats.counts[JobStatus.SCHEDULED] == 1
+        assert stats.counts[JobStatus.QUEUED] == 1
+    finally:
+        await store.close()
+
+
+async def test_seq_keeps_increasing_across_restarts(db_path: Path) -> None:
+    seen: list[int] = []
+    store = await reopened(db_path)
+    store.add_listener(lambda e: seen.append(e.seq))
+    for _ in range(3):
+        await store.add(make_job())
+    await store.close()
+
+    store = await reopened(db_path)
+    store.add_listener(lambda e: seen.append(e.seq))
+    try:
+        await store.add(make_job())
+        await store.claim("w", types=["work"], limit=2, lease=5, now=NOW)
+    finally:
+        await store.close()
+    assert seen == [1, 2, 3, 4, 5, 6]
+
+
+async def test_lease_expired_while_down_is_recovered(db_path: Path) -> None:
+    store = await reopened(db_path)
+    await store.add(make_job(max_attempts=3))
+    (running,) = await store.claim("dead", types=["work"], limit=1, lease=10, now=NOW)
+    await store.close()  # the process "dies" holding the lease
+
+    store = await reopened(db_path)
+    try:
+        assert await store.requeue_expired(now=NOW + timedelta(seconds=5)) == []
+        (recovered,) = await store.requeue_expired(now=NOW + timedelta(seconds=10))
+        assert recovered.status is JobStatus.QUEUED
+        assert recovered.attempts == 1
+        assert recovered.error is not None
+        assert recovered.error.type == "LeaseExpired"
+        assert running.lease is not None
+        (again,) = await store.claim("alive", types=["work"], limit=1, lease=10, now=NOW)
+        assert again.attempts == 2
+        assert again.lease is not None
+        assert again.lease.token != running.lease.token
+    finally:
+        await store.close()
+
+
+# -- one thread, many callers ----------------------------------------------------------------
+
+
+async def test_many_tasks_serialize(store: SqliteStore) -> None:
+    events: list[JobEvent] = []
+    threads: set[int] = set()
+
+    def listen(event: JobEvent) -> None:
+        threads.add(threading.get_ident())
+        events.append(event)
+
+    store.add_listener(listen)
+    ids: list[str] = []
+
+    async def add_one() -> None:
+        job, _ = await store.add(make_job())
+        ids.append(job.id)
+
+    claimed: list[Job] = []
+
+    async def claim_one() -> None:
+        claimed.extend(await store.claim("w", types=["work"], limit=1, lease=30, now=NOW))
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for _ in range(60):
+                tg.start_soon(add_one)
+        async with anyio.create_task_group() as tg:
+            for _ in range(80):
+                tg.start_soon(claim_one)
+
+    assert len(ids) == 60
+    assert sorted(j.id for j in claimed) == sorted(ids)  # each job claimed exactly once
+    assert [e.seq for e in events] == list(range(1, 121))
+    assert threads == {threading.get_ident()}  # listeners run on the event loop thread
+    assert (await store.stats()).counts[JobStatus.RUNNING] == 60
+
+
+async def test_second_store_on_same_file_sees_and_never_double_claims(
+    store: SqliteStore, db_path: Path
+) -> None:
+    other = await reopened(db_path)
+    try:
+        jobs = [(await store.add(make_job()))[0] for _ in range(40)]
+        assert await other.get(jobs[0].id) == jobs[0]
+        assert len((await other.list(limit=100)).jobs) == 40
+
+        claimed: list[Job] = []
+
+        async def drain(s: SqliteStore, worker: str) -> None:
+            while batch := await s.claim(worker, types=["work"], limit=3, lease=30, now=NOW):
+                claimed.extend(batch)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for n in range(3):
+                    tg.start_soon(drain, store, f"a{n}")
+                    tg.start_soon(drain, other, f"b{n}")
+        assert sorted(j.id for j in claimed) == sorted(j.id for j in jobs)
+        # events of the second store carry seq from the shared, persisted counter
+        seen: list[int] = []
+        other.add_listener(lambda e: seen.append(e.seq))
+        await other.add(make_job())
+        assert seen == [81]
+    finally:
+        await other.close()
+
+
+async def test_wait_for_work_wakes_on_add(store: SqliteStore) -> None:
+    woke = anyio.Event()
+
+    async def waiter() -> None:
+        await store.wait_for_work(30)
+        woke.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            assert not woke.is_set()
+            await store.add(make_job())
+            await woke.wait()
+
+
+# -- cancellation keeps commit and events together -------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["anyio", "asyncio"])
+async def test_cancelled_caller_never_splits_commit_from_event(
+    store: SqliteStore, how: str
+) -> None:
+    created: list[str] = []
+    store.add_listener(lambda e: created.append(e.job.id) if e.type is EventType.CREATED else None)
+    jobs = [make_job() for _ in range(20)]
+    for n, job in enumerate(jobs):
+        if how == "anyio":
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await store.add(job)
+        else:
+            task = asyncio.create_task(store.add(job))
+            for _ in range(n % 4):  # cancel at different points of the call
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    await store.stats()  # the store thread has run everything submitted before this
+    await asyncio.sleep(0)  # and the loop has run what that thread handed back
+    stored = {j.id for j in (await store.list(limit=100)).jobs}
+    assert set(created) == stored
+    if how == "anyio":
+        assert stored == {j.id for j in jobs}  # a shielded write always completes
