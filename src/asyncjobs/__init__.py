@@ -1,33 +1,80 @@
-"""asyncjobs: an embeddable, pure-asyncio job runner."""
+"""asyncjobs: an embeddable, pure-asyncio job runner.
 
+Define job types, submit jobs, watch them live, cancel and retry them::
+
+    queue = Queue()
+
+    @queue.job_type("countdown", timeout=600)
+    async def countdown(ctx: JobContext, params: Countdown) -> dict: ...
+
+    async with queue:
+        job = await queue.submit("countdown", {"seconds": 5})
+"""
+
+from .context import JobContext, ThreadJobContext
 from .errors import (
     AsyncJobsError,
     ConfigurationError,
     IllegalTransition,
     InvalidParams,
+    InvalidSubmission,
+    JobCancelled,
     JobNotFound,
     JobTimeout,
+    LeaseLost,
     QueueFull,
+    SubscriberOverflow,
     UnknownJobType,
+    WaitTimeout,
 )
+from .events import EventBus
+from .janitor import Janitor, JanitorConfig, JanitorReport
 from .job import EventType, Job, JobError, JobEvent, JobStatus
-from .stores import MemoryStore, Store, open_store
+from .queue import Queue
+from .registry import Backoff, JobRegistry, JobType
+from .stores import MemoryStore, Outcome, Page, Stats, Store, open_store
+from .subscription import Subscription
+from .worker import Worker, WorkerConfig
+
+__version__ = "0.1.0"
 
 __all__ = [
     "AsyncJobsError",
+    "Backoff",
     "ConfigurationError",
+    "EventBus",
     "EventType",
     "IllegalTransition",
     "InvalidParams",
+    "InvalidSubmission",
+    "Janitor",
+    "JanitorConfig",
+    "JanitorReport",
     "Job",
+    "JobCancelled",
+    "JobContext",
     "JobError",
     "JobEvent",
     "JobNotFound",
+    "JobRegistry",
     "JobStatus",
     "JobTimeout",
+    "JobType",
+    "LeaseLost",
     "MemoryStore",
+    "Outcome",
+    "Page",
+    "Queue",
     "QueueFull",
+    "Stats",
     "Store",
+    "Subscription",
+    "SubscriberOverflow",
+    "ThreadJobContext",
     "UnknownJobType",
+    "WaitTimeout",
+    "Worker",
+    "WorkerConfig",
+    "__version__",
     "open_store",
 ]

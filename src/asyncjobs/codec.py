@@ -109,4 +109,3 @@ def event_from_record(record: dict[str, Any]) -> JobEvent:
 def dumps(value: Any) -> str:
     """Compact JSON, as used on the wire and in stores."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-

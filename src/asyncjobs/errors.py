@@ -5,7 +5,8 @@ Every error the library raises on purpose derives from :class:`AsyncJobsError`::
     AsyncJobsError
      +-- JobNotFound           (LookupError)   no job with that id         -> HTTP 404
      +-- UnknownJobType        (LookupError)   no job type with that name  -> HTTP 422
-     +-- InvalidParams         (ValueError)    params failed validation    -> HTTP 422
+     +-- InvalidSubmission     (ValueError)    bad submit options          -> HTTP 422
+     |    +-- InvalidParams                    params failed validation    -> HTTP 422
      +-- IllegalTransition                     e.g. cancel a finished job  -> HTTP 409
      +-- QueueFull                             max_queued reached          -> HTTP 429
      +-- LeaseLost                             a stale worker's token      -> HTTP 409
@@ -29,6 +30,7 @@ __all__ = [
     "FieldError",
     "IllegalTransition",
     "InvalidParams",
+    "InvalidSubmission",
     "JobCancelled",
     "JobNotFound",
     "JobTimeout",
@@ -71,18 +73,36 @@ class UnknownJobType(AsyncJobsError, LookupError):
         self.known = tuple(known)
 
 
-class InvalidParams(AsyncJobsError, ValueError):
-    """The params of a submission failed validation; nothing was stored."""
+def _summary(errors: Sequence[FieldError], whole: str) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}" for e in errors)
+
+
+class InvalidSubmission(AsyncJobsError, ValueError):
+    """A submission's options (delay, timeout, ...) are invalid; nothing was stored.
+
+    ``errors`` lists ``{"loc": [option, ...], "msg": ...}``.
+    """
+
+    code = "invalid_submission"
+
+    def __init__(self, errors: Sequence[FieldError], message: str | None = None) -> None:
+        super().__init__(message or f"invalid submission: {_summary(errors, '(submission)')}")
+        self.errors = list(errors)
+
+
+class InvalidParams(InvalidSubmission):
+    """The params of a submission failed validation; nothing was stored.
+
+    ``errors`` lists ``{"loc": [field, ...], "msg": ...}``, locations inside the params.
+    """
 
     code = "invalid_params"
 
     def __init__(self, job_type: str, errors: Sequence[FieldError]) -> None:
-        summary = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in errors
+        super().__init__(
+            errors, f"invalid params for job type {job_type!r}: {_summary(errors, '(params)')}"
         )
-        super().__init__(f"invalid params for job type {job_type!r}: {summary}")
         self.job_type = job_type
-        self.errors = list(errors)
 
 
 class IllegalTransition(AsyncJobsError):
@@ -91,9 +111,7 @@ class IllegalTransition(AsyncJobsError):
     code = "illegal_transition"
 
     def __init__(self, job_id: str, from_status: str, to_status: str) -> None:
-        super().__init__(
-            f"job {job_id} cannot go from {from_status!r} to {to_status!r}"
-        )
+        super().__init__(f"job {job_id} cannot go from {from_status!r} to {to_status!r}")
         self.job_id = job_id
         self.from_status = from_status
         self.to_status = to_status

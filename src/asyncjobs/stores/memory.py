@@ -8,6 +8,7 @@ that; use SQLite or PostgreSQL for anything that must survive a restart.
 from __future__ import annotations
 
 import bisect
+import builtins
 import heapq
 import logging
 from collections import Counter
@@ -47,15 +48,15 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
-        self._order: list[str] = []  # every id, sorted, for cursor pagination
+        self._order: builtins.list[str] = []  # every id, sorted, for cursor pagination
         # Per-type heaps of (-priority, id) for queued jobs; entries go stale when a job
         # leaves the queued state and are skipped on pop (lazy deletion).
         self._queued: dict[str, list[tuple[int, str]]] = {}
-        self._scheduled: list[tuple[datetime, str]] = []
+        self._scheduled: builtins.list[tuple[datetime, str]] = []
         self._running: set[str] = set()
         self._counts: Counter[tuple[str, JobStatus]] = Counter()
         self._idempotency: dict[str, str] = {}
-        self._listeners: list[EventListener] = []
+        self._listeners: builtins.list[EventListener] = []
         self._seq = 0
         self._wake = anyio.Event()
 
@@ -72,7 +73,9 @@ class MemoryStore:
     def _put(self, old: Job | None, new: Job) -> None:
         if old is not None:
             self._counts[(old.type, old.status)] -= 1
-            if old.status is JobStatus.RUNNING:
+            # Only a status change leaves the running set: a progress update or a cancel
+            # request keeps the job running, and its lease must still be recoverable.
+            if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
                 self._running.discard(old.id)
         self._counts[(new.type, new.status)] += 1
         self._jobs[new.id] = new
@@ -149,7 +152,7 @@ class MemoryStore:
         end = len(self._order) if cursor is None else bisect.bisect_left(self._order, cursor)
         wanted_status = None if statuses is None else frozenset(JobStatus(s) for s in statuses)
         wanted_type = None if types is None else frozenset(types)
-        found: list[Job] = []
+        found: builtins.list[Job] = []
         for index in range(end - 1, -1, -1):
             job = self._jobs[self._order[index]]
             if wanted_status is not None and job.status not in wanted_status:
@@ -181,12 +184,10 @@ class MemoryStore:
         lease: float,
         now: datetime,
         type_limits: Mapping[str, int] | None = None,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         limits = type_limits or {}
-        claimed: list[Job] = []
-        room = {
-            t: limits[t] - self._counts[(t, JobStatus.RUNNING)] for t in types if t in limits
-        }
+        claimed: builtins.list[Job] = []
+        room = {t: limits[t] - self._counts[(t, JobStatus.RUNNING)] for t in types if t in limits}
         while len(claimed) < limit:
             best: tuple[int, str] | None = None
             best_type = ""
@@ -255,8 +256,8 @@ class MemoryStore:
         self._emit(EventType.DELETED, job, now)
         return job
 
-    async def requeue_expired(self, *, now: datetime) -> list[Job]:
-        changed: list[Job] = []
+    async def requeue_expired(self, *, now: datetime) -> builtins.list[Job]:
+        changed: builtins.list[Job] = []
         for job_id in sorted(self._running):
             job = self._jobs[job_id]
             if job.lease is not None and job.lease.expires_at <= now:
@@ -268,8 +269,8 @@ class MemoryStore:
             self._notify_work()
         return changed
 
-    async def promote_scheduled(self, *, now: datetime) -> list[Job]:
-        promoted: list[Job] = []
+    async def promote_scheduled(self, *, now: datetime) -> builtins.list[Job]:
+        promoted: builtins.list[Job] = []
         while self._scheduled and self._scheduled[0][0] <= now:
             run_at, job_id = heapq.heappop(self._scheduled)
             job = self._jobs.get(job_id)
@@ -298,7 +299,7 @@ class MemoryStore:
         limit: int | None = None,
     ) -> int:
         chosen = check_purge_statuses(statuses)
-        doomed: list[Job] = []
+        doomed: builtins.list[Job] = []
         for job in self._jobs.values():
             if job.status not in chosen or (types is not None and job.type not in types):
                 continue
@@ -331,4 +332,3 @@ class MemoryStore:
     async def wait_for_work(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):
             await self._wake.wait()
-

@@ -40,6 +40,7 @@ delete, purge                                  job_deleted (snapshot before dele
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -73,7 +74,7 @@ class Outcome:
 class Page:
     """One page of :meth:`Store.list`, newest first; ``next_cursor`` is None at the end."""
 
-    jobs: list[Job]
+    jobs: builtins.list[Job]
     next_cursor: str | None
 
 
@@ -143,7 +144,7 @@ class Store(Protocol):
         lease: float,
         now: datetime,
         type_limits: Mapping[str, int] | None = None,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Atomically move up to ``limit`` queued jobs to running for ``worker_id``."""
         ...
 
@@ -182,7 +183,7 @@ class Store(Protocol):
         """
         ...
 
-    async def requeue_expired(self, *, now: datetime) -> list[Job]:
+    async def requeue_expired(self, *, now: datetime) -> builtins.list[Job]:
         """Recover running jobs whose lease expired before ``now`` (their worker died).
 
         A job with a pending cancel request becomes cancelled; one with attempts left
@@ -191,7 +192,7 @@ class Store(Protocol):
         """
         ...
 
-    async def promote_scheduled(self, *, now: datetime) -> list[Job]:
+    async def promote_scheduled(self, *, now: datetime) -> builtins.list[Job]:
         """Move scheduled jobs whose ``run_at <= now`` to queued."""
         ...
 

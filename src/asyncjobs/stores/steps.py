@@ -89,8 +89,13 @@ def finish_step(job: Job, token: str, outcome: Outcome, now: datetime) -> tuple[
     status = outcome.status
     if status is JobStatus.COMPLETED:
         nxt = advance(
-            job, status, result=outcome.result, error=None, progress=1.0,
-            finished_at=now, lease=None,
+            job,
+            status,
+            result=outcome.result,
+            error=None,
+            progress=1.0,
+            finished_at=now,
+            lease=None,
         )
     elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
         nxt = advance(job, status, error=outcome.error, finished_at=now, lease=None)
@@ -138,7 +143,5 @@ def check_purge_statuses(statuses: Iterable[JobStatus | str]) -> frozenset[JobSt
     chosen = frozenset(JobStatus(s) for s in statuses)
     live = chosen - TERMINAL
     if live:
-        raise ValueError(
-            f"only finished jobs can be purged; not {sorted(s.value for s in live)}"
-        )
+        raise ValueError(f"only finished jobs can be purged; not {sorted(s.value for s in live)}")
     return chosen

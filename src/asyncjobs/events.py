@@ -1,0 +1,173 @@
+"""EventBus: fan-out of job events to subscribers with bounded, coalescing buffers.
+
+Publishing never blocks and never awaits: a worker that reports progress is never slowed
+by a slow subscriber. Each subscriber owns a buffer of pending events:
+
+* pending ``job_progress`` events of one job coalesce to the newest (every event carries
+  the full snapshot, so the newest says everything the older ones did);
+* once a buffer holds ``max_pending`` events, every further non-final event coalesces
+  with the pending events of its job the same way;
+* final events (completed, failed, cancelled, deleted) are never coalesced away;
+* a subscriber whose buffer still reaches ``4 * max_pending`` is cut off: its iterator
+  raises :class:`~asyncjobs.errors.SubscriberOverflow` and it must resubscribe (it then
+  gets fresh snapshots, so nothing is silently lost).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import final
+
+import anyio
+
+from .errors import SubscriberOverflow
+from .job import EventType, JobEvent
+
+__all__ = ["EventBus", "Subscriber"]
+
+
+@final
+class Subscriber:
+    """One subscriber's filter and pending buffer. Made by :meth:`EventBus.subscribe`."""
+
+    __slots__ = (
+        "_bus",
+        "_closed",
+        "_overflowed",
+        "_pending",
+        "_wakeup",
+        "job_id",
+        "max_pending",
+        "type",
+    )
+
+    def __init__(
+        self, bus: EventBus, job_id: str | None, type: str | None, max_pending: int
+    ) -> None:
+        self._bus = bus
+        self.job_id = job_id
+        self.type = type
+        self.max_pending = max_pending
+        self._pending: OrderedDict[Hashable, JobEvent] = OrderedDict()
+        self._wakeup: anyio.Event | None = None
+        self._closed = False
+        self._overflowed = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def offer(self, event: JobEvent) -> None:
+        """Buffer one event (called by the bus; never blocks)."""
+        if self._closed:
+            return
+        pending = self._pending
+        key: Hashable
+        if event.type.is_final:
+            key = event.seq
+        elif event.type is EventType.PROGRESS:
+            key = (event.job.id, "progress")
+        elif len(pending) >= self.max_pending:
+            key = (event.job.id, "latest")
+        else:
+            key = event.seq
+        if key in pending:
+            del pending[key]  # re-insert at the end: order follows the newest version
+        pending[key] = event
+        if len(pending) >= 4 * self.max_pending:
+            pending.clear()
+            self._overflowed = True
+            self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def get(self) -> JobEvent:
+        """The next pending event; waits for one.
+
+        Raises:
+            SubscriberOverflow: the subscriber fell too far behind and was cut off.
+        """
+        while not self._pending:
+            if self._overflowed:
+                raise SubscriberOverflow(
+                    "this subscriber fell too far behind the event stream; resubscribe"
+                )
+            if self._closed:
+                raise anyio.EndOfStream
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+            self._wakeup = None
+        _, event = self._pending.popitem(last=False)
+        return event
+
+    def close(self) -> None:
+        """Stop receiving events and wake a waiting :meth:`get`."""
+        if not self._closed:
+            self._closed = True
+            self._bus._discard(self)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+
+@final
+class EventBus:
+    """In-process publish/subscribe of :class:`JobEvent` with filters by job and type."""
+
+    __slots__ = ("_all", "_by_job", "_by_type", "max_pending")
+
+    def __init__(self, *, max_pending: int = 1000) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self.max_pending = max_pending
+        # Indexed by filter so a publish touches only the subscribers that want it.
+        self._all: set[Subscriber] = set()
+        self._by_job: dict[str, set[Subscriber]] = {}
+        self._by_type: dict[str, set[Subscriber]] = {}
+
+    @property
+    def subscriber_count(self) -> int:
+        return (
+            len(self._all)
+            + sum(len(s) for s in self._by_job.values())
+            + sum(len(s) for s in self._by_type.values())
+        )
+
+    def subscribe(self, *, job_id: str | None = None, type: str | None = None) -> Subscriber:
+        """Register a subscriber for one job, one job type, or (neither) everything."""
+        sub = Subscriber(self, job_id, type, self.max_pending)
+        if job_id is not None:
+            self._by_job.setdefault(job_id, set()).add(sub)
+        elif type is not None:
+            self._by_type.setdefault(type, set()).add(sub)
+        else:
+            self._all.add(sub)
+        return sub
+
+    def publish(self, event: JobEvent) -> None:
+        """Offer ``event`` to every matching subscriber."""
+        for sub in self._all:
+            sub.offer(event)
+        job = event.job
+        for sub in self._by_job.get(job.id, ()):
+            # A job-level filter may also carry a type; it rarely does.
+            if sub.type is None or sub.type == job.type:
+                sub.offer(event)
+        for sub in self._by_type.get(job.type, ()):
+            sub.offer(event)
+
+    def _discard(self, sub: Subscriber) -> None:
+        if sub.job_id is not None:
+            group = self._by_job.get(sub.job_id)
+            if group is not None:
+                group.discard(sub)
+                if not group:
+                    del self._by_job[sub.job_id]
+        elif sub.type is not None:
+            group = self._by_type.get(sub.type)
+            if group is not None:
+                group.discard(sub)
+                if not group:
+                    del self._by_type[sub.type]
+        else:
+            self._all.discard(sub)

@@ -1,0 +1,91 @@
+"""Janitor: lease recovery, promotion of due scheduled jobs, retention, on timers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import final
+
+import anyio
+import attrs
+
+from .stores.protocol import Store
+
+__all__ = ["Janitor", "JanitorConfig", "JanitorReport"]
+
+logger = logging.getLogger("asyncjobs.janitor")
+
+
+@attrs.frozen
+class JanitorConfig:
+    """How often the janitor runs each chore.
+
+    Attributes:
+        enabled: Run the janitor in this process at all.
+        interval: Seconds between promotions of due scheduled jobs and recoveries of
+            expired leases (also the precision of ``delay``/``run_at``).
+        purge_interval: Seconds between deletions of finished jobs past retention.
+        purge_batch: At most this many jobs deleted per purge round.
+    """
+
+    enabled: bool = True
+    interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    purge_interval: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    purge_batch: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
+
+
+@attrs.frozen
+class JanitorReport:
+    """What one :meth:`Janitor.tick` did."""
+
+    promoted: int = 0
+    requeued: int = 0
+    purged: int = 0
+
+
+@final
+class Janitor:
+    """Keeps a store healthy. Every process may run one: each chore is one atomic store
+    call, so several janitors on one store do not conflict."""
+
+    def __init__(self, store: Store, config: JanitorConfig, clock: Callable[[], datetime]) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self._last_purge: float | None = None
+
+    async def tick(self, *, purge: bool = True) -> JanitorReport:
+        """Run each chore once, at the clock's current time."""
+        now = self.clock()
+        requeued = await self.store.requeue_expired(now=now)
+        promoted = await self.store.promote_scheduled(now=now)
+        purged = 0
+        if purge:
+            purged = await self.store.purge(now=now, expired=True, limit=self.config.purge_batch)
+        return JanitorReport(len(promoted), len(requeued), purged)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Tick forever: chores every ``interval``, purges every ``purge_interval``."""
+        # The first tick recovers leases that expired while no process was running.
+        report = await self.tick()
+        task_status.started()
+        self._log(report)
+        last_purge = anyio.current_time()
+        while True:
+            await anyio.sleep(self.config.interval)
+            due = anyio.current_time() - last_purge >= self.config.purge_interval
+            if due:
+                last_purge = anyio.current_time()
+            self._log(await self.tick(purge=due))
+
+    @staticmethod
+    def _log(report: JanitorReport) -> None:
+        if report.requeued:
+            logger.warning(
+                "recovered %d job(s) whose worker stopped renewing its lease", report.requeued
+            )
+        if report.purged:
+            logger.info("purged %d finished job(s) past retention", report.purged)

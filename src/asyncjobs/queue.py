@@ -1,0 +1,376 @@
+"""Queue: the API a host application calls."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import Any, final
+
+import anyio
+import attrs
+
+from ._ulid import new_ulid
+from .errors import ConfigurationError, FieldError, InvalidSubmission, JobNotFound, WaitTimeout
+from .events import EventBus
+from .janitor import Janitor, JanitorConfig
+from .job import TERMINAL, Job, JobStatus
+from .registry import Handler, JobRegistry
+from .stores import open_store
+from .stores.protocol import Page, Stats, Store
+from .subscription import Subscription
+from .worker import Worker, WorkerConfig
+
+__all__ = ["Queue"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _statuses(value: JobStatus | str | Iterable[JobStatus | str] | None) -> list[JobStatus] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # JobStatus is a str too
+        return [JobStatus(value)]
+    return [JobStatus(v) for v in value]
+
+
+def _names(value: str | Iterable[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+@final
+class Queue:
+    """A job queue: submit, observe, cancel; runs workers and a janitor while open.
+
+    Args:
+        store: A :class:`Store`, or a URL for :func:`open_store` (``memory://``,
+            ``sqlite:///jobs.db``, ``postgresql://...``). A store built from a URL is
+            closed with the queue.
+        registry: The job types; a new, empty one by default (add with :meth:`job_type`).
+        concurrency: Jobs this process runs at once; 0 runs no worker here (a web
+            process in front of separate workers). Overrides ``worker.concurrency``.
+        max_queued: :meth:`submit` raises QueueFull once this many jobs wait.
+        worker: Worker tuning (lease, heartbeat, shutdown grace).
+        janitor: Janitor tuning; ``JanitorConfig(enabled=False)`` runs none here.
+        clock: Returns the current UTC time; injectable for tests.
+        event_buffer: Events a subscriber may have pending before they coalesce.
+    """
+
+    def __init__(
+        self,
+        store: Store | str = "memory://",
+        *,
+        registry: JobRegistry | None = None,
+        concurrency: int | None = None,
+        max_queued: int | None = None,
+        worker: WorkerConfig | None = None,
+        janitor: JanitorConfig | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        event_buffer: int = 1000,
+    ) -> None:
+        self._owns_store = isinstance(store, str)
+        self.store: Store = open_store(store) if isinstance(store, str) else store
+        self.registry = registry if registry is not None else JobRegistry()
+        worker_config = worker or WorkerConfig()
+        if concurrency is not None:
+            worker_config = attrs.evolve(worker_config, concurrency=concurrency)
+        self.worker_config = worker_config
+        self.janitor_config = janitor or JanitorConfig()
+        if max_queued is not None and max_queued < 1:
+            raise ValueError("max_queued must be at least 1")
+        self.max_queued = max_queued
+        self.clock = clock
+        self.bus = EventBus(max_pending=event_buffer)
+        self.worker: Worker | None = None
+        self.janitor: Janitor | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    # -- registry shortcut ---------------------------------------------------------
+
+    def job_type(self, name: str | None = None, **options: Any) -> Callable[[Handler], Handler]:
+        """Register a job type; see :meth:`JobRegistry.job_type` for the options."""
+        return self.registry.job_type(name, **options)
+
+    @property
+    def concurrency(self) -> int:
+        return self.worker_config.concurrency
+
+    def running_count(self) -> int:
+        """Jobs running in this process now."""
+        return self.worker.running_count if self.worker is not None else 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._stack is not None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Queue:
+        if self._stack is not None:
+            raise ConfigurationError("this queue is open already")
+        stack = contextlib.AsyncExitStack()
+        try:
+            await self.store.open()
+            if self._owns_store:
+                stack.push_async_callback(self.store.close)
+            stack.callback(self.store.add_listener(self._on_event))
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)  # runs before the task group exits
+            if self.janitor_config.enabled:
+                self.janitor = Janitor(self.store, self.janitor_config, self.clock)
+                await tg.start(self.janitor.run)
+            if self.worker_config.concurrency > 0:
+                self.worker = Worker(self.store, self.registry, self.worker_config, self.clock)
+                await tg.start(self.worker.run)
+                stack.push_async_callback(self._drain_worker)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def _drain_worker(self) -> None:
+        worker = self.worker
+        if worker is not None:
+            worker.stop()
+            with anyio.CancelScope(shield=True):
+                await worker.wait_stopped()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop claiming, let running jobs finish (within the shutdown grace, then
+        cancel and requeue them), stop the janitor and close an owned store."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        self.worker = None
+        self.janitor = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """A host framework's lifespan: ``Starlette(lifespan=queue.lifespan)``."""
+        async with self:
+            yield
+
+    def _on_event(self, event: Any) -> None:
+        self.bus.publish(event)
+        if self.worker is not None:
+            self.worker.on_event(event)
+
+    def _require_open(self) -> None:
+        if self._stack is None:
+            raise ConfigurationError(
+                "the queue is not open: use `async with queue:` or the host's "
+                "lifespan (`lifespan=queue.lifespan`) before submitting or observing"
+            )
+
+    # -- submit ------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        type: str,
+        params: Any = None,
+        *,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        tags: Collection[str] = (),
+        owner: str | None = None,
+    ) -> Job:
+        """Validate and store a new job; return it (queued, or scheduled if delayed).
+
+        Args:
+            type: A registered job type's name.
+            params: The params (a dict, or an instance of the type's params class).
+            priority: Higher runs first; defaults to the type's priority.
+            delay: Run no sooner than this many seconds from now.
+            run_at: Run no sooner than this time (timezone-aware).
+            timeout: Seconds an attempt may run; defaults to the type's timeout.
+            max_attempts: Attempts before the job stays failed; the type's by default.
+            idempotency_key: A second submit with the same key returns the first job.
+            tags: Free-form labels, kept with the job.
+            owner: The principal that owns the job (used by per-owner isolation).
+
+        Raises:
+            UnknownJobType: no such type. InvalidParams: bad params (nothing stored).
+            InvalidSubmission: bad options. QueueFull: ``max_queued`` reached.
+        """
+        self._require_open()
+        job_type = self.registry.get(type)
+        if attrs.has(params.__class__):
+            params = job_type.converter.unstructure(params)
+        _, normalised = job_type.parse(params)
+        now = self.clock()
+        due = self._due_time(now, delay, run_at, timeout, max_attempts, tags)
+        job = Job(
+            id=new_ulid(),
+            type=type,
+            params=normalised,
+            status=JobStatus.SCHEDULED if due > now else JobStatus.QUEUED,
+            created_at=now,
+            run_at=max(due, now),
+            priority=job_type.priority if priority is None else int(priority),
+            timeout=job_type.timeout if timeout is None else float(timeout),
+            max_attempts=job_type.max_attempts if max_attempts is None else max_attempts,
+            retention=job_type.retention,
+            idempotency_key=idempotency_key,
+            owner=owner,
+            tags=tuple(tags),
+        )
+        stored, _ = await self.store.add(job, max_queued=self.max_queued)
+        return stored
+
+    @staticmethod
+    def _due_time(
+        now: datetime,
+        delay: float | timedelta | None,
+        run_at: datetime | None,
+        timeout: float | None,
+        max_attempts: int | None,
+        tags: Collection[str],
+    ) -> datetime:
+        errors: list[FieldError] = []
+        due = now
+        if delay is not None and run_at is not None:
+            errors.append({"loc": ["delay"], "msg": "give delay or run_at, not both"})
+        elif delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+                errors.append({"loc": ["delay"], "msg": "must be a number of seconds >= 0"})
+            else:
+                due = now + timedelta(seconds=seconds)
+        elif run_at is not None:
+            if not isinstance(run_at, datetime) or run_at.tzinfo is None:
+                errors.append({"loc": ["run_at"], "msg": "must be a timezone-aware datetime"})
+            else:
+                due = run_at.astimezone(timezone.utc)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            errors.append({"loc": ["timeout"], "msg": "must be a number of seconds > 0"})
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            errors.append({"loc": ["max_attempts"], "msg": "must be an integer >= 1"})
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            errors.append({"loc": ["tags"], "msg": "must be a list of strings"})
+        if errors:
+            raise InvalidSubmission(errors)
+        return due
+
+    # -- observe -----------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job:
+        """Raises: JobNotFound."""
+        self._require_open()
+        return await self.store.get(job_id)
+
+    async def list(
+        self,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        type: str | Iterable[str] | None = None,
+        owner: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """Jobs, newest first, filtered; pass ``page.next_cursor`` for the next page."""
+        self._require_open()
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        return await self.store.list(
+            statuses=_statuses(status), types=_names(type), owner=owner, cursor=cursor, limit=limit
+        )
+
+    async def stats(self) -> Stats:
+        """Counts per status, overall and per type."""
+        self._require_open()
+        return await self.store.stats()
+
+    def subscribe(
+        self, job_id: str | None = None, type: str | None = None, *, snapshot: bool = True
+    ) -> Subscription:
+        """Events of one job, one type, or the whole queue: current snapshots first
+        (``job_snapshot`` events), then live events. A one-job subscription ends after
+        the job's final event. Use as ``async for`` or ``async with ... as sub``."""
+        self._require_open()
+        return Subscription(self, job_id=job_id, type=type, snapshot=snapshot)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Wait until the job is finished and return it.
+
+        Raises:
+            WaitTimeout: still live after ``timeout`` seconds. JobNotFound: no such job,
+                or it was deleted while waiting.
+        """
+        with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+            async with self.subscribe(job_id) as events:
+                async for event in events:
+                    if event.job.status in TERMINAL:
+                        return event.job
+            raise JobNotFound(job_id)  # the stream ended without a final state: deleted
+        assert timeout is not None
+        raise WaitTimeout(job_id, timeout)
+
+    # -- change ------------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a job: at once when it waits, by cancelling its handler when it runs.
+
+        Returns the job after the request (``cancel_requested`` set if it is running).
+
+        Raises: IllegalTransition (it is finished), JobNotFound.
+        """
+        self._require_open()
+        return await self.store.request_cancel(job_id, now=self.clock())
+
+    async def delete(self, job_id: str, *, wait: float = 10.0) -> Job:
+        """Delete a job, cancelling it first if it is live (a running job gets up to
+        ``wait`` seconds to stop). Returns the job's last snapshot.
+
+        Raises: JobNotFound, WaitTimeout (a running job did not stop in time).
+        """
+        self._require_open()
+        job = await self.store.get(job_id)
+        if not job.is_terminal:
+            job = await self.store.request_cancel(job_id, now=self.clock())
+            if not job.is_terminal:
+                await self.wait(job_id, timeout=wait)
+        return await self.store.delete(job_id, now=self.clock())
+
+    async def purge(
+        self,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        type: str | Iterable[str] | None = None,
+        older_than: float | timedelta | None = None,
+    ) -> int:
+        """Delete finished jobs (all finished statuses by default); return how many.
+
+        Raises: ValueError when ``status`` names a live status.
+        """
+        self._require_open()
+        now = self.clock()
+        if isinstance(older_than, int | float):
+            older_than = timedelta(seconds=older_than)
+        return await self.store.purge(
+            now=now,
+            statuses=_statuses(status) or TERMINAL,
+            types=_names(type),
+            finished_before=None if older_than is None else now - older_than,
+        )

@@ -1,0 +1,276 @@
+"""Worker: claims jobs, runs their handlers, renews leases, retries, shuts down gracefully."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, final
+
+import anyio
+import attrs
+
+from ._ulid import new_ulid
+from .context import JobContext, ThreadJobContext
+from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
+from .job import EventType, Job, JobError, JobEvent, JobStatus
+from .registry import JobRegistry, JobType
+from .stores.protocol import Outcome, Store
+
+__all__ = ["Worker", "WorkerConfig"]
+
+logger = logging.getLogger("asyncjobs.worker")
+
+
+@attrs.frozen
+class WorkerConfig:
+    """How a worker runs jobs.
+
+    Attributes:
+        concurrency: Jobs this process runs at once (0: run none, only submit/observe).
+        lease: Seconds a claim lasts without renewal; a crashed worker's jobs are
+            recovered this long after its last heartbeat.
+        heartbeat: Seconds between lease renewals (default ``lease / 3``).
+        shutdown_grace: Seconds running jobs get to finish on shutdown before they are
+            cancelled and requeued.
+        idle_wait: Longest wait for a store wake-up before claiming again (a safety net
+            against a lost wake-up; idle workers do not poll faster than this).
+    """
+
+    concurrency: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    lease: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    heartbeat: float | None = None
+    shutdown_grace: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    idle_wait: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat if self.heartbeat is not None else self.lease / 3
+
+
+class _Stop(enum.Enum):
+    CANCEL = "cancel"  # a user asked to cancel the job
+    SHUTDOWN = "shutdown"  # the worker is stopping; requeue
+    LOST = "lost"  # the lease was lost; someone else owns the job now
+
+
+@attrs.define(eq=False)
+class _Running:
+    job: Job
+    token: str
+    ctx: JobContext
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    stop: _Stop | None = None
+
+
+def _error_of(exc: BaseException) -> JobError:
+    return JobError(
+        type=type(exc).__qualname__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    )
+
+
+@final
+class Worker:
+    """Runs jobs of a registry from a store. Normally owned by a :class:`Queue`."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: JobRegistry,
+        config: WorkerConfig,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.clock = clock
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
+        self._running: dict[str, _Running] = {}
+        self._stopping = False
+        self._changed = anyio.Event()  # a slot freed up or stop() was called
+        self._idle_scope: anyio.CancelScope | None = None
+        self._stopped = anyio.Event()
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    def running_ids(self) -> list[str]:
+        return list(self._running)
+
+    def stop(self) -> None:
+        """Stop claiming; :meth:`run` then drains the running jobs and returns."""
+        self._stopping = True
+        self._poke()
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    def on_event(self, event: JobEvent) -> None:
+        """React to store events: a cancel request for a job this worker runs."""
+        if event.type is EventType.CANCEL_REQUESTED:
+            running = self._running.get(event.job.id)
+            if running is not None and running.stop is None:
+                self._halt(running, _Stop.CANCEL)
+
+    def _halt(self, running: _Running, why: _Stop) -> None:
+        running.stop = why
+        running.ctx._cancel()
+        running.scope.cancel()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Claim and run jobs until :meth:`stop`, then drain gracefully."""
+        cfg = self.config
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat_loop)
+            task_status.started()
+            types = self.registry.names()
+            while not self._stopping:
+                free = cfg.concurrency - len(self._running)
+                if free <= 0:
+                    await self._changed.wait()
+                    continue
+                jobs = await self.store.claim(
+                    self.id,
+                    types=types,
+                    limit=free,
+                    lease=cfg.lease,
+                    now=self.clock(),
+                    type_limits=self.registry.concurrency_limits(),
+                )
+                for job in jobs:
+                    assert job.lease is not None
+                    ctx = JobContext(job, self._progress_sink(job.id, job.lease.token))
+                    running = _Running(job, job.lease.token, ctx)
+                    self._running[job.id] = running
+                    tg.start_soon(self._run_job, running)
+                if not jobs:
+                    with anyio.CancelScope() as self._idle_scope:
+                        await self.store.wait_for_work(cfg.idle_wait)
+                    self._idle_scope = None
+            await self._drain()
+            tg.cancel_scope.cancel()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`run` has drained and returned."""
+        await self._stopped.wait()
+
+    async def _drain(self) -> None:
+        with anyio.move_on_after(self.config.shutdown_grace):
+            while self._running:
+                await self._changed.wait()
+        for running in list(self._running.values()):
+            if running.stop is None:
+                self._halt(running, _Stop.SHUTDOWN)
+        while self._running:
+            await self._changed.wait()
+
+    def _progress_sink(self, job_id: str, token: str) -> Callable[[float, str | None], Any]:
+        async def sink(fraction: float, message: str | None) -> None:
+            await self.store.set_progress(job_id, token, fraction, message, now=self.clock())
+
+        return sink
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.heartbeat_interval)
+            for running in list(self._running.values()):
+                if running.stop is not None:
+                    continue
+                try:
+                    job = await self.store.renew(
+                        running.job.id, running.token, lease=self.config.lease, now=self.clock()
+                    )
+                except (LeaseLost, JobNotFound):
+                    logger.warning("lost the lease on job %s; abandoning it", running.job.id)
+                    self._halt(running, _Stop.LOST)
+                    continue
+                if job.cancel_requested and running.stop is None:
+                    self._halt(running, _Stop.CANCEL)
+
+    async def _run_job(self, running: _Running) -> None:
+        job = running.job
+        job_type = self.registry.get(job.type)
+        outcome: Outcome | None = None
+        try:
+            with running.scope:
+                outcome = await self._attempt(job_type, running)
+            # A cancel that lands as the handler returns still wins: a job the user
+            # cancelled never turns up completed afterwards.
+            if running.stop is _Stop.CANCEL:
+                outcome = Outcome(JobStatus.CANCELLED)
+            elif running.stop is _Stop.SHUTDOWN:
+                outcome = Outcome(JobStatus.QUEUED)
+            elif running.stop is _Stop.LOST:
+                outcome = None
+        finally:
+            # Runs even when the whole worker is being cancelled: give the job back
+            # rather than leave it to lease expiry.
+            if outcome is None and running.stop is None:
+                outcome = Outcome(JobStatus.QUEUED)
+            with anyio.CancelScope(shield=True):
+                if outcome is not None:
+                    await self._finish(running, outcome)
+                del self._running[job.id]
+                self._poke()
+
+    async def _attempt(self, job_type: JobType, running: _Running) -> Outcome | None:
+        job = running.job
+        try:
+            params = job_type.structure(job.params)
+            with anyio.move_on_after(
+                job.timeout if job.timeout is not None else float("inf")
+            ) as timer:
+                if job_type.is_async:
+                    result = await job_type.handler(running.ctx, params)
+                else:
+                    thread_ctx = ThreadJobContext(running.ctx)
+                    result = await anyio.to_thread.run_sync(
+                        job_type.handler, thread_ctx, params, abandon_on_cancel=True
+                    )
+            if timer.cancelled_caught:
+                running.ctx._cancel()  # a thread handler learns it through its context
+                exc = JobTimeout(f"job {job.id} exceeded its timeout of {job.timeout:g}s")
+                return self._failure(job_type, job, _error_of(exc))
+            json.dumps(result)  # fail here, with the handler's name on it, not in a store
+            return Outcome(JobStatus.COMPLETED, result=result)
+        except LeaseLost:
+            running.stop = _Stop.LOST
+            return None
+        except JobCancelled:
+            return Outcome(JobStatus.CANCELLED)
+        except Exception as exc:  # the job boundary: any handler error fails the attempt
+            if running.stop is not None:
+                return None  # an exception raised while being halted: the halt decides
+            return self._failure(job_type, job, _error_of(exc))
+
+    def _failure(self, job_type: JobType, job: Job, error: JobError) -> Outcome:
+        if job.attempts < job.max_attempts:
+            delay = job_type.backoff.delay(job.attempts)
+            return Outcome(
+                JobStatus.SCHEDULED, error=error, run_at=self.clock() + timedelta(seconds=delay)
+            )
+        return Outcome(JobStatus.FAILED, error=error)
+
+    async def _finish(self, running: _Running, outcome: Outcome) -> None:
+        try:
+            await self.store.finish(running.job.id, running.token, outcome, now=self.clock())
+        except (LeaseLost, JobNotFound):
+            logger.warning(
+                "job %s ended (%s) after this worker lost its lease; the new holder decides",
+                running.job.id,
+                outcome.status.value,
+            )
