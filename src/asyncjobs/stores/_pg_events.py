@@ -1,0 +1,148 @@
+"""Events of :class:`~asyncjobs.stores.postgres.PostgresStore` over NOTIFY.
+
+A payload is ``{"src", "seq", "type", "at", "job"}``: the event record of
+:func:`asyncjobs.codec.event_to_record` plus the id of the store instance that sent it
+(an instance hands its own events to its listeners directly, and skips their echo).
+The server splices ``seq`` in, since it is drawn from the sequence in the same
+statement. PostgreSQL refuses payloads of 8000 bytes or more; a larger event is sent
+``"partial"``: with the job stripped of params, result, error and message (or only its
+id), and the receiver reads the job back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from datetime import datetime
+from typing import Any, final
+
+import attrs
+
+from ..codec import (
+    dumps,
+    event_from_record,
+    format_time,
+    job_from_record,
+    job_to_record,
+    parse_time,
+)
+from ..job import EventType, Job, JobEvent
+
+__all__ = ["WAKE", "RemoteEvents", "encode_suffix", "make_prefix"]
+
+logger = logging.getLogger("asyncjobs.store.postgres")
+
+#: Below PostgreSQL's 8000-byte payload limit, with room for the seq.
+_NOTIFY_LIMIT = 7900
+#: Events after which a job may have become claimable (or a per-type slot freed up).
+WAKE = frozenset(
+    {
+        EventType.CREATED,
+        EventType.QUEUED,
+        EventType.RETRYING,
+        EventType.COMPLETED,
+        EventType.FAILED,
+        EventType.CANCELLED,
+    }
+)
+
+
+def make_prefix(instance: str) -> str:
+    """The payload up to the seq, which the server appends."""
+    return '{"src":' + json.dumps(instance) + ',"seq":'
+
+
+def encode_suffix(prefix: str, type: EventType, job: Job, at: datetime) -> str:
+    """The payload after the seq: the event record, or a partial one if it is too big."""
+    when = format_time(at)
+    room = _NOTIFY_LIMIT - len(prefix.encode()) - 20
+    body = dumps({"type": type.value, "at": when, "job": job_to_record(job)})
+    if len(body.encode()) > room:
+        slim = attrs.evolve(job, params={}, result=None, error=None, message=None, tags=())
+        body = dumps({"type": type.value, "at": when, "partial": True, "job": job_to_record(slim)})
+        if len(body.encode()) > room:
+            body = dumps({"type": type.value, "at": when, "partial": True, "id": job.id})
+    return "," + body[1:]
+
+
+@final
+class RemoteEvents:
+    """Turns notifications from other store instances into events, in arrival order.
+
+    Args:
+        instance: This store instance's id; its own notifications are skipped.
+        deliver: Hands events to the local listeners.
+        wake: Wakes this process's idle workers.
+        fetch: Reads a job (None if it is gone) to complete a partial event.
+        wanted: Whether anyone listens (events are not even decoded otherwise).
+    """
+
+    def __init__(
+        self,
+        instance: str,
+        *,
+        deliver: Callable[[Collection[JobEvent]], None],
+        wake: Callable[[], None],
+        fetch: Callable[[str], Awaitable[Job | None]],
+        wanted: Callable[[], bool],
+    ) -> None:
+        self._instance = instance
+        self._deliver = deliver
+        self._wake = wake
+        self._fetch = fetch
+        self._wanted = wanted
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._inbox = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(
+            self._consume(), name="asyncjobs-pg-events"
+        )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def on_payload(self, payload: str) -> None:
+        """Handle one notification (called by the LISTEN connection)."""
+        data = json.loads(payload)
+        if data.get("src") == self._instance:
+            return
+        if EventType(data["type"]) in WAKE:
+            self._wake()
+        if self._wanted():
+            # One consumer keeps remote events in commit order, even when one of them
+            # has to read its job back first.
+            self._inbox.put_nowait(data)
+
+    async def _consume(self) -> None:
+        while True:
+            data = await self._inbox.get()
+            if not data.get("partial"):
+                self._deliver([event_from_record(data)])
+                continue
+            try:
+                event = await self._complete(data)
+            except Exception:  # a reader of the job gets it from the store anyway
+                logger.exception("could not read back the job of a notification")
+                continue
+            if event is not None:
+                self._deliver([event])
+
+    async def _complete(self, data: dict[str, Any]) -> JobEvent | None:
+        slim = job_from_record(data["job"]) if "job" in data else None
+        current = await self._fetch(slim.id if slim is not None else data["id"])
+        if current is not None and (slim is None or current.version == slim.version):
+            job = current
+        elif slim is not None:
+            job = slim  # the job changed or went since: the slim snapshot is the truth
+        else:
+            return None
+        return JobEvent(EventType(data["type"]), data["seq"], parse_time(data["at"]), job)

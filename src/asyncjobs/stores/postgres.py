@@ -1,0 +1,537 @@
+"""PostgresStore: jobs in PostgreSQL, shared by many processes on many machines.
+
+* Every change runs in one transaction that locks the rows it reads (``FOR UPDATE``),
+  computes the next snapshot with the shared steps of :mod:`.steps`, writes it, takes
+  the event ``seq`` from a sequence and calls ``pg_notify``. PostgreSQL delivers a
+  notification only when its transaction commits, so no process ever hears of a change
+  that was rolled back.
+* ``claim`` picks queued jobs with ``FOR UPDATE SKIP LOCKED`` (priority, then id) in one
+  statement, so concurrent workers never wait on each other or take the same job. Per
+  type limits are exact across all workers: a claim of a limited type holds a
+  transaction-level advisory lock per type while it counts that type's running jobs.
+* Events reach the listeners of this process directly after commit, and every other
+  process through LISTEN/NOTIFY on a dedicated connection (see :mod:`._pg_listen`).
+  A notification carries the whole event record when it fits in PostgreSQL's 8000-byte
+  payload limit; otherwise it carries a snapshot without params, result and error, and
+  the receiver reads the full job back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, final
+
+import anyio
+
+from ..codec import (
+    dumps,
+    format_time,
+    job_from_record,
+    job_to_record,
+)
+from ..errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
+from ..job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ._pg_events import WAKE, RemoteEvents, encode_suffix, make_prefix
+from ._pg_listen import Listener
+from ._pg_schema import (
+    apply_migrations,
+    check_schema_name,
+    import_asyncpg,
+    migrate,
+    quote_ident,
+    redact,
+    split_url,
+)
+from ._pg_sql import Statements
+from .protocol import EventListener, Outcome, Page, Stats
+from .steps import (
+    cancel_step,
+    check_lease,
+    check_purge_statuses,
+    claim_step,
+    expire_step,
+    finish_step,
+    new_token,
+    progress_step,
+    promote_step,
+)
+
+__all__ = ["PostgresStore", "migrate"]
+
+logger = logging.getLogger("asyncjobs.store.postgres")
+
+T = TypeVar("T")
+Conn = Any  # asyncpg.Connection; asyncpg is imported lazily
+
+_BATCH = 500
+
+
+def _load(text: str) -> Job:
+    return job_from_record(json.loads(text))
+
+
+@final
+class PostgresStore:
+    """A store in PostgreSQL: durable, and shared by every process attached to it.
+
+    Args:
+        dsn: A libpq URL, ``postgresql://user:password@host:5432/dbname``.
+        schema: The PostgreSQL schema holding the tables (created by ``open()``).
+        min_pool: Connections the pool keeps open.
+        max_pool: Connections the pool opens at most (one more is used for LISTEN).
+    """
+
+    def __init__(
+        self, dsn: str, *, schema: str = "asyncjobs", min_pool: int = 1, max_pool: int = 10
+    ) -> None:
+        self.dsn = dsn
+        self.schema = check_schema_name(schema)
+        self.url = redact(dsn) + ("" if schema == "asyncjobs" else f"?schema={schema}")
+        self._min_pool = min_pool
+        self._max_pool = max_pool
+        self._channel = f"asyncjobs_{schema}"
+        self._instance = secrets.token_hex(8)  # our own notifications are skipped
+        self._prefix = make_prefix(self._instance)
+        self._sql = Statements(quote_ident(self.schema))
+        self._pool: Any = None
+        self._listener: Listener | None = None
+        self._listeners: list[EventListener] = []
+        self._remote = RemoteEvents(
+            self._instance,
+            deliver=self._deliver,
+            wake=self._notify_work,
+            fetch=self._find,
+            wanted=lambda: bool(self._listeners),
+        )
+        self._wake = anyio.Event()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> PostgresStore:
+        """Build a store from ``postgresql://...`` or ``postgres://...[?schema=name]``."""
+        dsn, schema = split_url(url)
+        if schema is not None:
+            kwargs.setdefault("schema", schema)
+        return cls(dsn, **kwargs)
+
+    @property
+    def listener(self) -> Listener | None:
+        """The LISTEN connection keeper (None while closed); for tests and diagnostics."""
+        return self._listener
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        asyncpg = import_asyncpg()
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await apply_migrations(conn, self.schema)
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(self.dsn, min_size=self._min_pool, max_size=self._max_pool)
+        listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._notify_work)
+        try:
+            await listener.start()
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool, self._listener = pool, listener
+        self._remote.start()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()
+        await self._remote.stop()
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5.0)
+            except asyncio.TimeoutError:
+                pool.terminate()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    async def _run(self, op: Callable[[Conn], Awaitable[T]], *, retry: bool = True) -> T:
+        """Run ``op`` on a pooled connection; once more on a fresh one if it dropped."""
+        pool = self._pool
+        if pool is None:
+            raise ConfigurationError("the PostgreSQL store is closed; await store.open() first")
+        asyncpg = import_asyncpg()
+        errors = (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.InterfaceError,
+        )
+        try:
+            async with pool.acquire() as conn:
+                return await op(conn)
+        except errors as exc:
+            if not retry:
+                raise
+            logger.warning("PostgreSQL connection error (%s); retrying once", exc)
+        async with pool.acquire() as conn:
+            return await op(conn)
+
+    async def _write(
+        self, conn: Conn, changes: list[tuple[Job, EventType]], now: datetime
+    ) -> list[JobEvent]:
+        """Store new snapshots of existing jobs and announce them, in one statement."""
+        if not changes:
+            return []
+        jobs = [job for job, _ in changes]
+        rows = await conn.fetch(
+            self._sql.write,
+            [j.id for j in jobs],
+            [j.status.value for j in jobs],
+            [j.priority for j in jobs],
+            [j.run_at for j in jobs],
+            [j.finished_at for j in jobs],
+            [None if j.lease is None else j.lease.token for j in jobs],
+            [None if j.lease is None else j.lease.expires_at for j in jobs],
+            [dumps(job_to_record(j)) for j in jobs],
+            [encode_suffix(self._prefix, t, j, now) for j, t in changes],
+            self._channel,
+            self._prefix,
+        )
+        return [
+            JobEvent(type=t, seq=row["seq"], at=now, job=j)
+            for (j, t), row in zip(changes, rows, strict=True)
+        ]
+
+    async def _delete(self, conn: Conn, jobs: list[Job], now: datetime) -> list[JobEvent]:
+        if not jobs:
+            return []
+        rows = await conn.fetch(
+            self._sql.delete,
+            [j.id for j in jobs],
+            [encode_suffix(self._prefix, EventType.DELETED, j, now) for j in jobs],
+            self._channel,
+            self._prefix,
+        )
+        return [
+            JobEvent(type=EventType.DELETED, seq=row["seq"], at=now, job=j)
+            for j, row in zip(jobs, rows, strict=True)
+        ]
+
+    async def _locked(self, conn: Conn, job_id: str) -> Job:
+        text = await conn.fetchval(self._sql.get_for_update, job_id)
+        if text is None:
+            raise JobNotFound(job_id)
+        return _load(text)
+
+    def _emit(self, events: Collection[JobEvent]) -> None:
+        """Hand committed events to this process's listeners; wake idle workers."""
+        self._deliver(events)
+        if any(e.type in WAKE for e in events):
+            self._notify_work()
+
+    def _deliver(self, events: Collection[JobEvent]) -> None:
+        for event in events:
+            for listener in list(self._listeners):
+                try:
+                    listener(event)
+                except Exception:  # a broken listener must not undo a committed change
+                    logger.exception("event listener %r failed", listener)
+
+    def _notify_work(self) -> None:
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    async def _find(self, job_id: str) -> Job | None:
+        try:
+            return await self.get(job_id)
+        except JobNotFound:
+            return None
+
+    # -- Store protocol ----------------------------------------------------------
+
+    async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        sql = self._sql
+        record = dumps(job_to_record(job))
+        suffix = encode_suffix(self._prefix, EventType.CREATED, job, job.created_at)
+        attempt = 0
+
+        async def op(conn: Conn) -> tuple[Job, JobEvent | None]:
+            nonlocal attempt
+            attempt += 1
+            async with conn.transaction():
+                if job.idempotency_key is not None:
+                    text = await conn.fetchval(sql.get_by_key, job.idempotency_key)
+                    if text is not None:
+                        return _load(text), None
+                if max_queued is not None:
+                    # Serialize counted adds so max_queued is exact across processes.
+                    await conn.execute(sql.lock, f"asyncjobs:add:{self.schema}")
+                    if await conn.fetchval(sql.count_waiting) >= max_queued:
+                        raise QueueFull(max_queued)
+                if attempt > 1:
+                    existing = await conn.fetchval(sql.get, job.id)
+                    if existing is not None and _load(existing) == job:
+                        return job, None  # our first attempt committed before the drop
+                try:
+                    row = await conn.fetchrow(
+                        sql.insert,
+                        job.id,
+                        job.type,
+                        job.status.value,
+                        job.priority,
+                        job.run_at,
+                        job.finished_at,
+                        job.retention,
+                        job.idempotency_key,
+                        job.owner,
+                        record,
+                        self._channel,
+                        self._prefix,
+                        suffix,
+                    )
+                except import_asyncpg().UniqueViolationError:
+                    raise ValueError(f"a job with id {job.id} exists already") from None
+                if row is not None:
+                    return job, JobEvent(EventType.CREATED, row["seq"], job.created_at, job)
+                # Lost a race on the idempotency key: the winner committed meanwhile.
+                text = await conn.fetchval(sql.get_by_key, job.idempotency_key)
+                if text is None:
+                    raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
+                return _load(text), None
+
+        stored, event = await self._run(op)
+        if event is None:
+            return stored, stored is job and attempt > 1
+        self._emit([event])
+        return stored, True
+
+    async def get(self, job_id: str) -> Job:
+        text = await self._run(lambda conn: conn.fetchval(self._sql.get, job_id))
+        if text is None:
+            raise JobNotFound(job_id)
+        return _load(text)
+
+    async def stats(self) -> Stats:
+        rows = await self._run(lambda conn: conn.fetch(self._sql.stats))
+        counts = {s: 0 for s in JobStatus}
+        by_type: dict[str, dict[JobStatus, int]] = {}
+        for type_, status, n in rows:
+            counts[JobStatus(status)] += n
+            by_type.setdefault(type_, {s: 0 for s in JobStatus})[JobStatus(status)] += n
+        return Stats(counts, by_type)
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        types: Collection[str],
+        limit: int,
+        lease: float,
+        now: datetime,
+        type_limits: Mapping[str, int] | None = None,
+    ) -> list[Job]:
+        wanted = sorted(set(types))
+        if not wanted or limit <= 0:
+            return []
+        limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
+        free = [t for t in wanted if t not in limits]
+        sql = self._sql
+
+        async def op(conn: Conn) -> list[JobEvent]:
+            async with conn.transaction():
+                texts: list[str] = []
+                if limits:
+                    limited = sorted(limits)
+                    # Sorted lock order: two claimers never deadlock on each other.
+                    await conn.execute(
+                        sql.lock_many, [f"asyncjobs:type:{self.schema}:{t}" for t in limited]
+                    )
+                    running = dict(await conn.fetch(sql.count_running, limited))
+                    for type_ in limited:
+                        room = min(limits[type_] - running.get(type_, 0), limit)
+                        if room > 0:
+                            texts += [r[0] for r in await conn.fetch(sql.pick, [type_], room)]
+                if free:
+                    texts += [r[0] for r in await conn.fetch(sql.pick, free, limit)]
+                picked = sorted(map(_load, texts), key=lambda j: (-j.priority, j.id))[:limit]
+                changes = [
+                    (claim_step(j, worker_id, new_token(), lease, now), EventType.STARTED)
+                    for j in picked
+                ]
+                return await self._write(conn, changes, now)
+
+        events = await self._run(op)
+        self._emit(events)
+        return [e.job for e in events]
+
+    async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
+        # One statement, no row lock held across round trips: renewals are frequent.
+        expires = now + timedelta(seconds=lease)
+        text = await self._run(
+            lambda conn: conn.fetchval(
+                self._sql.renew, job_id, token, expires, format_time(expires)
+            )
+        )
+        if text is None:
+            check_lease(await self.get(job_id), token)  # raises JobNotFound or LeaseLost
+            raise LeaseLost(job_id)
+        return _load(text)
+
+    async def _change(
+        self, job_id: str, step: Callable[[Job], tuple[Job, EventType] | None], now: datetime
+    ) -> Job:
+        """Lock one job, apply ``step`` (None: nothing changes), write and announce."""
+
+        async def op(conn: Conn) -> tuple[Job, list[JobEvent]]:
+            async with conn.transaction():
+                job = await self._locked(conn, job_id)
+                result = step(job)
+                if result is None:
+                    return job, []
+                return result[0], await self._write(conn, [result], now)
+
+        job, events = await self._run(op)
+        self._emit(events)
+        return job
+
+    async def set_progress(
+        self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
+    ) -> Job:
+        def step(job: Job) -> tuple[Job, EventType]:
+            return progress_step(job, token, progress, message), EventType.PROGRESS
+
+        return await self._change(job_id, step, now)
+
+    async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
+        calls = 0
+
+        def step(job: Job) -> tuple[Job, EventType] | None:
+            nonlocal calls
+            calls += 1
+            try:
+                return finish_step(job, token, outcome, now)
+            except LeaseLost:
+                if calls > 1 and job.status is outcome.status and job.lease is None:
+                    return None  # our first attempt committed before its connection dropped
+                raise
+
+        return await self._change(job_id, step, now)
+
+    async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
+        return await self._change(job_id, lambda j: cancel_step(j, now), now)
+
+    async def delete(self, job_id: str, *, now: datetime) -> Job:
+        async def op(conn: Conn) -> tuple[Job, list[JobEvent]]:
+            async with conn.transaction():
+                job = await self._locked(conn, job_id)
+                if not job.is_terminal:
+                    raise IllegalTransition(job.id, job.status.value, "deleted")
+                return job, await self._delete(conn, [job], now)
+
+        job, events = await self._run(op, retry=False)
+        self._emit(events)
+        return job
+
+    async def _sweep(
+        self, select: str, arg: Any, step: Callable[[Job], tuple[Job, EventType]], now: datetime
+    ) -> list[Job]:
+        """Apply ``step`` to every job ``select`` finds, in batches of committed work."""
+        changed: list[Job] = []
+        while True:
+
+            async def op(conn: Conn) -> list[JobEvent]:
+                async with conn.transaction():
+                    rows = await conn.fetch(select, arg, _BATCH)
+                    changes = [step(_load(r[0])) for r in rows]
+                    return await self._write(conn, changes, now)
+
+            events = await self._run(op)
+            self._emit(events)
+            changed += [e.job for e in events]
+            if len(events) < _BATCH:
+                return changed
+
+    async def requeue_expired(self, *, now: datetime) -> list[Job]:
+        return await self._sweep(self._sql.expired, now, lambda j: expire_step(j, now), now)
+
+    async def promote_scheduled(self, *, now: datetime) -> list[Job]:
+        return await self._sweep(
+            self._sql.due, now, lambda j: (promote_step(j), EventType.QUEUED), now
+        )
+
+    async def purge(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = TERMINAL,
+        types: Collection[str] | None = None,
+        finished_before: datetime | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        chosen = sorted(s.value for s in check_purge_statuses(statuses))
+        if not chosen:
+            return 0
+        total = 0
+        while limit is None or total < limit:
+            batch = _BATCH if limit is None else min(_BATCH, limit - total)
+            query, args = self._sql.purge_query(
+                statuses=chosen,
+                types=None if types is None else list(types),
+                finished_before=finished_before,
+                expired_at=now if expired else None,
+                limit=batch,
+            )
+
+            async def op(conn: Conn, query: str = query, args: list[Any] = args) -> list[JobEvent]:
+                async with conn.transaction():
+                    rows = await conn.fetch(query, *args)
+                    return await self._delete(conn, [_load(r[0]) for r in rows], now)
+
+            events = await self._run(op)
+            self._emit(events)
+            total += len(events)
+            if len(events) < batch:
+                break
+        return total
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    async def wait_for_work(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
+
+    # Defined last: inside the class body, ``list`` names this method from here on.
+    async def list(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        query, args = self._sql.list_query(
+            statuses=None if statuses is None else [JobStatus(s).value for s in statuses],
+            types=None if types is None else list(types),
+            owner=owner,
+            cursor=cursor,
+            limit=limit + 1,
+        )
+        rows = await self._run(lambda conn: conn.fetch(query, *args))
+        jobs = [_load(row[0]) for row in rows]
+        if len(jobs) > limit:
+            del jobs[limit:]
+            return Page(jobs, jobs[-1].id if jobs else None)
+        return Page(jobs, None)
