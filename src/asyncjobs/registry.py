@@ -15,7 +15,13 @@ from typing import Any, TypeVar, final
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs import cols
+from cattrs.errors import (
+    CattrsError,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
 
 from .errors import FieldError, InvalidParams, UnknownJobType
 from .schema import params_schema
@@ -68,7 +74,47 @@ def make_params_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict(float, (int, float)))
     conv.register_structure_hook(str, _strict(str, (str,)))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
+    # cattrs' defaults iterate whatever they get: "abc" would pass as ["a", "b", "c"] and
+    # a string for a dict would escape as AttributeError. JSON shapes are checked first.
+    conv.register_structure_hook_factory(cols.is_any_set, lambda tp: _set_hook(tp, conv))
+    conv.register_structure_hook_factory(cols.is_sequence, lambda tp: _array_hook(tp, conv))
+    conv.register_structure_hook_factory(
+        cols.is_mapping,
+        lambda tp: _shaped("an object", Mapping, cols.mapping_structure_factory(tp, conv)),
+    )
+    conv.register_structure_hook_factory(
+        attrs.has, lambda tp: _shaped("an object", Mapping, conv.gen_structure_attrs_fromdict(tp))
+    )
+    # Normalised params are stored as JSON, which has no sets.
+    conv.register_unstructure_hook_factory(
+        cols.is_any_set, lambda tp: cols.iterable_unstructure_factory(tp, conv, list)
+    )
     return conv
+
+
+def _shaped(
+    what: str, accept: type | tuple[type, ...], inner: Callable[[Any, Any], Any]
+) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, tp: Any) -> Any:
+        if isinstance(value, str) or not isinstance(value, accept):
+            raise TypeError(f"expected {what}, got {type(value).__name__}")
+        return inner(value, tp)
+
+    return hook
+
+
+def _array_hook(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    if tp is tuple or typing.get_origin(tp) is tuple:
+        return _shaped("an array", (list, tuple), cols.homogenous_tuple_structure_factory(tp, conv))
+    return _shaped("an array", (list, tuple), cols.list_structure_factory(tp, conv))
+
+
+def _set_hook(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    args = typing.get_args(tp)
+    as_list = list[args[0]] if args else list  # type: ignore[valid-type]
+    items = cols.list_structure_factory(as_list, conv)
+    kind = frozenset if cols.is_frozenset(tp) else set
+    return _shaped("an array", (list, tuple, set, frozenset), lambda v, _: kind(items(v, as_list)))
 
 
 def _walk(exc: BaseException, loc: list[str | int]) -> list[FieldError]:
@@ -153,7 +199,9 @@ class JobType:
                     value = field.converter(value)
                 if field.validator is not None:
                     field.validator(None, field, value)
-            except (ValueError, TypeError, KeyError, ClassValidationError) as exc:
+            except (ValueError, TypeError, KeyError, CattrsError) as exc:
+                # CattrsError: nested lists/dicts of classes (BaseValidationError), a
+                # Literal mismatch and unknown keys all raise subclasses of it.
                 errors += _walk(exc, [field.alias])
                 continue
             values[field.alias] = value
