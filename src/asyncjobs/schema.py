@@ -71,8 +71,13 @@ def _object_schema(cls: type) -> dict[str, Any]:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, tuple | frozenset | set):
-        return list(value)
+    if attrs.has(type(value)):  # a default instance of a nested params class
+        fields = attrs.fields(type(value))
+        return {f.alias: _jsonable(getattr(value, f.name)) for f in fields if f.init}
+    if isinstance(value, list | tuple | frozenset | set):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
     return value
 
 
