@@ -103,9 +103,10 @@ class Subscriber:
 
     def close(self) -> None:
         """Stop receiving events and wake a waiting :meth:`get`."""
-        if not self._closed:
-            self._closed = True
-            self._bus._discard(self)
+        self._closed = True
+        # Always discard (it is idempotent): an overflow closes the buffer from inside
+        # publish(), where the bus's sets cannot change size, so it unregisters here.
+        self._bus._discard(self)
         if self._wakeup is not None:
             self._wakeup.set()
 
