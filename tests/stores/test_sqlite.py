@@ -198,6 +198,13 @@ async def test_jobs_survive_close_and_reopen(db_path: Path) -> None:
         await store.close()
 
 
+async def test_the_same_instance_reopens(store: SqliteStore) -> None:
+    job, _ = await store.add(make_job())
+    await store.close()
+    await store.open()
+    assert await store.get(job.id) == job
+
+
 async def test_seq_keeps_increasing_across_restarts(db_path: Path) -> None:
     seen: list[int] = []
     store = await reopened(db_path)
