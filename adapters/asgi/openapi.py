@@ -1,0 +1,492 @@
+"""The OpenAPI 3.1 document of the HTTP routes (``GET /openapi.json``).
+
+Written by hand next to the routes rather than generated: the routes are few, and the
+document is checked by openapi-spec-validator and exercised by schemathesis in tests.
+The WebSocket protocol is described in ``info.description`` (OpenAPI has no WebSocket
+operations); its messages are in ``docs/websocket.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from asyncjobs.job import TERMINAL, JobStatus
+
+from .http import MAX_LIMIT, MAX_WAIT
+from .wire import MAX_DELAY, MAX_STRING, MAX_TAGS, PRIORITY_RANGE
+
+__all__ = ["openapi_document"]
+
+_REF = "#/components/schemas/"
+_STATUSES: Final = [s.value for s in JobStatus]
+_FINISHED: Final = sorted(s.value for s in TERMINAL)
+_TIME: Final = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME: Final = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _json(schema: dict[str, Any], description: str, **headers: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if headers:
+        out["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in headers.items()
+        }
+    return out
+
+
+def _error(description: str, **headers: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description, **headers)
+
+
+_UNAUTHORIZED: Final = {
+    "401": _error("No valid bearer token.", **{"WWW-Authenticate": "The bearer challenge."}),
+    "403": _error("The token lacks the scope this route needs."),
+}
+_UNAVAILABLE: Final = {"503": _error("The queue is not open.")}
+
+
+def _schemas() -> dict[str, Any]:
+    lo, hi = PRIORITY_RANGE
+    return {
+        "JobError": {
+            "type": ["object", "null"],
+            "properties": {
+                "type": {"type": "string"},
+                "message": {"type": "string"},
+                "traceback": {"type": ["string", "null"]},
+            },
+            "required": ["type", "message"],
+        },
+        "Job": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "description": "A ULID: 26 characters, sortable."},
+                "type": {"type": "string"},
+                "params": {"type": "object"},
+                "status": {"type": "string", "enum": _STATUSES},
+                "priority": {"type": "integer"},
+                "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                "message": {"type": ["string", "null"]},
+                "result": {},
+                "error": _ref("JobError"),
+                "attempts": {"type": "integer", "minimum": 0},
+                "max_attempts": {"type": "integer", "minimum": 1},
+                "created_at": _TIME,
+                "run_at": _TIME,
+                "started_at": _NULLABLE_TIME,
+                "finished_at": _NULLABLE_TIME,
+                "timeout": {"type": ["number", "null"]},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "cancel_requested": {"type": "boolean"},
+                "version": {"type": "integer", "minimum": 1},
+            },
+            "required": ["id", "type", "params", "status", "progress", "version"],
+        },
+        "JobEvent": {
+            "type": "object",
+            "description": "The `data:` of an SSE frame; its `id:` is `seq`.",
+            "properties": {
+                "type": {"type": "string"},
+                "seq": {"type": "integer", "minimum": 0},
+                "at": _TIME,
+                "job": _ref("Job"),
+            },
+            "required": ["type", "seq", "at", "job"],
+        },
+        "Submission": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
+                "params": {"type": ["object", "null"]},
+                "priority": {"type": "integer", "minimum": lo, "maximum": hi},
+                "delay": {"type": "number", "minimum": 0, "maximum": MAX_DELAY},
+                "run_at": {"type": "string", "format": "date-time"},
+                "timeout": {"type": "number", "exclusiveMinimum": 0},
+                "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "idempotency_key": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
+                "tags": {
+                    "type": "array",
+                    "maxItems": MAX_TAGS,
+                    "items": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
+                },
+            },
+            "required": ["type"],
+            "additionalProperties": False,
+        },
+        "JobPage": {
+            "type": "object",
+            "properties": {
+                "jobs": {"type": "array", "items": _ref("Job")},
+                "next_cursor": {"type": ["string", "null"]},
+                "next": {"type": ["string", "null"], "description": "URL of the next page."},
+            },
+            "required": ["jobs", "next_cursor", "next"],
+        },
+        "JobType": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "description": {"type": ["string", "null"]},
+                "params_schema": {"type": "object", "description": "JSON Schema 2020-12."},
+                "timeout": {"type": ["number", "null"]},
+                "max_attempts": {"type": "integer"},
+                "priority": {"type": "integer"},
+                "concurrency": {"type": ["integer", "null"]},
+            },
+            "required": ["name", "params_schema"],
+        },
+        "Counts": {
+            "type": "object",
+            "properties": {s: {"type": "integer", "minimum": 0} for s in _STATUSES},
+            "required": _STATUSES,
+        },
+        "Stats": {
+            "type": "object",
+            "properties": {
+                "counts": _ref("Counts"),
+                "by_type": {"type": "object", "additionalProperties": _ref("Counts")},
+                "total": {"type": "integer", "minimum": 0},
+                "concurrency": {"type": "integer", "minimum": 0},
+                "running_here": {"type": "integer", "minimum": 0},
+            },
+            "required": ["counts", "by_type", "total"],
+        },
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {},
+                    },
+                    "required": ["code", "message", "details"],
+                }
+            },
+            "required": ["error"],
+        },
+    }
+
+
+def _param(
+    name: str,
+    where: str,
+    schema: dict[str, Any],
+    description: str,
+    *,
+    required: bool = False,
+    explode: bool | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": name,
+        "in": where,
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+    if explode is not None:
+        out["explode"] = explode
+    return out
+
+
+_JOB_ID: Final = _param("job_id", "path", {"type": "string"}, "The job's id.", required=True)
+_LAST_EVENT_ID: Final = _param(
+    "Last-Event-ID",
+    "header",
+    {"type": "string"},
+    "The `id:` of the last frame seen; older live events are skipped.",
+)
+_SSE: Final = {
+    "description": "An event stream: a `retry:` hint, snapshots (no `id:`), then events "
+    "(`id:` = seq, `data:` = JobEvent JSON), with `: ping` comments.",
+    "content": {
+        "text/event-stream": {"schema": {"type": "string"}, "x-data-schema": _ref("JobEvent")}
+    },
+}
+
+
+def _paths(dashboard: bool) -> dict[str, Any]:
+    status_filter = _param(
+        "status",
+        "query",
+        {"type": "array", "items": {"type": "string", "enum": _STATUSES}},
+        "Only jobs in these statuses (repeat, or separate with commas).",
+    )
+    type_filter = _param(
+        "type",
+        "query",
+        {"type": "array", "items": {"type": "string"}},
+        "Only jobs of these types (repeat, or separate with commas).",
+    )
+    job_404 = {"404": _error("No such job (or not visible to this token).")}
+    job_ok = {"200": _json(_ref("Job"), "The job.")}
+    paths: dict[str, Any] = {
+        "/jobs": {
+            "get": {
+                "operationId": "listJobs",
+                "summary": "List jobs, newest first.",
+                "parameters": [
+                    status_filter,
+                    type_filter,
+                    _param("cursor", "query", {"type": "string"}, "The last page's `next_cursor`."),
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+                        "Page size.",
+                    ),
+                ],
+                "responses": {
+                    "200": _json(_ref("JobPage"), "One page of jobs."),
+                    "422": _error("A bad filter."),
+                    **_UNAUTHORIZED,
+                    **_UNAVAILABLE,
+                },
+            },
+            "post": {
+                "operationId": "submitJob",
+                "summary": "Submit a job.",
+                "parameters": [
+                    _param(
+                        "wait",
+                        "query",
+                        {"type": "number", "minimum": 0},
+                        f"Hold the request until the job ends, at most this many seconds "
+                        f"(capped at {MAX_WAIT:g}).",
+                    ),
+                    _param(
+                        "Idempotency-Key",
+                        "header",
+                        {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
+                        "Used when the body has no `idempotency_key`.",
+                    ),
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("Submission")}},
+                },
+                "responses": {
+                    "200": _json(
+                        _ref("Job"),
+                        "With `?wait`: the job finished in time.",
+                        Location="The job's URL.",
+                    ),
+                    "202": _json(
+                        _ref("Job"),
+                        "Accepted: the job is stored and will run.",
+                        Location="The job's URL.",
+                    ),
+                    "400": _error("The body is not JSON."),
+                    "413": _error("The body is larger than `max_body`."),
+                    "422": _error(
+                        "Unknown job type, bad params or bad options (field errors in `details`)."
+                    ),
+                    "429": _error("The queue is full.", **{"Retry-After": "Seconds to wait."}),
+                    **_UNAUTHORIZED,
+                    **_UNAVAILABLE,
+                },
+            },
+            "delete": {
+                "operationId": "clearJobs",
+                "summary": "Delete finished jobs.",
+                "parameters": [
+                    _param(
+                        "status",
+                        "query",
+                        {"type": "array", "items": {"type": "string", "enum": _FINISHED}},
+                        "Finished statuses to delete (all finished ones by default).",
+                    ),
+                    type_filter,
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"deleted": {"type": "integer"}},
+                            "required": ["deleted"],
+                        },
+                        "How many jobs were deleted.",
+                    ),
+                    "422": _error("A live or unknown status."),
+                    **_UNAUTHORIZED,
+                    **_UNAVAILABLE,
+                },
+            },
+        },
+        "/jobs/{job_id}": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "operationId": "getJob",
+                "summary": "One job.",
+                "responses": {**job_ok, **job_404, **_UNAUTHORIZED, **_UNAVAILABLE},
+            },
+            "delete": {
+                "operationId": "deleteJob",
+                "summary": "Delete a job, cancelling it if live.",
+                "responses": {
+                    "200": _json(_ref("Job"), "Deleted; the last snapshot."),
+                    "202": _json(_ref("Job"), "Being cancelled; it did not stop in time."),
+                    **job_404,
+                    **_UNAUTHORIZED,
+                    **_UNAVAILABLE,
+                },
+            },
+        },
+        "/jobs/{job_id}/cancel": {
+            "parameters": [_JOB_ID],
+            "post": {
+                "operationId": "cancelJob",
+                "summary": "Cancel a job.",
+                "responses": {
+                    **job_ok,
+                    **job_404,
+                    "409": _error("The job has finished already."),
+                    **_UNAUTHORIZED,
+                    **_UNAVAILABLE,
+                },
+            },
+        },
+        "/jobs/{job_id}/events": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "operationId": "jobEvents",
+                "summary": "SSE of one job; ends after its end.",
+                "parameters": [_LAST_EVENT_ID],
+                "responses": {"200": _SSE, **job_404, **_UNAUTHORIZED, **_UNAVAILABLE},
+            },
+        },
+        "/events": {
+            "get": {
+                "operationId": "allEvents",
+                "summary": "SSE of the whole queue.",
+                "parameters": [
+                    _LAST_EVENT_ID,
+                    _param("type", "query", {"type": "string"}, "One job type."),
+                ],
+                "responses": {"200": _SSE, **_UNAUTHORIZED, **_UNAVAILABLE},
+            },
+        },
+        "/job-types": {
+            "get": {
+                "operationId": "listJobTypes",
+                "summary": "Job types and params schemas.",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["job_types"],
+                            "properties": {
+                                "job_types": {"type": "array", "items": _ref("JobType")}
+                            },
+                        },
+                        "The registered job types.",
+                    ),
+                    **_UNAUTHORIZED,
+                },
+            },
+        },
+        "/stats": {
+            "get": {
+                "operationId": "getStats",
+                "summary": "Counts per status and type.",
+                "responses": {
+                    "200": _json(_ref("Stats"), "Counts."),
+                    **_UNAUTHORIZED,
+                    **_UNAVAILABLE,
+                },
+            },
+        },
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness; no auth.",
+                "security": [],
+                "responses": {
+                    "200": _json({"type": "object"}, "The queue is open."),
+                    "503": _json({"type": "object"}, "The queue is not open."),
+                },
+            },
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus text exposition.",
+                "responses": {
+                    "200": {
+                        "description": "Metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_UNAUTHORIZED,
+                    **_UNAVAILABLE,
+                },
+            },
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")},
+            },
+        },
+        "/": {
+            "get": {
+                "operationId": "index",
+                "security": [],
+                "summary": "The dashboard (HTML)" if dashboard else "Links to the API.",
+                "responses": (
+                    {
+                        "200": {
+                            "description": "The dashboard page.",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        },
+                        "404": _error("The dashboard files are missing."),
+                    }
+                    if dashboard
+                    else {"200": _json({"type": "object"}, "Links.")}
+                ),
+            },
+        },
+    }
+    return paths
+
+
+def openapi_document(
+    *, root_path: str = "", dashboard: bool = True, secured: bool = True
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document, with ``servers`` set to the mount point.
+
+    Args:
+        root_path: The mount prefix (``"/queue"``), or ``""`` when served alone.
+        dashboard: Whether ``/`` serves the dashboard or a JSON index.
+        secured: Whether routes need a bearer token (an authenticator is configured).
+    """
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "asyncjobs",
+            "version": "1",
+            "description": "Submit, watch, cancel and clear jobs. Live updates: the SSE "
+            "routes here, and a WebSocket at `ws(s)://<host><mount>/ws` (see the docs).",
+        },
+        "servers": [{"url": root_path or "/"}],
+        "paths": _paths(dashboard),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "accessToken": {"type": "apiKey", "in": "query", "name": "access_token"},
+            },
+        },
+    }
+    if secured:
+        document["security"] = [{"bearer": []}, {"accessToken": []}]
+    return document

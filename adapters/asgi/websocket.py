@@ -1,0 +1,375 @@
+"""The WebSocket protocol: live queue state and job commands over one connection.
+
+Server to client, as JSON text frames:
+
+* ``{"type": "queue_state", "jobs": [...], "next_cursor", "stats": {...}, "job_types":
+  [...]}`` on connect and in reply to ``get_state``;
+* every job event, as ``{"type": "job_created" | "job_progress" | ..., "seq", "at",
+  "job"}`` (the same JSON as SSE ``data:``), filtered by the last ``subscribe``;
+* a reply to every client message: ``{"type": "ack", "op", "request_id", ...}``,
+  ``queue_state``, ``pong``, or ``{"type": "error", "op", "request_id", "error":
+  {"code", "message", "details"}}`` (the connection stays open);
+* ``{"type": "ping"}`` every ``heartbeat`` seconds (a client may ignore it).
+
+Client to server: ``create_job`` (``job_type``, ``params`` and the options of
+``POST /jobs``), ``cancel_job`` (``job_id``), ``delete_job`` (``job_id``),
+``clear_completed`` (``status``?), ``get_state`` (``status``?, ``job_type``?,
+``limit``?), ``subscribe`` (``job_id``?, ``job_type``?, ``status``?), ``ping``.
+Any message may carry a ``request_id`` that its reply echoes.
+
+A host can serve the protocol from its own route::
+
+    @app.websocket_route("/live")
+    async def live(websocket: WebSocket) -> None:
+        await serve_websocket(websocket, queue)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, final
+
+import anyio
+import attrs
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from asyncjobs.codec import dumps, event_to_wire, job_to_wire
+from asyncjobs.errors import AsyncJobsError, JobNotFound, SubscriberOverflow, WaitTimeout
+from asyncjobs.job import TERMINAL, Job, JobEvent, JobStatus
+
+from .auth import CANCEL, READ, SUBMIT, Authenticator, Principal, require
+from .errors import ApiError, error_payload
+from .wire import invalid, parse_statuses, parse_submission, stats_to_wire
+
+if TYPE_CHECKING:
+    from asyncjobs.queue import Queue
+
+__all__ = ["STATE_LIMIT", "serve_websocket"]
+
+#: Jobs in a ``queue_state`` unless the client asks for fewer (or more, up to 500).
+STATE_LIMIT: Final = 100
+#: WebSocket close codes (4000-4999 are the application's): like HTTP 401 and 403.
+CLOSE_UNAUTHENTICATED: Final = 4401
+CLOSE_FORBIDDEN: Final = 4403
+#: The largest client message accepted, in characters.
+MAX_MESSAGE: Final = 1_048_576
+
+
+@attrs.frozen
+class _Filters:
+    job_id: str | None = None
+    job_type: str | None = None
+    statuses: frozenset[JobStatus] | None = None
+
+    def match(self, job: Job) -> bool:
+        return (
+            (self.job_id is None or job.id == self.job_id)
+            and (self.job_type is None or job.type == self.job_type)
+            and (self.statuses is None or job.status in self.statuses)
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "job_type": self.job_type,
+            "status": None if self.statuses is None else sorted(s.value for s in self.statuses),
+        }
+
+
+def _optional_string(message: Mapping[str, Any], key: str) -> str | None:
+    value = message.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise invalid([{"loc": [key], "msg": "must be a non-empty string"}])
+    return value
+
+
+def _status_list(
+    message: Mapping[str, Any], *, terminal_only: bool = False
+) -> list[JobStatus] | None:
+    value = message.get("status")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid([{"loc": ["status"], "msg": "must be a status or a list of statuses"}])
+    return parse_statuses(value, loc=["status"], terminal_only=terminal_only)
+
+
+@final
+class _Connection:
+    """One client: its principal, its event filters, and a lock so replies and
+    events never interleave mid-frame."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        queue: Queue,
+        principal: Principal | None,
+        heartbeat: float,
+        max_message: int,
+    ) -> None:
+        self.websocket = websocket
+        self.queue = queue
+        self.principal = principal
+        self.heartbeat = heartbeat
+        self.max_message = max_message
+        self.owner = principal.isolated_owner if principal is not None else None
+        self.filters = _Filters()
+        self.lock = anyio.Lock()
+        self.scope = anyio.CancelScope()
+        self.handlers: dict[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "create_job": self.create_job,
+            "cancel_job": self.cancel_job,
+            "delete_job": self.delete_job,
+            "clear_completed": self.clear_completed,
+            "get_state": self.get_state,
+            "subscribe": self.subscribe,
+            "ping": self.ping,
+        }
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        async with self.lock:
+            try:
+                await self.websocket.send_text(dumps(message))
+            except (WebSocketDisconnect, RuntimeError):
+                # The client left (Starlette raises RuntimeError once a close was sent):
+                # stop every loop of this connection rather than fail a task group.
+                self.scope.cancel()
+
+    def visible(self, job: Job) -> bool:
+        return self.owner is None or job.owner == self.owner
+
+    async def allow(self, scope: str) -> None:
+        if self.principal is not None and not self.principal.allows(scope):
+            raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
+
+    async def visible_job(self, job_id: Any) -> Job:
+        if not isinstance(job_id, str) or not job_id:
+            raise invalid([{"loc": ["job_id"], "msg": "required: a job id"}])
+        job = await self.queue.get(job_id)
+        if not self.visible(job):
+            raise JobNotFound(job_id)
+        return job
+
+    # -- the loops ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until the client leaves; raise AsyncJobsError if the queue fails."""
+        failure: list[AsyncJobsError] = []
+        with self.scope:
+            await self.send(await self.get_state({}))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.pump_events, failure)
+                tg.start_soon(self.ping_loop)
+                await self.receive_loop()
+                tg.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+
+    async def receive_loop(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                await self.send(
+                    self.error(
+                        None,
+                        None,
+                        ApiError(400, "malformed_message", "send JSON text frames, not binary"),
+                    )
+                )
+                continue
+            await self.handle(text)
+
+    async def handle(self, text: str) -> None:
+        op: str | None = None
+        request_id: Any = None
+        try:
+            if len(text) > self.max_message:
+                raise ApiError(
+                    413,
+                    "message_too_large",
+                    f"messages are limited to {self.max_message} characters",
+                )
+            try:
+                message = json.loads(text, parse_constant=_reject)
+            except (ValueError, RecursionError) as exc:
+                raise ApiError(
+                    400, "malformed_json", f"the message is not valid JSON: {exc}"
+                ) from None
+            if not isinstance(message, dict):
+                raise ApiError(400, "malformed_message", 'a message is a JSON object with a "type"')
+            request_id = message.get("request_id")
+            kind = message.get("type")
+            if kind == "pong":
+                return  # the answer to our ping needs no reply
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise ApiError(
+                    400,
+                    "unknown_message",
+                    f"unknown message type {kind!r}; use one of {sorted(self.handlers)}",
+                )
+            op = kind
+            reply = await handler(message)
+        except (ApiError, AsyncJobsError) as exc:
+            await self.send(self.error(op, request_id, exc))
+            return
+        reply.setdefault("type", "ack")
+        if reply["type"] == "ack":
+            reply["op"] = op
+        reply["request_id"] = request_id
+        await self.send(reply)
+
+    def error(self, op: str | None, request_id: Any, exc: BaseException) -> dict[str, Any]:
+        return {"type": "error", "op": op, "request_id": request_id, **error_payload(exc)}
+
+    async def pump_events(self, failure: list[AsyncJobsError]) -> None:
+        while True:
+            try:
+                async with self.queue.subscribe(snapshot=False) as events:
+                    async for event in events:
+                        await self.forward(event)
+                return
+            except SubscriberOverflow as exc:
+                # This client fell behind: say so, send fresh state, and carry on.
+                await self.send(self.error(None, None, exc))
+                await self.send(await self.get_state({}))
+            except AsyncJobsError as exc:  # the queue closed: end the connection
+                failure.append(exc)
+                self.scope.cancel()
+                return
+
+    async def forward(self, event: JobEvent) -> None:
+        if self.visible(event.job) and self.filters.match(event.job):
+            await self.send(event_to_wire(event))
+
+    async def ping_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.heartbeat)
+            await self.send({"type": "ping"})
+
+    # -- client messages ---------------------------------------------------------------
+
+    async def create_job(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        await self.allow(SUBMIT)
+        job_type, kwargs = parse_submission(
+            message, type_key="job_type", ignore=frozenset({"type", "request_id"})
+        )
+        owner = self.principal.owner if self.principal is not None else None
+        job = await self.queue.submit(job_type, owner=owner, **kwargs)
+        return {"job": job_to_wire(job)}
+
+    async def cancel_job(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        await self.allow(CANCEL)
+        job = await self.visible_job(message.get("job_id"))
+        return {"job": job_to_wire(await self.queue.cancel(job.id))}
+
+    async def delete_job(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        await self.allow(CANCEL)
+        job = await self.visible_job(message.get("job_id"))
+        try:
+            job = await self.queue.delete(job.id, wait=5.0)
+        except WaitTimeout:
+            return {"job": job_to_wire(await self.queue.get(job.id)), "deleted": False}
+        return {"job": job_to_wire(job), "deleted": True}
+
+    async def clear_completed(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        await self.allow(CANCEL)
+        statuses = _status_list(message, terminal_only=True)
+        if self.owner is None:
+            return {"deleted": await self.queue.purge(status=statuses)}
+        deleted = 0
+        while True:
+            page = await self.queue.list(
+                status=statuses or list(TERMINAL), owner=self.owner, limit=500
+            )
+            if not page.jobs:
+                return {"deleted": deleted}
+            for job in page.jobs:
+                try:
+                    await self.queue.delete(job.id)
+                except JobNotFound:
+                    continue
+                deleted += 1
+
+    async def get_state(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        limit = message.get("limit", STATE_LIMIT)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 500:
+            raise invalid([{"loc": ["limit"], "msg": "must be an integer in [1, 500]"}])
+        statuses = _status_list(message)
+        job_type = _optional_string(message, "job_type")
+        page = await self.queue.list(status=statuses, type=job_type, owner=self.owner, limit=limit)
+        stats = stats_to_wire(await self.queue.stats())
+        stats["concurrency"] = self.queue.concurrency
+        stats["running_here"] = self.queue.running_count()
+        return {
+            "type": "queue_state",
+            "jobs": [job_to_wire(j) for j in page.jobs],
+            "next_cursor": page.next_cursor,
+            "stats": stats,
+            "job_types": self.queue.registry.describe(),
+        }
+
+    async def subscribe(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        statuses = _status_list(message)
+        self.filters = _Filters(
+            job_id=_optional_string(message, "job_id"),
+            job_type=_optional_string(message, "job_type"),
+            statuses=None if statuses is None else frozenset(statuses),
+        )
+        return {"filters": self.filters.to_wire()}
+
+    async def ping(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        return {"type": "pong"}
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def serve_websocket(
+    websocket: WebSocket,
+    queue: Queue,
+    *,
+    auth: Authenticator | None = None,
+    heartbeat: float = 15.0,
+    max_message: int = MAX_MESSAGE,
+) -> None:
+    """Speak the asyncjobs WebSocket protocol on ``websocket`` until the client leaves.
+
+    Accepts the connection, authenticates it (the ``read`` scope; a failure sends an
+    ``error`` message and closes with code 4401 or 4403), sends ``queue_state``, then
+    streams events and answers client messages.
+
+    Args:
+        websocket: A Starlette (or FastAPI) WebSocket, not yet accepted.
+        queue: The queue to expose; it must be open.
+        auth: The authenticator, or ``None`` to allow everything.
+        heartbeat: Seconds between server ``ping`` messages.
+        max_message: The largest client message accepted, in characters.
+    """
+    await websocket.accept()
+    try:
+        principal = await require(auth, websocket.scope, READ)
+    except ApiError as exc:
+        await websocket.send_text(
+            dumps({"type": "error", "op": None, "request_id": None, **error_payload(exc)})
+        )
+        code = CLOSE_UNAUTHENTICATED if exc.status == 401 else CLOSE_FORBIDDEN
+        await websocket.close(code=code, reason=exc.code)
+        return
+    connection = _Connection(websocket, queue, principal, heartbeat, max_message)
+    try:
+        await connection.run()
+    except WebSocketDisconnect:
+        return
+    except AsyncJobsError as exc:  # the queue is closed: tell the client why, then close
+        await connection.send(connection.error(None, None, exc))
+        await websocket.close(code=1011, reason=exc.code)

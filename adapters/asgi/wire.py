@@ -1,0 +1,215 @@
+"""Request parsing and response shapes shared by the REST routes and the WebSocket.
+
+Jobs and events use :func:`asyncjobs.codec.job_to_wire` / ``event_to_wire``; this
+module adds the shapes the adapter owns: stats, a submission, status filters.
+Validation here is about the *shape* of a request (types, ranges); the queue still
+validates the params against the job type and raises its own errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from asyncjobs.codec import parse_time
+from asyncjobs.errors import FieldError
+from asyncjobs.job import TERMINAL, JobStatus
+from asyncjobs.stores.protocol import Stats
+
+from .errors import ApiError
+
+__all__ = [
+    "MAX_DELAY",
+    "MAX_TAGS",
+    "SUBMIT_FIELDS",
+    "invalid",
+    "loads",
+    "parse_statuses",
+    "parse_submission",
+    "stats_to_wire",
+]
+
+#: Longest delay accepted on submit: ten years, well inside datetime's range.
+MAX_DELAY: Final = 10 * 366 * 86400.0
+MAX_TAGS: Final = 64
+MAX_STRING: Final = 256
+#: Priorities fit a signed 32-bit integer in every store.
+PRIORITY_RANGE: Final = (-(2**31), 2**31 - 1)
+
+SUBMIT_FIELDS: Final = frozenset(
+    {
+        "type",
+        "params",
+        "priority",
+        "delay",
+        "run_at",
+        "timeout",
+        "max_attempts",
+        "idempotency_key",
+        "tags",
+    }
+)
+
+
+def invalid(errors: list[FieldError], message: str = "the request is not valid") -> ApiError:
+    """A 422 ``invalid_request`` carrying field errors."""
+    summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+    return ApiError(422, "invalid_request", f"{message}: {summary}", details=errors)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON strictly (no NaN or Infinity).
+
+    Raises:
+        ApiError: 400 ``malformed_json``.
+    """
+    if not raw:
+        raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError and JSONDecodeError are both ValueErrors.
+        raise ApiError(
+            400, "malformed_json", f"the request body is not valid JSON: {exc}"
+        ) from None
+
+
+def stats_to_wire(stats: Stats) -> dict[str, Any]:
+    """``{"counts": {status: n}, "by_type": {type: {status: n}}, "total": n}``, zero-filled."""
+    counts = {s.value: int(stats.counts.get(s, 0)) for s in JobStatus}
+    by_type = {
+        name: {s.value: int(per.get(s, 0)) for s in JobStatus}
+        for name, per in sorted(stats.by_type.items())
+    }
+    return {"counts": counts, "by_type": by_type, "total": sum(counts.values())}
+
+
+def parse_statuses(
+    values: Iterable[str], *, loc: list[str | int], terminal_only: bool = False
+) -> list[JobStatus] | None:
+    """Statuses from repeated or comma-separated values; ``None`` when none given.
+
+    Raises:
+        ApiError: 422 naming the bad value.
+    """
+    out: list[JobStatus] = []
+    allowed = sorted(s.value for s in (TERMINAL if terminal_only else JobStatus))
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                status = JobStatus(part)
+            except ValueError:
+                msg = f"unknown status {part!r}; use {allowed}"
+                raise invalid([{"loc": loc, "msg": msg}]) from None
+            if terminal_only and status not in TERMINAL:
+                raise invalid(
+                    [{"loc": loc, "msg": f"{part!r} is not a finished status; use {allowed}"}]
+                )
+            out.append(status)
+    return out or None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short_string(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_STRING
+
+
+def parse_submission(
+    body: Any,
+    *,
+    type_key: str = "type",
+    idempotency_key: str | None = None,
+    ignore: frozenset[str] = frozenset(),
+) -> tuple[str, dict[str, Any]]:
+    """Check a submission's shape; return ``(job_type, keyword arguments for submit)``.
+
+    Args:
+        body: The decoded JSON.
+        type_key: The key holding the job type (``"job_type"`` on the WebSocket, whose
+            messages use ``type`` for the message kind).
+        idempotency_key: From the ``Idempotency-Key`` header; the body's wins.
+        ignore: Keys to skip (the WebSocket's ``type`` and ``request_id``).
+
+    Raises:
+        ApiError: 422 ``invalid_request`` with one field error per problem.
+    """
+    if not isinstance(body, Mapping):
+        raise invalid([{"loc": [], "msg": "the body must be a JSON object"}])
+    errors: list[FieldError] = []
+    allowed = (SUBMIT_FIELDS - {"type"}) | {type_key}
+    errors += [{"loc": [k], "msg": "unknown field"} for k in sorted(set(body) - allowed - ignore)]
+    job_type = body.get(type_key)
+    if not _short_string(job_type):
+        errors.append({"loc": [type_key], "msg": "required: the name of a job type"})
+    kwargs: dict[str, Any] = {}
+    params = body.get("params")
+    if params is not None and not isinstance(params, Mapping):
+        errors.append({"loc": ["params"], "msg": "must be a JSON object"})
+    kwargs["params"] = params
+    if (priority := body.get("priority")) is not None:
+        lo, hi = PRIORITY_RANGE
+        if not isinstance(priority, int) or isinstance(priority, bool) or not lo <= priority <= hi:
+            errors.append({"loc": ["priority"], "msg": f"must be an integer in [{lo}, {hi}]"})
+        kwargs["priority"] = priority
+    if (delay := body.get("delay")) is not None:
+        if not _number(delay) or not 0 <= delay <= MAX_DELAY:
+            errors.append({"loc": ["delay"], "msg": f"must be seconds in [0, {MAX_DELAY:g}]"})
+        kwargs["delay"] = delay
+    if (run_at := body.get("run_at")) is not None:
+        kwargs["run_at"] = _parse_run_at(run_at, errors)
+    if (timeout := body.get("timeout")) is not None:
+        if not _number(timeout) or timeout <= 0:
+            errors.append({"loc": ["timeout"], "msg": "must be a number of seconds > 0"})
+        kwargs["timeout"] = timeout
+    if (max_attempts := body.get("max_attempts")) is not None:
+        if (
+            not isinstance(max_attempts, int)
+            or isinstance(max_attempts, bool)
+            or not (1 <= max_attempts <= 1000)
+        ):
+            errors.append({"loc": ["max_attempts"], "msg": "must be an integer in [1, 1000]"})
+        kwargs["max_attempts"] = max_attempts
+    key = body.get("idempotency_key", idempotency_key)
+    if key is not None:
+        if not _short_string(key):
+            errors.append(
+                {"loc": ["idempotency_key"], "msg": f"must be 1 to {MAX_STRING} characters"}
+            )
+        kwargs["idempotency_key"] = key
+    if (tags := body.get("tags")) is not None:
+        if (
+            not isinstance(tags, list)
+            or len(tags) > MAX_TAGS
+            or not all(_short_string(t) for t in tags)
+        ):
+            errors.append(
+                {"loc": ["tags"], "msg": f"must be a list of at most {MAX_TAGS} short strings"}
+            )
+        kwargs["tags"] = tags
+    if errors:
+        raise invalid(errors, "the submission is not valid")
+    assert isinstance(job_type, str)
+    return job_type, kwargs
+
+
+def _parse_run_at(value: Any, errors: list[FieldError]) -> datetime | None:
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            return parse_time(value)
+        except (ValueError, OverflowError):
+            pass
+    errors.append({"loc": ["run_at"], "msg": "must be an ISO 8601 date-time"})
+    return None
