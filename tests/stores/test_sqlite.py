@@ -161,7 +161,9 @@ async def test_refuses_a_newer_schema(db_path: Path) -> None:
 async def test_wal_mode_and_synchronous_normal(store: SqliteStore, db_path: Path) -> None:
     assert pragma(db_path, "journal_mode") == "wal"
     # synchronous is per connection: ask the store's own.
-    synchronous = await store._read(lambda conn: conn.execute("PRAGMA synchronous").fetchone())
+    synchronous = await store._thread.read(
+        lambda conn: conn.execute("PRAGMA synchronous").fetchone()
+    )
     assert synchronous == (1,)  # NORMAL
 
 

@@ -15,21 +15,20 @@ other's changes by polling. Use PostgreSQL to spread a queue over processes.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import logging
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, final
 from urllib.parse import parse_qs
 
 import anyio
 
 from ..errors import ConfigurationError, IllegalTransition, JobNotFound, QueueFull
-from ..job import TERMINAL, EventType, Job, JobEvent, JobStatus
-from ._sqlite_schema import JOB_COLUMNS, job_from_row, job_params, micros, migrate
+from ..job import TERMINAL, EventType, Job, JobStatus
+from ._sqlite_schema import JOB_COLUMNS, job_from_row, job_params, micros
+from ._sqlite_thread import Changes, SqliteThread
 from .protocol import EventListener, Outcome, Page, Stats
 from .steps import (
     cancel_step,
@@ -47,7 +46,6 @@ __all__ = ["SqliteStore"]
 
 logger = logging.getLogger("asyncjobs.store")
 
-T = TypeVar("T")
 # `list` is a method name inside the class, so annotations there use this alias.
 _Jobs = list[Job]
 
@@ -59,20 +57,6 @@ _UPDATE: Final = (
     "UPDATE jobs SET type = ?, status = ?, priority = ?, owner = ?, idempotency_key = ?, "
     "run_at = ?, finished_at = ?, lease_expires_at = ?, retention = ?, record = ? WHERE id = ?"
 )
-
-
-class _Changes:
-    """What one write transaction tells the event loop once it has committed."""
-
-    __slots__ = ("events", "pending", "wake")
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[EventType, Job, datetime]] = []
-        self.events: list[JobEvent] = []
-        self.wake = False
-
-    def emit(self, type: EventType, job: Job, at: datetime) -> None:
-        self.pending.append((type, job, at))
 
 
 def _marks(values: Collection[Any]) -> str:
@@ -105,9 +89,7 @@ class SqliteStore:
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = SqliteThread(self.path, busy_timeout, self._publish, repr(self))
         self._listeners: list[EventListener] = []
         self._wake = asyncio.Event()
 
@@ -151,122 +133,14 @@ class SqliteStore:
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._executor is not None:
-            return
-        loop = asyncio.get_running_loop()
-        executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="asyncjobs-sqlite"
-        )
-        try:
-            await asyncio.wrap_future(executor.submit(self._connect))
-        except BaseException:
-            executor.submit(self._disconnect)
-            executor.shutdown(wait=False)
-            raise
-        self._loop = loop
-        self._wake = asyncio.Event()
-        self._executor = executor
+        if not self._thread.is_open:
+            self._wake = asyncio.Event()
+        await self._thread.open()
 
     async def close(self) -> None:
-        executor = self._executor
-        if executor is None:
-            return
-        self._executor = None  # new calls fail; calls already queued still run first
-        try:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wrap_future(executor.submit(self._disconnect))
-        finally:
-            executor.shutdown(wait=False)
+        await self._thread.close()
 
-    def _connect(self) -> None:  # store thread
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
-            conn.execute("PRAGMA journal_mode = WAL")  # ":memory:" stays "memory"
-            conn.execute("PRAGMA synchronous = NORMAL")
-            migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _disconnect(self) -> None:  # store thread
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    # -- running on the store thread ---------------------------------------------
-
-    def _executor_or_fail(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            raise ConfigurationError(
-                f"{self!r} is not open; await store.open() first (a Queue opens its store)"
-            )
-        return self._executor
-
-    async def _read(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``body`` on the store thread; a single SELECT is a consistent snapshot."""
-        executor = self._executor_or_fail()
-        return await asyncio.wrap_future(executor.submit(self._in_thread, body))
-
-    def _in_thread(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            raise ConfigurationError(f"{self!r} was closed")
-        return body(self._conn)
-
-    async def _write(self, body: Callable[[sqlite3.Connection, _Changes], T]) -> T:
-        """Run ``body`` in one write transaction; publish its events after the commit."""
-        executor = self._executor_or_fail()
-        future = executor.submit(self._transaction, body)
-        try:
-            # A transaction that has begun will commit: wait for it, so that its events
-            # are published and the caller learns its outcome; anyio cancellation is
-            # delivered right after.
-            with anyio.CancelScope(shield=True):
-                value, changes = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            # Plain asyncio cancellation reaches through the shield. A transaction not
-            # yet started is dropped with the future; one in flight still commits, and
-            # its events must still go out.
-            future.add_done_callback(self._publish_from_thread)
-            raise
-        self._publish(changes)
-        return value
-
-    def _transaction(
-        self, body: Callable[[sqlite3.Connection, _Changes], T]
-    ) -> tuple[T, _Changes]:  # store thread
-        conn = self._conn
-        if conn is None:
-            raise ConfigurationError(f"{self!r} was closed")
-        changes = _Changes()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            value = body(conn, changes)
-            if changes.pending:
-                (last,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
-                conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'seq'", (last + len(changes.pending),)
-                )
-                changes.events = [
-                    JobEvent(type=type_, seq=last + n, at=at, job=job)
-                    for n, (type_, job, at) in enumerate(changes.pending, start=1)
-                ]
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return value, changes
-
-    def _publish_from_thread(self, future: concurrent.futures.Future[Any]) -> None:
-        if future.cancelled() or future.exception() is not None or self._loop is None:
-            return
-        _, changes = future.result()
-        with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to tell
-            self._loop.call_soon_threadsafe(self._publish, changes)
-
-    def _publish(self, changes: _Changes) -> None:  # event loop
+    def _publish(self, changes: Changes) -> None:  # event loop, after a commit
         for event in changes.events:
             for listener in list(self._listeners):
                 try:
@@ -280,7 +154,7 @@ class SqliteStore:
     # -- Store protocol: reads -----------------------------------------------------
 
     async def get(self, job_id: str) -> Job:
-        return await self._read(lambda conn: _get(conn, job_id))
+        return await self._thread.read(lambda conn: _get(conn, job_id))
 
     async def list(
         self,
@@ -314,7 +188,7 @@ class SqliteStore:
         def body(conn: sqlite3.Connection) -> list[str]:
             return [row[0] for row in conn.execute(sql, args)]
 
-        records = await self._read(body)
+        records = await self._thread.read(body)
         jobs = [job_from_row(r) for r in records[:limit]]
         more = len(records) > limit and bool(jobs)
         return Page(jobs, jobs[-1].id if more else None)
@@ -326,7 +200,7 @@ class SqliteStore:
 
         counts = {s: 0 for s in JobStatus}
         by_type: dict[str, dict[JobStatus, int]] = {}
-        for type_, status_value, n in await self._read(body):
+        for type_, status_value, n in await self._thread.read(body):
             status = JobStatus(status_value)
             counts[status] += n
             by_type.setdefault(type_, {s: 0 for s in JobStatus})[status] += n
@@ -335,7 +209,7 @@ class SqliteStore:
     # -- Store protocol: writes ----------------------------------------------------
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
-        def body(conn: sqlite3.Connection, changes: _Changes) -> tuple[Job, bool]:
+        def body(conn: sqlite3.Connection, changes: Changes) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 row = conn.execute(
                     "SELECT record FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
@@ -355,7 +229,7 @@ class SqliteStore:
             changes.wake = job.status is JobStatus.QUEUED
             return job, True
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     async def claim(
         self,
@@ -370,7 +244,7 @@ class SqliteStore:
         wanted = sorted(set(types))
         limits = dict(type_limits or {})
 
-        def body(conn: sqlite3.Connection, changes: _Changes) -> _Jobs:
+        def body(conn: sqlite3.Connection, changes: Changes) -> _Jobs:
             claimed: _Jobs = []
             if not wanted or limit <= 0:
                 return claimed
@@ -406,39 +280,39 @@ class SqliteStore:
                 eligible = [t for t in eligible if room.get(t, 1) > 0]
             return claimed
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
-        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
             renewed = renew_step(_get(conn, job_id), token, lease, now)
             _save(conn, renewed)
             return renewed
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     async def set_progress(
         self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
     ) -> Job:
-        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
             updated = progress_step(_get(conn, job_id), token, progress, message)
             _save(conn, updated)
             changes.emit(EventType.PROGRESS, updated, now)
             return updated
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
-        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
             done, event = finish_step(_get(conn, job_id), token, outcome, now)
             _save(conn, done)
             changes.emit(event, done, now)
             changes.wake = True  # a slot (and maybe a per-type slot) is free again
             return done
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
-        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
             job = _get(conn, job_id)
             step = cancel_step(job, now)
             if step is None:
@@ -448,10 +322,10 @@ class SqliteStore:
             changes.emit(event, cancelled, now)
             return cancelled
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     async def delete(self, job_id: str, *, now: datetime) -> Job:
-        def body(conn: sqlite3.Connection, changes: _Changes) -> Job:
+        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
             job = _get(conn, job_id)
             if not job.is_terminal:
                 raise IllegalTransition(job.id, job.status.value, "deleted")
@@ -459,10 +333,10 @@ class SqliteStore:
             changes.emit(EventType.DELETED, job, now)
             return job
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     async def requeue_expired(self, *, now: datetime) -> _Jobs:
-        def body(conn: sqlite3.Connection, changes: _Changes) -> _Jobs:
+        def body(conn: sqlite3.Connection, changes: Changes) -> _Jobs:
             sql = "SELECT record FROM jobs WHERE status = ? AND lease_expires_at <= ? ORDER BY id"
             recovered: _Jobs = []
             for (record,) in conn.execute(sql, (_R, micros(now))).fetchall():
@@ -473,10 +347,10 @@ class SqliteStore:
             changes.wake = bool(recovered)
             return recovered
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     async def promote_scheduled(self, *, now: datetime) -> _Jobs:
-        def body(conn: sqlite3.Connection, changes: _Changes) -> _Jobs:
+        def body(conn: sqlite3.Connection, changes: Changes) -> _Jobs:
             sql = "SELECT record FROM jobs WHERE status = ? AND run_at <= ? ORDER BY run_at, id"
             promoted: _Jobs = []
             for (record,) in conn.execute(sql, (_S, micros(now))).fetchall():
@@ -487,7 +361,7 @@ class SqliteStore:
             changes.wake = bool(promoted)
             return promoted
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     async def purge(
         self,
@@ -518,7 +392,7 @@ class SqliteStore:
             args.append(micros(now))
         sql = f"SELECT record FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id"
 
-        def body(conn: sqlite3.Connection, changes: _Changes) -> int:
+        def body(conn: sqlite3.Connection, changes: Changes) -> int:
             doomed: _Jobs = []
             for (record,) in conn.execute(sql, args):
                 job = job_from_row(record)
@@ -536,7 +410,7 @@ class SqliteStore:
                 changes.emit(EventType.DELETED, job, now)
             return len(doomed)
 
-        return await self._write(body)
+        return await self._thread.write(body)
 
     # -- events and wake-ups -----------------------------------------------------
 
@@ -549,6 +423,6 @@ class SqliteStore:
 
         return remove
 
-    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (protocol)
+    async def wait_for_work(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):
             await self._wake.wait()
