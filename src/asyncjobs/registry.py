@@ -7,6 +7,7 @@ normalised JSON (defaults filled in); the handler gets the structured object.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import random
 import typing
@@ -56,10 +57,13 @@ class Backoff:
 def _strict(kind: type, accept: tuple[type, ...]) -> Callable[[Any, Any], Any]:
     name = {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}[kind]
 
-    def hook(value: Any, _: Any) -> Any:
+    def hook(value: Any, tp: Any) -> Any:
         # bool is an int subclass: never let true/false pass as a number, or 5.7 become 5.
         if isinstance(value, bool) and kind is not bool:
             raise TypeError(f"expected {name}, got a boolean")
+        if tp is not kind and isinstance(tp, type) and issubclass(tp, enum.Enum):
+            # singledispatch sends IntEnum and str-mixin enums here by their base class.
+            return tp(value)
         if not isinstance(value, accept):
             raise TypeError(f"expected {name}, got {type(value).__name__}")
         return kind(value)
@@ -79,6 +83,10 @@ def make_params_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(cols.is_any_set, lambda tp: _set_hook(tp, conv))
     conv.register_structure_hook_factory(cols.is_sequence, lambda tp: _array_hook(tp, conv))
     conv.register_structure_hook_factory(
+        _is_fixed_tuple,
+        lambda tp: _shaped("an array", (list, tuple), conv.gen_structure_hetero_tuple(tp)),
+    )
+    conv.register_structure_hook_factory(
         cols.is_mapping,
         lambda tp: _shaped("an object", Mapping, cols.mapping_structure_factory(tp, conv)),
     )
@@ -89,7 +97,15 @@ def make_params_converter() -> cattrs.Converter:
     conv.register_unstructure_hook_factory(
         cols.is_any_set, lambda tp: cols.iterable_unstructure_factory(tp, conv, list)
     )
+    conv.register_unstructure_hook_factory(
+        _is_fixed_tuple, lambda tp: lambda value: [conv.unstructure(v) for v in value]
+    )
     return conv
+
+
+def _is_fixed_tuple(tp: Any) -> bool:
+    args = typing.get_args(tp)
+    return typing.get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis)
 
 
 def _shaped(
@@ -183,7 +199,7 @@ class JobType:
         errors: list[FieldError] = []
         values: dict[str, Any] = {}
         fields = attrs.fields(cls)
-        known = {f.alias for f in fields}
+        known = {f.alias for f in fields if f.init}  # init=False fields are not params
         errors += [{"loc": [k], "msg": "unknown field"} for k in sorted(set(data) - known)]
         hints = typing.get_type_hints(cls)
         for field in fields:
