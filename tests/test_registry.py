@@ -406,3 +406,47 @@ def test_backoff_is_reproducible_with_a_seeded_random() -> None:
 
 def test_backoff_of_zero_base_is_zero() -> None:
     assert Backoff(base=0.0).delay(3, random.Random(0)) == 0.0
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Tone(str, enum.Enum):
+    WARM = "warm"
+
+
+@attrs.frozen
+class Shapes:
+    level: Level = Level.LOW
+    tone: Tone = Tone.WARM
+    pair: tuple[int, str] = (1, "a")
+    computed: int = attrs.field(init=False, default=0)
+
+
+def test_int_and_str_mixin_enums_stay_enum_members() -> None:
+    job_type = JobRegistry().register("s", handler, params=Shapes)
+    structured, normalised = job_type.parse({"level": 2, "tone": "warm"})
+    assert structured.level is Level.HIGH
+    assert structured.tone is Tone.WARM
+    assert normalised["level"] == 2
+    assert errors_of(job_type, {"level": 3})[0]["loc"] == ["level"]
+    assert errors_of(job_type, {"level": True})[0]["msg"] == "expected an integer, got a boolean"
+
+
+def test_fixed_tuples_are_arrays_both_ways() -> None:
+    job_type = JobRegistry().register("s", handler, params=Shapes)
+    structured, normalised = job_type.parse({"pair": [2, "b"]})
+    assert structured.pair == (2, "b")
+    assert normalised["pair"] == [2, "b"]
+    assert errors_of(job_type, {"pair": "ab"}) == [
+        {"loc": ["pair"], "msg": "expected an array, got str"}
+    ]
+    assert errors_of(job_type, {"pair": ["x", "b"]})[0]["loc"] == ["pair", 0]
+
+
+def test_init_false_fields_are_not_params() -> None:
+    job_type = JobRegistry().register("s", handler, params=Shapes)
+    assert errors_of(job_type, {"computed": 5}) == [{"loc": ["computed"], "msg": "unknown field"}]
+    assert "computed" not in job_type.parse({})[1]
