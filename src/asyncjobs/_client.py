@@ -81,6 +81,7 @@ class Api:
     def check(self, response: httpx.Response, path: str) -> None:
         if response.is_success:
             return
+        response.read()  # a streamed (SSE) response has not read its error body yet
         try:
             error = response.json().get("error", {})
         except (ValueError, AttributeError):

@@ -25,7 +25,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ._client import CliError, run_client
+from ._client import EXIT_ERROR, CliError, run_client
+from .errors import AsyncJobsError
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -169,15 +170,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from .stores import open_store
 
     async def run() -> None:
-        if args.store.startswith(("postgres://", "postgresql://")):
-            from .stores.postgres import migrate
-
-            await migrate(args.store)
-        else:
-            # Every other store creates and upgrades its schema when it opens.
-            store = open_store(args.store)
-            await store.open()
-            await store.close()
+        # Every store creates or upgrades its schema when it opens (PostgreSQL under an
+        # advisory lock, so concurrent migrations are safe); then it closes again.
+        store = open_store(args.store)
+        await store.open()
+        await store.close()
 
     anyio.run(run)
     print(f"migrated {args.store}", file=sys.stderr)
@@ -278,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"asyncjobs: {exc}", file=sys.stderr)
         return exc.code
+    except AsyncJobsError as exc:  # e.g. a bad store URL: the message says what to do
+        print(f"asyncjobs: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `asyncjobs ls | head`
