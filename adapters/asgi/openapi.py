@@ -205,7 +205,7 @@ _LAST_EVENT_ID: Final = _param(
     "The `id:` of the last frame seen; older live events are skipped.",
 )
 _SSE: Final = {
-    "description": "An event stream: a `retry:` hint, snapshots (no `id:`), then events "
+    "description": "An event stream: a `: connected` comment, snapshots (no `id:`), then events "
     "(`id:` = seq, `data:` = JobEvent JSON), with `: ping` comments.",
     "content": {
         "text/event-stream": {"schema": {"type": "string"}, "x-data-schema": _ref("JobEvent")}

@@ -1,6 +1,6 @@
 """Server-Sent Events: the frame encoder, the event stream, and its ASGI response.
 
-A stream starts with a ``retry:`` hint, then the current snapshot(s) of the watched
+A stream starts with a ``: connected`` comment, then the current snapshot(s) of the watched
 job(s) (``type: job_snapshot``, no ``id:`` line), then each live event as one frame::
 
     id: 42
@@ -48,10 +48,6 @@ SSE_HEADERS: Final[Mapping[str, str]] = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-
-#: Milliseconds an EventSource waits before reconnecting.
-RETRY_MS: Final = 2000
-
 
 def encode_event(event: JobEvent) -> bytes:
     """One SSE frame for ``event``: ``id:`` is its seq (none for snapshots), ``data:`` its JSON."""
@@ -105,7 +101,8 @@ async def event_stream(
         if isinstance(last_event_id, str) or last_event_id is None
         else last_event_id
     )
-    yield f"retry: {RETRY_MS}\n\n".encode()
+    # A first frame at once, so clients and proxies see the stream open before any event.
+    yield encode_comment("connected")
     async with queue.subscribe(job_id=job_id, type=job_type) as subscription:
         events = subscription.__aiter__()
         while True:
