@@ -70,7 +70,9 @@ class Listener:
     async def _connect(self) -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(self._dsn)
+        conn = await asyncpg.connect(
+            self._dsn, server_settings={"application_name": f"{self._channel}:listen"[:63]}
+        )
         try:
             self._lost = asyncio.Event()
             conn.add_termination_listener(self._terminated)

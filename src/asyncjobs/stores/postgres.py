@@ -134,7 +134,13 @@ class PostgresStore:
             await apply_migrations(conn, self.schema)
         finally:
             await conn.close()
-        pool = await asyncpg.create_pool(self.dsn, min_size=self._min_pool, max_size=self._max_pool)
+        pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=self._min_pool,
+            max_size=self._max_pool,
+            # Named so that operators see who holds a connection in pg_stat_activity.
+            server_settings={"application_name": f"asyncjobs:{self.schema}"},
+        )
         listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._notify_work)
         try:
             await listener.start()
@@ -169,6 +175,9 @@ class PostgresStore:
             asyncpg.PostgresConnectionError,
             asyncpg.exceptions.OperatorInterventionError,
             asyncpg.InterfaceError,
+            # A connection the server terminated while idle can be left in a state
+            # where the next query fails this way before the socket reports closed.
+            asyncpg.exceptions.InternalClientError,
         )
         try:
             async with pool.acquire() as conn:
@@ -177,6 +186,9 @@ class PostgresStore:
             if not retry:
                 raise
             logger.warning("PostgreSQL connection error (%s); retrying once", exc)
+            # One dropped connection usually means all of them dropped (a server
+            # restart): replace every idle one rather than retry on another corpse.
+            await pool.expire_connections()
         async with pool.acquire() as conn:
             return await op(conn)
 

@@ -1,0 +1,268 @@
+"""PostgreSQL-specific behaviour of PostgresStore, against the real server.
+
+The conformance suite covers the Store protocol; these tests cover what only a store
+shared by processes has: two instances on one schema (events, claims, limits,
+idempotency races), migrations under concurrency, oversized NOTIFY payloads, and
+recovery when the server drops the LISTEN connection or pooled connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import asyncpg
+import pytest
+
+from asyncjobs.errors import ConfigurationError
+from asyncjobs.job import EventType, JobStatus
+from asyncjobs.stores import Outcome, open_store
+from asyncjobs.stores.postgres import PostgresStore, migrate
+
+from .test_conformance import LEASE, EventLog, add, at, claim_one, make_job, token
+
+pytestmark = pytest.mark.postgres
+
+E = EventType
+Factory = Callable[..., Awaitable[PostgresStore]]
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"aj_pg_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+async def stores(postgres_url: str, schema: str) -> AsyncIterator[Factory]:
+    """``await stores()`` opens another PostgresStore on this test's own schema."""
+    opened: list[PostgresStore] = []
+
+    async def make(**kwargs: object) -> PostgresStore:
+        store = PostgresStore(postgres_url, schema=schema, **kwargs)  # type: ignore[arg-type]
+        opened.append(store)
+        await store.open()
+        return store
+
+    try:
+        yield make
+    finally:
+        for store in opened:
+            await store.close()
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def _admin(postgres_url: str, query: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+# -- URLs ------------------------------------------------------------------------
+
+
+def test_from_url_takes_the_schema_out_of_the_dsn() -> None:
+    store = PostgresStore.from_url(
+        "postgres://u:secret@db:5432/jobs?schema=tenant_a&sslmode=disable"
+    )
+    assert store.schema == "tenant_a"
+    assert store.dsn == "postgres://u:secret@db:5432/jobs?sslmode=disable"
+    assert "secret" not in store.url
+    assert isinstance(open_store("postgresql://db/jobs"), PostgresStore)
+    assert PostgresStore.from_url("postgresql://db/jobs").schema == "asyncjobs"
+
+
+@pytest.mark.parametrize("bad", ["1abc", "a-b", "x" * 49, 'a"; drop table jobs; --'])
+def test_bad_schema_names_are_refused(bad: str) -> None:
+    with pytest.raises(ConfigurationError, match="schema name"):
+        PostgresStore("postgresql://db/jobs", schema=bad)
+
+
+# -- migrations --------------------------------------------------------------------
+
+
+async def test_migrate_is_idempotent(postgres_url: str, stores: Factory, schema: str) -> None:
+    assert await migrate(f"{postgres_url}?schema={schema}") == [1]
+    assert await migrate(postgres_url, schema) == []
+    store = await stores()  # open() after migrate() finds nothing to do
+    (job,) = await add(store, make_job())
+    assert await store.get(job.id) == job
+
+
+async def test_concurrent_open_migrates_once(
+    postgres_url: str, stores: Factory, schema: str
+) -> None:
+    with anyio.fail_after(30):
+        opened = await asyncio.gather(*(stores() for _ in range(5)))
+    rows = await _admin(postgres_url, f'SELECT version FROM "{schema}".schema_migrations')
+    assert [r[0] for r in rows] == [1]
+    (job,) = await add(opened[0], make_job())
+    assert await opened[4].get(job.id) == job
+
+
+async def test_a_schema_from_a_newer_version_is_refused(
+    postgres_url: str, stores: Factory, schema: str
+) -> None:
+    await stores()
+    await _admin(postgres_url, f'INSERT INTO "{schema}".schema_migrations (version) VALUES (99)')
+    with pytest.raises(ConfigurationError, match="newer"):
+        await migrate(postgres_url, schema)
+
+
+# -- two instances on one schema -------------------------------------------------
+
+
+async def test_every_event_type_reaches_the_other_instance(stores: Factory) -> None:
+    one, two = await stores(), await stores()
+    log = EventLog(two)
+    (job,) = await add(one, make_job(max_attempts=2))
+    running = await claim_one(one)
+    await one.set_progress(job.id, token(running), 0.5, "half", now=at(2))
+    await one.request_cancel(job.id, now=at(3))
+    await one.request_cancel(job.id, now=at(3.5))  # a repeat changes nothing, says nothing
+    await one.requeue_expired(now=at(100))
+    events = await log.expect(E.CREATED, E.STARTED, E.PROGRESS, E.CANCEL_REQUESTED, E.CANCELLED)
+    assert [e.job.version for e in events] == [1, 2, 3, 4, 5]
+    assert events[-1].job == await two.get(job.id)
+    await one.delete(job.id, now=at(101))
+    (deleted,) = await log.expect(E.DELETED)
+    assert deleted.job == events[-1].job
+    seqs = [e.seq for e in log.events]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+
+
+async def test_an_event_too_big_for_notify_arrives_whole(stores: Factory) -> None:
+    one, two = await stores(), await stores()
+    log = EventLog(two)
+    big = {"blob": "x" * 20_000}
+    (job,) = await add(one, make_job(params=big))
+    running = await claim_one(one)
+    done = Outcome(JobStatus.COMPLETED, result={"echo": "y" * 20_000})
+    await one.finish(job.id, token(running), done, now=at(2))
+    await one.delete(job.id, now=at(3))
+    created, started, completed, deleted = await log.expect(
+        E.CREATED, E.STARTED, E.COMPLETED, E.DELETED
+    )
+    assert created.job.params == big
+    assert started.job.params == big
+    assert completed.job.result == {"echo": "y" * 20_000}
+    # Deleted before the receiver could read it back: the slim snapshot stands in.
+    assert deleted.job.id == job.id
+    assert deleted.job.status is JobStatus.COMPLETED
+
+
+async def test_claims_from_two_instances_never_overlap(stores: Factory) -> None:
+    one, two = await stores(), await stores()
+    jobs = [make_job(priority=i % 3) for i in range(120)]
+    for job in jobs:
+        await one.add(job)
+    claimed: Counter[str] = Counter()
+
+    async def claimer(store: PostgresStore, name: str) -> None:
+        while True:
+            got = await store.claim(name, types=["t"], limit=4, lease=LEASE, now=at(1))
+            if not got:
+                return
+            claimed.update(j.id for j in got)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(claimer, one, f"one-{i}")
+                tg.start_soon(claimer, two, f"two-{i}")
+    assert set(claimed) == {j.id for j in jobs}
+    assert max(claimed.values()) == 1
+
+
+async def test_type_limits_hold_under_concurrent_claims(stores: Factory) -> None:
+    one, two = await stores(), await stores()
+    for _ in range(30):
+        await one.add(make_job("limited"))
+        await one.add(make_job("free"))
+    results: list[list[str]] = []
+
+    async def claimer(store: PostgresStore, name: str) -> None:
+        got = await store.claim(
+            name,
+            types=["limited", "free"],
+            limit=5,
+            lease=LEASE,
+            now=at(1),
+            type_limits={"limited": 3},
+        )
+        results.append([j.type for j in got])
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(claimer, one if i % 2 else two, f"w{i}")
+    kinds = Counter(t for got in results for t in got)
+    assert kinds["limited"] == 3
+    assert kinds["free"] == 27  # every claimer filled its batch with free jobs
+    stats = await two.stats()
+    assert stats.by_type["limited"][JobStatus.RUNNING] == 3
+
+
+async def test_an_idempotency_race_stores_one_job(stores: Factory) -> None:
+    one, two = await stores(), await stores()
+    log = EventLog(one)
+    results = await asyncio.gather(
+        *((one if i % 2 else two).add(make_job(key="same")) for i in range(10))
+    )
+    assert sum(created for _, created in results) == 1
+    assert len({job.id for job, _ in results}) == 1
+    await log.expect(E.CREATED)
+    await anyio.sleep(0.2)
+    assert len(log.events) == 1
+
+
+# -- failures of the connection ------------------------------------------------------
+
+
+async def test_listener_reconnects_after_its_backend_is_terminated(
+    postgres_url: str, stores: Factory
+) -> None:
+    one, two = await stores(), await stores()
+    listener = two.listener
+    assert listener is not None
+    assert listener.backend_pid is not None
+    old_pid = listener.backend_pid
+    log = EventLog(two)
+    await _admin(postgres_url, "SELECT pg_terminate_backend($1)", old_pid)
+    # The waiting worker is woken once the connection is back, to re-claim what it missed.
+    with anyio.fail_after(10):
+        await two.wait_for_work(60)
+    assert listener.reconnects == 1
+    assert listener.backend_pid not in (None, old_pid)
+    (job,) = await add(one, make_job())
+    (event,) = await log.expect(E.CREATED)
+    assert event.job == job
+
+
+async def test_pool_operations_survive_terminated_connections(
+    postgres_url: str, stores: Factory
+) -> None:
+    store = await stores(min_pool=2, max_pool=2)
+    (job,) = await add(store, make_job())
+    await asyncio.gather(store.get(job.id), store.get(job.id))  # both pool slots connected
+    listener = store.listener
+    assert listener is not None
+    killed = await _admin(
+        postgres_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        f"asyncjobs:{store.schema}",
+    )
+    assert len(killed) == 2  # both pooled connections, and not the LISTEN one
+    # No pause: the client may not have noticed the closed sockets yet; a retry covers it.
+    assert await store.get(job.id) == job
+    running = await claim_one(store)
+    assert running.id == job.id
