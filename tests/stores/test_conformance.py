@@ -298,6 +298,15 @@ async def test_list_limit_smaller_than_matches_gives_a_cursor(store: Store) -> N
     assert rest.next_cursor is None
 
 
+async def test_list_cursor_survives_deletion_of_the_cursor_job(store: Store) -> None:
+    jobs = await finished_jobs(store, [("t", DONE, i) for i in range(4)])
+    page = await store.list(limit=2)
+    assert page.next_cursor == jobs[2].id
+    await store.delete(jobs[2].id, now=at(10))
+    rest = await store.list(limit=2, cursor=page.next_cursor)
+    assert [j.id for j in rest.jobs] == [jobs[1].id, jobs[0].id]
+
+
 # -- stats -----------------------------------------------------------------------
 
 
@@ -430,6 +439,44 @@ async def test_no_double_claim_between_instances(store_factory: StoreFactory) ->
     assert counts(await stores[1].stats()) == {R: 20}
 
 
+async def test_type_limits_hold_under_concurrent_claims(store_factory: StoreFactory) -> None:
+    stores = [await store_factory(), await store_factory()]
+    await add(stores[0], *(make_job("x") for _ in range(10)))
+
+    async def claim(i: int) -> list[Job]:
+        return await stores[i % 2].claim(
+            f"w{i}", types=["x"], limit=2, lease=LEASE, now=at(1), type_limits={"x": 3}
+        )
+
+    with anyio.fail_after(30):
+        results = await asyncio.gather(*(claim(i) for i in range(8)))
+    assert sum(len(batch) for batch in results) == 3
+    assert counts(await stores[1].stats()) == {Q: 7, R: 3}
+
+
+async def test_idempotency_key_is_unique_under_concurrent_adds(
+    store_factory: StoreFactory,
+) -> None:
+    stores = [await store_factory(), await store_factory()]
+    jobs = [make_job(key="only-one", params={"i": i}) for i in range(8)]
+    with anyio.fail_after(30):
+        results = await asyncio.gather(*(stores[i % 2].add(job) for i, job in enumerate(jobs)))
+    assert sum(created for _, created in results) == 1
+    assert len({stored.id for stored, _ in results}) == 1
+    assert len(await all_ids(stores[0])) == 1
+
+
+async def test_times_keep_microseconds(store: Store) -> None:
+    (job,) = await add(store, make_job(created=0.000001, delay=0.5))
+    assert (await store.get(job.id)).run_at == at(0.500001)
+    await store.promote_scheduled(now=at(0.500001))
+    claimed = await claim_one(store, now=1.123457)
+    assert claimed.started_at == at(1.123457)
+    assert claimed.lease is not None
+    assert claimed.lease.expires_at == at(1.123457 + LEASE)
+    assert await store.get(job.id) == claimed
+
+
 # -- renew -------------------------------------------------------------------------
 
 
@@ -463,14 +510,25 @@ async def test_renew_with_a_wrong_token_raises_lease_lost(store: Store) -> None:
         await store.renew(job.id, token(job), lease=60, now=at(4))
 
 
+async def test_cancel_request_from_another_instance_reaches_the_holder(
+    store_factory: StoreFactory,
+) -> None:
+    holder, web = await store_factory(), await store_factory()
+    job = await running_job(holder)
+    await web.request_cancel(job.id, now=at(2))
+    renewed = await holder.renew(job.id, token(job), lease=LEASE, now=at(3))
+    assert renewed.cancel_requested
+
+
 # -- set_progress ----------------------------------------------------------------------
 
 
 async def test_set_progress(store: Store) -> None:
     job = await running_job(store)
     log = EventLog(store)
-    updated = await store.set_progress(job.id, token(job), 0.25, "a quarter", now=at(5))
-    assert (updated.progress, updated.message, updated.version) == (0.25, "a quarter", 3)
+    third = 1 / 3  # not exact in single precision: the store must keep a double
+    updated = await store.set_progress(job.id, token(job), third, "a third", now=at(5))
+    assert (updated.progress, updated.message, updated.version) == (third, "a third", 3)
     assert updated.status is R
     assert await store.get(job.id) == updated
     (event,) = await log.expect(E.PROGRESS)
