@@ -1,0 +1,77 @@
+"""procrastinate (PostgreSQL, psycopg 3) on the shared workload shape.
+
+    python benchmarks/peer_procrastinate.py enqueue --n 2000
+    python benchmarks/peer_procrastinate.py drain --n 2000 --concurrency 10
+
+Each run installs procrastinate's schema into a new database. Drain: N jobs deferred
+first (``batch_defer_async``), then ``run_worker_async(wait=False)``, which returns
+once the queue is empty and every job it took is recorded as succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from _common import base_parser, emit, fresh_pg_database
+
+
+async def main_async(mode: str, n: int, concurrency: int) -> None:
+    import procrastinate
+
+    async with fresh_pg_database() as url:
+        app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+        @app.task(name="noop")
+        async def noop() -> None:
+            return None
+
+        async with app.open_async():
+            await app.schema_manager.apply_schema_async()
+            if mode == "enqueue":
+                start = time.perf_counter()
+                for _ in range(n):
+                    await noop.defer_async()
+                elapsed = time.perf_counter() - start
+                emit(
+                    system="procrastinate",
+                    backend="postgres",
+                    mode="enqueue",
+                    n=n,
+                    seconds=elapsed,
+                    rate=n / elapsed,
+                )
+                return
+            for i in range(0, n, 500):
+                await noop.batch_defer_async(*({} for _ in range(min(500, n - i))))
+            start = time.perf_counter()
+            await app.run_worker_async(
+                concurrency=concurrency, wait=False, install_signal_handlers=False
+            )
+            elapsed = time.perf_counter() - start
+            async with app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+                cur = await conn.execute(
+                    "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+                )
+                row = await cur.fetchone()
+            if row is None or row[0] != n:
+                raise SystemExit(f"procrastinate finished {row} of {n} jobs")
+            emit(
+                system="procrastinate",
+                backend="postgres",
+                mode=f"drain_c{concurrency}",
+                n=n,
+                seconds=elapsed,
+                rate=n / elapsed,
+            )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    args = base_parser(__doc__ or "").parse_args()
+    asyncio.run(main_async(args.mode, args.n, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()

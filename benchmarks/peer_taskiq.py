@@ -1,0 +1,87 @@
+"""taskiq with taskiq-redis (``ListQueueBroker``) on the shared workload shape.
+
+    python benchmarks/peer_taskiq.py enqueue --n 10000
+    python benchmarks/peer_taskiq.py drain --n 2000 --concurrency 10
+
+Drain: N ``kiq()`` calls first, then taskiq's programmatic receiver
+(``taskiq.api.run_receiver_task``) with ``max_async_tasks`` = concurrency in this
+process; done when the task body has run N times. No result backend is configured
+(taskiq's default), so there is no completion record to wait for: this is the
+cheapest possible "done" and favours taskiq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from _common import REDIS_URL, base_parser, emit, unique
+
+
+async def main_async(mode: str, n: int, concurrency: int) -> None:
+    from taskiq.api import run_receiver_task
+    from taskiq_redis import ListQueueBroker
+
+    queue_name = unique("taskiq")
+    broker = ListQueueBroker(REDIS_URL, queue_name=queue_name)
+    done = 0
+    finished = asyncio.Event()
+
+    @broker.task(task_name="noop")
+    async def noop() -> None:
+        nonlocal done
+        done += 1
+        if done >= n:
+            finished.set()
+
+    await broker.startup()
+    try:
+        if mode == "enqueue":
+            start = time.perf_counter()
+            for _ in range(n):
+                await noop.kiq()
+            elapsed = time.perf_counter() - start
+            emit(
+                system="taskiq",
+                backend="redis",
+                mode="enqueue",
+                n=n,
+                seconds=elapsed,
+                rate=n / elapsed,
+            )
+            return
+        for i in range(0, n, 100):
+            await asyncio.gather(*(noop.kiq() for _ in range(min(100, n - i))))
+        broker.is_worker_process = True
+        start = time.perf_counter()
+        task = asyncio.create_task(run_receiver_task(broker, max_async_tasks=concurrency))
+        await finished.wait()
+        elapsed = time.perf_counter() - start
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        emit(
+            system="taskiq",
+            backend="redis",
+            mode=f"drain_c{concurrency}",
+            n=n,
+            seconds=elapsed,
+            rate=n / elapsed,
+        )
+    finally:
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(REDIS_URL)
+        await redis.delete(queue_name)
+        await redis.aclose()
+        await broker.shutdown()
+
+
+def main() -> None:
+    args = base_parser(__doc__ or "").parse_args()
+    asyncio.run(main_async(args.mode, args.n, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
