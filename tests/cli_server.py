@@ -53,10 +53,11 @@ def cli_server(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     log: Path | None = None,
+    port: int | None = None,
 ) -> Iterator[str]:
     """Start ``asyncjobs demo|serve ... --port P``, wait until it answers, yield its URL,
     then stop it with SIGINT (as Ctrl-C would) and check that it exits."""
-    port = free_port()
+    port = port or free_port()
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "asyncjobs", *args, "--port", str(port)],

@@ -1,0 +1,367 @@
+"""The dashboard in a real headless Chromium (Debian's), against a real server process.
+
+Every test fails on a console error or an uncaught page error (except the ones a test
+provokes on purpose, such as a refused connection while the server is down).
+Screenshots go to a temporary directory; the first test also refreshes
+docs/img/dashboard.png, the picture in docs/dashboard.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cli_server import cli_server, free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+CHROMIUM = "/usr/bin/chromium"
+DOCS_IMG = Path(__file__).parent.parent / "docs" / "img" / "dashboard.png"
+TOKEN = "dashboard-test-token"
+HOSTILE = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>"
+
+# The demo types plus one whose rule the JSON Schema cannot express, so only the
+# server can reject it: the dashboard must show that 422 next to the field.
+DASH_MODULE = textwrap.dedent(
+    """
+    import attrs
+    from asyncjobs import JobContext
+    from asyncjobs.demo import build_demo_queue
+
+    queue = build_demo_queue(concurrency=4)
+
+    def _even(instance, attribute, value):
+        if value % 2:
+            raise ValueError("must be an even number")
+
+    @attrs.frozen
+    class EvenParams:
+        n: int = attrs.field(default=2, validator=_even,
+                             metadata={"description": "An even number."})
+
+    @queue.job_type("even", max_attempts=1)
+    async def even(ctx: JobContext, params: EvenParams) -> dict:
+        return {"half": params.n // 2}
+    """
+)
+
+
+def _need_browser() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        message = "playwright is not installed (pip install 'asyncjobs[test]')"
+    else:
+        if os.path.exists(CHROMIUM):
+            return sync_playwright
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+    if os.environ.get("ASYNCJOBS_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_playwright = _need_browser()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    path = tmp_path_factory.mktemp("dash")
+    (path / "dashmod.py").write_text(DASH_MODULE)
+    with cli_server(["serve", "dashmod:queue"], cwd=path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("screenshots")
+
+
+class Console:
+    """Console errors and page errors seen by one page; ``allow`` lists expected ones."""
+
+    def __init__(self, page: Any) -> None:
+        self.errors: list[str] = []
+        self.allow: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+    def unexpected(self) -> list[str]:
+        return [e for e in self.errors if not any(re.search(a, e) for a in self.allow)]
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[tuple[Any, Console]]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    console = Console(page)
+    yield page, console
+    context.close()
+    assert console.unexpected() == []
+
+
+def open_dashboard(page: Any, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector(".conn[data-state=live]")
+    page.wait_for_selector("#type-select option", state="attached")
+
+
+def row(page: Any, job_id: str) -> Any:
+    return page.locator(f'tr[data-id="{job_id}"]')
+
+
+def pct_of(page: Any, job_id: str) -> int:
+    return int(row(page, job_id).locator(".prog-pct").inner_text().rstrip("%"))
+
+
+def wait_pct_above(page: Any, job_id: str, floor: int) -> int:
+    page.wait_for_function(
+        """([id, floor]) => {
+            const cell = document.querySelector(`tr[data-id="${id}"] .prog-pct`);
+            return cell && parseInt(cell.textContent, 10) > floor;
+        }""",
+        arg=[job_id, floor],
+    )
+    return pct_of(page, job_id)
+
+
+def rest_submit(url: str, body: dict[str, Any], token: str | None = None) -> str:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.post(url + "jobs", json=body, headers=headers, timeout=10)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def test_create_from_form_watch_progress_then_cancel(
+    page: tuple[Any, Console], server: str, shots: Path
+) -> None:
+    pg, _ = page
+    # Some finished jobs first, so the screenshot shows a realistic table.
+    for body in (
+        {"type": "fibonacci", "params": {"terms": 10}},
+        {"type": "prime", "params": {"limit": 300000}},
+        {"type": "echo", "params": {"message": "hello", "delay": 0.2}},
+    ):
+        rest_submit(server, body)
+    open_dashboard(pg, server)
+
+    pg.select_option("#type-select", "countdown")
+    seconds = pg.locator("#param-seconds")
+    assert seconds.get_attribute("min") == "1"
+    assert seconds.input_value() == "10"  # the schema's default
+    assert "How many seconds" in pg.locator('.field[data-field="seconds"] .help').inner_text()
+    seconds.fill("30")
+    pg.click("#create-submit")
+
+    pg.wait_for_selector("#detail:not([hidden])")
+    job_id = pg.locator("#detail-id").inner_text()
+    assert re.fullmatch(r"[0-9A-Z]{26}", job_id)
+    assert row(pg, job_id).locator(".badge").inner_text() in {"queued", "running"}
+    first = wait_pct_above(pg, job_id, 0)
+    later = wait_pct_above(pg, job_id, first)  # it keeps advancing without a reload
+    assert later > first
+    assert "s left" in row(pg, job_id).locator(".prog-msg").inner_text()
+    pg.wait_for_selector('#timeline li[data-kind="job_progress"]')
+    pg.screenshot(path=str(shots / "running.png"))
+    DOCS_IMG.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shots / "running.png", DOCS_IMG)
+
+    row(pg, job_id).get_by_role("button", name="Cancel").click()
+    pg.wait_for_function(
+        """(id) => document.querySelector(`tr[data-id="${id}"] .badge`).textContent
+                   === "cancelled" """,
+        arg=job_id,
+    )
+    assert pg.locator("#detail-badge").inner_text() == "cancelled"
+    pg.wait_for_selector('#timeline li[data-kind="job_cancelled"]')
+    assert row(pg, job_id).get_by_role("button", name="Cancel").is_hidden()
+    assert int(pg.locator('.counter[data-status="cancelled"] b').inner_text()) >= 1
+    pg.screenshot(path=str(shots / "cancelled.png"))
+
+
+def test_form_checks_in_the_browser_and_shows_server_field_errors(
+    page: tuple[Any, Console], server: str, shots: Path
+) -> None:
+    pg, console = page
+    open_dashboard(pg, server)
+    total_before = pg.locator('.counter[data-status="total"] b').inner_text()
+
+    pg.select_option("#type-select", "countdown")
+    pg.fill("#param-seconds", "0")
+    pg.click("#create-submit")
+    error = pg.locator('.field[data-field="seconds"] .field-error')
+    assert error.inner_text() == "must be ≥ 1"
+    pg.fill("#param-seconds", "2.5")
+    pg.click("#create-submit")
+    assert error.inner_text() == "enter a whole number"
+    assert pg.locator('.counter[data-status="total"] b').inner_text() == total_before
+
+    # The schema cannot say "even": the browser lets 3 through and the server's 422
+    # field error lands next to the field.
+    pg.select_option("#type-select", "even")
+    pg.fill("#param-n", "3")
+    pg.click("#create-submit")
+    server_error = pg.locator('.field[data-field="n"] .field-error')
+    server_error.wait_for()
+    assert server_error.inner_text() == "must be an even number"
+    pg.screenshot(path=str(shots / "field-error.png"))
+    pg.fill("#param-n", "4")
+    pg.click("#create-submit")
+    pg.wait_for_function("() => document.querySelector('#detail-title').textContent === 'even'")
+    assert server_error.is_hidden()
+    assert console.errors == []  # commands go over the WebSocket: no failed fetches
+
+
+def test_rest_job_appears_live_and_hostile_params_stay_text(
+    page: tuple[Any, Console], server: str, shots: Path
+) -> None:
+    pg, _ = page
+    open_dashboard(pg, server)
+    job_id = rest_submit(server, {"type": "echo", "params": {"message": HOSTILE, "delay": 0.5}})
+    line = row(pg, job_id)
+    line.wait_for()  # no reload: the WebSocket event added it
+    pg.wait_for_function(
+        """(id) => document.querySelector(`tr[data-id="${id}"] .badge`).textContent
+                   === "completed" """,
+        arg=job_id,
+    )
+    line.click()
+    pg.wait_for_selector("#detail-result-box:not([hidden])")
+    assert HOSTILE in pg.locator("#detail-params").inner_text()
+    assert HOSTILE in pg.locator("#detail-result").inner_text()
+    assert pg.evaluate("() => document.querySelectorAll('img').length") == 0
+    assert pg.evaluate("() => window.__xss") is None
+
+    # Search by id (any part of it) narrows the table to that job.
+    pg.fill("#search", job_id[-8:].lower())
+    visible = pg.locator("#job-rows tr:not([hidden])")
+    assert visible.count() == 1
+    assert visible.get_attribute("data-id") == job_id
+    pg.fill("#search", "")
+    pg.select_option("#filter-status", "completed")
+    statuses = pg.locator("#job-rows tr:not([hidden])").evaluate_all(
+        "rows => rows.map(r => r.dataset.status)"
+    )
+    assert statuses
+    assert set(statuses) == {"completed"}
+    pg.screenshot(path=str(shots / "hostile.png"))
+
+
+BADGE_IS = "(s) => document.querySelector('#detail-badge').textContent === s"
+
+
+def test_retry_resubmits_the_same_params_and_clear_finished(
+    page: tuple[Any, Console], server: str
+) -> None:
+    pg, _ = page
+    job_id = rest_submit(server, {"type": "fibonacci", "params": {"terms": 3}})
+    pg.goto(f"{server}#job={job_id}")  # a link straight to one job
+    pg.wait_for_selector(".conn[data-state=live]")
+    pg.wait_for_function(
+        "() => document.querySelector('#detail-badge').textContent === 'completed'"
+    )
+    pg.click("#detail-retry")
+    pg.wait_for_function(
+        "(id) => document.querySelector('#detail-id').textContent !== id", arg=job_id
+    )
+    new_id = pg.locator("#detail-id").inner_text()
+    job = httpx.get(f"{server}jobs/{new_id}").json()
+    assert job["type"] == "fibonacci"
+    assert job["params"] == {"terms": 3}
+
+    pg.wait_for_function(
+        "() => document.querySelector('#detail-badge').textContent === 'completed'"
+    )
+    pg.click("#clear-finished")
+    pg.wait_for_function(
+        "() => ![...document.querySelectorAll('#job-rows tr:not([hidden])')]"
+        ".some(r => ['completed', 'failed', 'cancelled'].includes(r.dataset.status))"
+    )
+    assert httpx.get(f"{server}jobs/{new_id}").status_code == 404
+    assert pg.locator('.counter[data-status="completed"] b').inner_text() == "0"
+
+
+def test_reconnects_with_backoff_and_reloads_state(browser: Any, shots: Path) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(20_000)
+    pg = context.new_page()
+    console = Console(pg)
+    # The page tries to reach the server while it is down: those failures are expected.
+    console.allow = [r"ERR_CONNECTION_REFUSED", r"WebSocket connection to .* failed"]
+    port = free_port()
+    try:
+        with cli_server(["demo"], port=port) as url:
+            old = rest_submit(url, {"type": "echo", "params": {"delay": 0}})
+            open_dashboard(pg, url)
+            row(pg, old).wait_for()
+        pg.wait_for_selector(".conn[data-state=reconnecting]")
+        assert "offline" in pg.locator("#conn-text").inner_text() or "reconnecting" in (
+            pg.locator("#conn-text").inner_text()
+        )
+        with cli_server(["demo"], port=port) as url:
+            pg.wait_for_selector(".conn[data-state=live]")
+            # A fresh memory store: the reload after reconnecting dropped the old job.
+            row(pg, old).wait_for(state="hidden")
+            new = rest_submit(url, {"type": "echo", "params": {"delay": 0}})
+            row(pg, new).wait_for()
+            pg.screenshot(path=str(shots / "reconnected.png"))
+    finally:
+        context.close()
+    assert console.unexpected() == []
+
+
+def test_token_field_when_auth_is_on(browser: Any, shots: Path) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    console = Console(pg)
+    console.allow = [r"status of 401"]  # the first, tokenless requests
+    try:
+        with cli_server(["demo", "--auth-token", TOKEN]) as url:
+            pg.goto(url)
+            pg.wait_for_selector("#token-form:not([hidden])")
+            pg.wait_for_selector(".conn[data-state=auth]")
+            assert "requires an access token" in pg.locator("#auth-banner").inner_text()
+            pg.screenshot(path=str(shots / "token.png"))
+            pg.fill("#token-input", TOKEN)
+            pg.click("#token-form button")
+            pg.wait_for_selector(".conn[data-state=live]")
+            pg.wait_for_selector("#type-select option", state="attached")
+            assert pg.locator("#auth-banner").is_hidden()
+            pg.select_option("#type-select", "echo")
+            pg.fill("#param-delay", "0")
+            pg.click("#create-submit")
+            pg.wait_for_function(
+                "() => document.querySelector('#detail-badge').textContent === 'completed'"
+            )
+    finally:
+        context.close()
+    assert console.unexpected() == []
+
+
+def test_page_never_writes_markup_from_data() -> None:
+    static = Path(__file__).parent.parent / "adapters" / "asgi" / "static"
+    script = (static / "app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script
+    for name in ("index.html", "app.js", "style.css"):
+        text = (static / name).read_text()
+        assert "http://" not in text, f"{name} must work offline"
+        assert "https://" not in text, f"{name} must work offline"
