@@ -66,6 +66,7 @@ class _Running:
     ctx: JobContext
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     stop: _Stop | None = None
+    finishing: bool = False  # the attempt is over; heartbeats would race the finish
 
 
 def _error_of(exc: BaseException) -> JobError:
@@ -132,6 +133,13 @@ class Worker:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Claim and run jobs until :meth:`stop`, then drain gracefully."""
+        try:
+            await self._run(task_status)
+        finally:
+            # Set even when the host cancels us mid-drain, so Queue.aclose never hangs.
+            self._stopped.set()
+
+    async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         cfg = self.config
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeat_loop)
@@ -162,7 +170,6 @@ class Worker:
                     self._idle_scope = None
             await self._drain()
             tg.cancel_scope.cancel()
-        self._stopped.set()
 
     async def wait_stopped(self) -> None:
         """Wait until :meth:`run` has drained and returned."""
@@ -188,13 +195,15 @@ class Worker:
         while True:
             await anyio.sleep(self.config.heartbeat_interval)
             for running in list(self._running.values()):
-                if running.stop is not None:
+                if running.stop is not None or running.finishing:
                     continue
                 try:
                     job = await self.store.renew(
                         running.job.id, running.token, lease=self.config.lease, now=self.clock()
                     )
                 except (LeaseLost, JobNotFound):
+                    if running.finishing:
+                        continue  # it ended while we were renewing: not a lost lease
                     logger.warning("lost the lease on job %s; abandoning it", running.job.id)
                     self._halt(running, _Stop.LOST)
                     continue
@@ -221,6 +230,7 @@ class Worker:
             # rather than leave it to lease expiry.
             if outcome is None and running.stop is None:
                 outcome = Outcome(JobStatus.QUEUED)
+            running.finishing = True
             with anyio.CancelScope(shield=True):
                 if outcome is not None:
                     await self._finish(running, outcome)
