@@ -1,1 +1,4 @@
-"""Transports for asyncjobs (imported as ``asyncjobs.adapters``); they depend on the core, never the reverse."""
+"""Transports for asyncjobs, imported as ``asyncjobs.adapters``.
+
+They depend on the core; the core never imports them.
+"""
