@@ -47,6 +47,17 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
+def _full_path(scope: Scope) -> Scope:
+    # Starlette (and so every route and the static files inside) expects `path` to
+    # include `root_path`. Hosts that strip the prefix from `path` (Litestar mounts,
+    # some proxies) get it put back, so both conventions route the same way.
+    root: str = scope.get("root_path", "")
+    path: str = scope["path"]
+    if root and _route_path(scope) is path:
+        return {**scope, "path": root.rstrip("/") + path}
+    return scope
+
+
 @final
 class JobsApp:
     """REST, Server-Sent Events, WebSocket and the dashboard for one queue.
@@ -116,7 +127,9 @@ class JobsApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        if _route_path(scope) == "" and scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
+            scope = _full_path(scope)
+        if scope["type"] == "http" and self._needs_slash(scope):
             # "/queue" -> "/queue/": the dashboard's relative links need the slash.
             root = scope.get("root_path", "")
             query = scope.get("query_string", b"").decode("latin-1")
@@ -124,6 +137,16 @@ class JobsApp:
             await response(scope, receive, send)
             return
         await self._app(scope, receive, send)
+
+    @staticmethod
+    def _needs_slash(scope: Scope) -> bool:
+        route = _route_path(scope)
+        if route == "":
+            return True
+        # Hosts that strip the prefix (Litestar) hand us "/" for both "/queue" and
+        # "/queue/"; the raw path still tells them apart.
+        raw = scope.get("raw_path")
+        return route == "/" and isinstance(raw, bytes) and bool(raw) and not raw.endswith(b"/")
 
     def _first_call(self) -> None:
         if self._warned:

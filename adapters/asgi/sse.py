@@ -49,6 +49,7 @@ SSE_HEADERS: Final[Mapping[str, str]] = {
     "X-Accel-Buffering": "no",
 }
 
+
 def encode_event(event: JobEvent) -> bytes:
     """One SSE frame for ``event``: ``id:`` is its seq (none for snapshots), ``data:`` its JSON."""
     data = dumps(event_to_wire(event))
