@@ -23,10 +23,11 @@ async def noop() -> None:
 async def asyncio_queue(mode: str, n: int, concurrency: int) -> None:
     queue: asyncio.Queue[Any] = asyncio.Queue()
     if mode == "enqueue":
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(n):
             await queue.put(noop)
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
     else:
         for _ in range(n):
             queue.put_nowait(noop)
@@ -42,10 +43,11 @@ async def asyncio_queue(mode: str, n: int, concurrency: int) -> None:
                 if done == n:
                     finished.set()
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         tasks = [asyncio.create_task(consumer()) for _ in range(concurrency)]
         await finished.wait()
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -56,6 +58,7 @@ async def asyncio_queue(mode: str, n: int, concurrency: int) -> None:
         n=n,
         seconds=elapsed,
         rate=n / elapsed,
+        cpu_rate=n / cpu,
     )
 
 
@@ -74,12 +77,13 @@ async def aiojobs_run(mode: str, n: int, concurrency: int) -> None:
         if done == n:
             finished.set()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(n):
         await scheduler.spawn(job())
     spawned = time.perf_counter() - start
     await finished.wait()
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     await scheduler.close()
     if mode == "enqueue":
         emit(
@@ -98,6 +102,7 @@ async def aiojobs_run(mode: str, n: int, concurrency: int) -> None:
             n=n,
             seconds=elapsed,
             rate=n / elapsed,
+            cpu_rate=n / cpu,
         )
 
 

@@ -1,0 +1,70 @@
+"""Profile the memory store's end-to-end drain (issue 6, item 4).
+
+    python benchmarks/profile_drain.py --n 5000 --concurrency 50            # cProfile table
+    python benchmarks/profile_drain.py --n 5000 --pyinstrument              # call tree
+
+Pre-enqueues N no-op jobs on a memory store, then profiles only the drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import time
+
+from bench_asyncjobs import CompletionCounter, make_queue
+
+from asyncjobs.stores import MemoryStore
+
+
+async def drain(n: int, concurrency: int, profiler: object) -> float:
+    store = MemoryStore()
+    await store.open()
+    async with make_queue(store, 0) as client:
+        for _ in range(n):
+            await client.submit("noop")
+    counter = CompletionCounter(n)
+    store.add_listener(counter)
+    profiler.enable()  # type: ignore[attr-defined]
+    start = time.perf_counter()
+    async with make_queue(store, concurrency):
+        await counter.finished.wait()
+        elapsed = time.perf_counter() - start
+    profiler.disable()  # type: ignore[attr-defined]
+    return elapsed
+
+
+class _Pyi:
+    def __init__(self) -> None:
+        from pyinstrument import Profiler
+
+        self.p = Profiler(interval=0.0005, async_mode="disabled")
+
+    def enable(self) -> None:
+        self.p.start()
+
+    def disable(self) -> None:
+        self.p.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--pyinstrument", action="store_true")
+    parser.add_argument("--top", type=int, default=35)
+    args = parser.parse_args()
+    profiler: object = _Pyi() if args.pyinstrument else cProfile.Profile()
+    elapsed = asyncio.run(drain(args.n, args.concurrency, profiler))
+    print(f"drained {args.n} jobs in {elapsed:.2f} s under the profiler")
+    if isinstance(profiler, _Pyi):
+        print(profiler.p.output_text(unicode=False, color=False, show_all=False))
+    else:
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
