@@ -107,7 +107,10 @@ class Api:
                 for d in details
                 if isinstance(d, dict)
             ]
-            raise CliError(f"{message} ({status})\n" + "\n".join(lines))
+            code = error.get("code", "invalid")
+            raise CliError(
+                f"the server rejected the request ({status} {code}):\n" + "\n".join(lines)
+            )
         raise CliError(f"{message} ({status})")
 
 
