@@ -684,6 +684,23 @@ async def test_cancel_running_job_flags_it_once(store: Store) -> None:
     await log.expect(E.CANCELLED)  # and nothing was published for the repeated request
 
 
+@pytest.mark.parametrize("status", [S, Q])
+async def test_a_cancel_request_wins_over_a_retry_or_requeue(
+    store: Store, status: JobStatus
+) -> None:
+    # The handler failed (or its worker shut down) before the worker saw the request:
+    # the job must end cancelled, never run again.
+    job = await running_job(store, max_attempts=3)
+    await store.request_cancel(job.id, now=at(2))
+    log = EventLog(store)
+    ended = await store.finish(job.id, token(job), Outcome(status, run_at=at(9)), now=at(3))
+    assert ended.status is CANCELLED
+    assert ended.finished_at == at(3)
+    assert ended.lease is None
+    assert await store.get(job.id) == ended
+    await log.expect(E.CANCELLED)
+
+
 @pytest.mark.parametrize("status", [DONE, FAILED, CANCELLED])
 async def test_cancel_finished_job_is_illegal(store: Store, status: JobStatus) -> None:
     job = await running_job(store)

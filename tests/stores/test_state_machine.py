@@ -319,11 +319,14 @@ class StoreMachine(RuleBasedStateMachine):
         }[kind]
         assert m.token is not None
         job = self.call(self.store.finish, m.id, m.token, outcome, now=self.now)
-        if kind == "retry":
+        status = outcome.status
+        if kind in ("retry", "requeue") and m.cancel_requested:
+            status = JobStatus.CANCELLED  # a cancel request wins over another attempt
+        elif kind == "retry":
             m.run_at = self.now + timedelta(seconds=3)
-        if kind == "requeue":
+        elif kind == "requeue":
             m.attempts -= 1
-        self.changed(m, outcome.status)
+        self.changed(m, status)
         self.became(job)
 
     @precondition(lambda self: bool(self.stale))

@@ -87,6 +87,10 @@ def progress_step(job: Job, token: str, progress: float, message: str | None) ->
 def finish_step(job: Job, token: str, outcome: Outcome, now: datetime) -> tuple[Job, EventType]:
     check_lease(job, token)
     status = outcome.status
+    if job.cancel_requested and status in (JobStatus.SCHEDULED, JobStatus.QUEUED):
+        # A cancel request wins over another attempt (as in expire_step): the attempt
+        # ended before its worker saw the request, and a cancelled job never runs again.
+        status = JobStatus.CANCELLED
     if status is JobStatus.COMPLETED:
         nxt = advance(
             job,
