@@ -332,7 +332,8 @@ def test_token_field_when_auth_is_on(browser: Any, shots: Path) -> None:
     context.set_default_timeout(15_000)
     pg = context.new_page()
     console = Console(pg)
-    console.allow = [r"status of 401"]  # the first, tokenless requests
+    # The first, tokenless requests are refused; so is the first WebSocket.
+    console.allow = [r"status of 401", r"WebSocket connection to .* failed"]
     try:
         with cli_server(["demo", "--auth-token", TOKEN]) as url:
             pg.goto(url)

@@ -263,8 +263,13 @@
   function connect() {
     clearTimeout(state.retryTimer);
     if (state.ws) {
-      state.ws.onclose = null;
-      state.ws.close();
+      // Replace the old socket quietly; closing one mid-handshake makes Chromium log an
+      // error, so a connecting socket is closed as soon as it opens instead.
+      const old = state.ws;
+      old.onclose = null;
+      old.onmessage = null;
+      if (old.readyState === WebSocket.CONNECTING) old.onopen = () => old.close();
+      else old.close();
     }
     setConn(state.attempt ? "reconnecting" : "connecting", state.attempt ? "reconnecting…" : "connecting…");
     const ws = new WebSocket(streamUrl("ws", location.protocol === "https:" ? "wss:" : "ws:"));
