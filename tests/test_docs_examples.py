@@ -8,6 +8,8 @@ A fenced ```python block is an example when the line before it is a marker comme
 
 A ```text block marked ``<!-- test: output -->`` is the exact standard output of the
 nearest example above it. Blocks with no marker are prose and are not run.
+
+The last test checks that mkdocs.yml's nav lists every page under docs/, and only those.
 """
 
 from __future__ import annotations
@@ -107,3 +109,25 @@ def test_example_runs(example: Example, tmp_path: Path) -> None:
     assert proc.returncode == 0, f"{example.id} exited {proc.returncode}:\n{proc.stderr}"
     if example.output is not None:
         assert proc.stdout == example.output, f"{example.id} printed:\n{proc.stdout}"
+
+
+def nav_pages(config: str) -> list[str]:
+    """The ``.md`` targets of the ``nav:`` section of an mkdocs.yml text."""
+    _, _, nav = config.partition("\nnav:\n")
+    return re.findall(r"^\s+- (?:[^:\n]+: )?([\w./-]+\.md)\s*$", nav, re.MULTILINE)
+
+
+def test_nav_pages_parse() -> None:
+    config = "site_name: x\nnav:\n  - Home: index.md\n  - Guides:\n      - A: a/b.md\n  - c.md\n"
+    assert nav_pages(config) == ["index.md", "a/b.md", "c.md"]
+
+
+def test_mkdocs_nav_lists_every_page() -> None:
+    listed = nav_pages((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
+    docs = ROOT / "docs"
+    pages = sorted(p.relative_to(docs).as_posix() for p in docs.rglob("*.md"))
+    assert len(listed) == len(set(listed)), "a page is listed twice in mkdocs.yml"
+    assert sorted(listed) == pages, (
+        f"not in the nav: {sorted(set(pages) - set(listed))}; "
+        f"in the nav but missing: {sorted(set(listed) - set(pages))}"
+    )
