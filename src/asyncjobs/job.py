@@ -81,7 +81,7 @@ class EventType(str, enum.Enum):
 
     SNAPSHOT = "job_snapshot"  # a subscriber's initial view, not a change
     CREATED = "job_created"
-    QUEUED = "job_queued"  # a scheduled job became due, or a lost lease was requeued
+    QUEUED = "job_queued"  # a scheduled job became due
     STARTED = "job_started"
     PROGRESS = "job_progress"
     CANCEL_REQUESTED = "job_cancel_requested"

@@ -362,15 +362,21 @@ class Queue:
     ) -> int:
         """Delete finished jobs (all finished statuses by default); return how many.
 
-        Raises: ValueError when ``status`` names a live status.
+        Raises: InvalidSubmission (a ValueError) when ``status`` names a live status.
         """
         self._require_open()
+        statuses = _statuses(status) or list(TERMINAL)
+        live = sorted(s.value for s in statuses if s not in TERMINAL)
+        if live:
+            raise InvalidSubmission(
+                [{"loc": ["status"], "msg": f"only finished jobs can be purged, not {live}"}]
+            )
         now = self.clock()
         if isinstance(older_than, int | float):
             older_than = timedelta(seconds=older_than)
         return await self.store.purge(
             now=now,
-            statuses=_statuses(status) or TERMINAL,
+            statuses=statuses,
             types=_names(type),
             finished_before=None if older_than is None else now - older_than,
         )

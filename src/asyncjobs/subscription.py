@@ -60,6 +60,12 @@ class Subscription:
         if self._sub is not None:
             self._sub.close()
 
+    def __del__(self) -> None:
+        # A bare `async for` left with `break` never reaches aclose(); unregistering is
+        # synchronous, so the garbage collector can do it.
+        if self._sub is not None:
+            self._sub.close()
+
     def __aiter__(self) -> AsyncIterator[JobEvent]:
         return self
 

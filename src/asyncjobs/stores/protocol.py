@@ -184,7 +184,7 @@ class Store(Protocol):
         ...
 
     async def requeue_expired(self, *, now: datetime) -> builtins.list[Job]:
-        """Recover running jobs whose lease expired before ``now`` (their worker died).
+        """Recover running jobs whose lease expired at or before ``now`` (their worker died).
 
         A job with a pending cancel request becomes cancelled; one with attempts left
         becomes queued (``job_retrying``); otherwise it fails with error type
