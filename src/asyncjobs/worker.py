@@ -112,10 +112,18 @@ class Worker:
         self._poke()
 
     def _poke(self) -> None:
+        # The event is renewed by the waiter (_wait_changed), not here: a poke per
+        # finished job would otherwise build an Event nobody waits on.
         self._changed.set()
-        self._changed = anyio.Event()
         if self._idle_scope is not None:
             self._idle_scope.cancel()
+
+    async def _wait_changed(self) -> None:
+        """Wait for the next :meth:`_poke`. Callers check their condition first, with
+        no await in between, so a poke that came earlier has been accounted for."""
+        if self._changed.is_set():
+            self._changed = anyio.Event()
+        await self._changed.wait()
 
     def on_event(self, event: JobEvent) -> None:
         """React to store events: a cancel request for a job this worker runs."""
@@ -148,7 +156,7 @@ class Worker:
             while not self._stopping:
                 free = cfg.concurrency - len(self._running)
                 if free <= 0:
-                    await self._changed.wait()
+                    await self._wait_changed()
                     continue
                 jobs = await self.store.claim(
                     self.id,
@@ -178,12 +186,12 @@ class Worker:
     async def _drain(self) -> None:
         with anyio.move_on_after(self.config.shutdown_grace):
             while self._running:
-                await self._changed.wait()
+                await self._wait_changed()
         for running in list(self._running.values()):
             if running.stop is None:
                 self._halt(running, _Stop.SHUTDOWN)
         while self._running:
-            await self._changed.wait()
+            await self._wait_changed()
 
     def _progress_sink(self, job_id: str, token: str) -> Callable[[float, str | None], Any]:
         async def sink(fraction: float, message: str | None) -> None:

@@ -106,8 +106,8 @@ class MemoryStore:
                 logger.exception("event listener %r failed", listener)
 
     def _notify_work(self) -> None:
+        # Renewed by wait_for_work, not here: add() and finish() call this once per job.
         self._wake.set()
-        self._wake = anyio.Event()
 
     def _get(self, job_id: str) -> Job:
         try:
@@ -330,5 +330,7 @@ class MemoryStore:
         return remove
 
     async def wait_for_work(self, timeout: float) -> None:
+        if self._wake.is_set():  # a wake-up from before this wait: already seen
+            self._wake = anyio.Event()
         with anyio.move_on_after(timeout):
             await self._wake.wait()
