@@ -31,7 +31,7 @@ from ..codec import (
 )
 from ..job import EventType, Job, JobEvent
 
-__all__ = ["WAKE", "RemoteEvents", "encode_suffix", "make_prefix"]
+__all__ = ["WAKE", "RemoteEvents", "encode_head", "encode_suffix", "make_prefix"]
 
 logger = logging.getLogger("asyncjobs.store.postgres")
 
@@ -53,6 +53,11 @@ WAKE = frozenset(
 def make_prefix(instance: str) -> str:
     """The payload up to the seq, which the server appends."""
     return '{"src":' + json.dumps(instance) + ',"seq":'
+
+
+def encode_head(type: EventType, at: datetime) -> str:
+    """The payload between the seq and the job, for payloads built in SQL."""
+    return "," + dumps({"type": type.value, "at": format_time(at)})[1:-1]
 
 
 def encode_suffix(prefix: str, type: EventType, job: Job, at: datetime) -> str:
@@ -141,8 +146,12 @@ class RemoteEvents:
         current = await self._fetch(slim.id if slim is not None else data["id"])
         if current is not None and (slim is None or current.version == slim.version):
             job = current
+        elif slim is not None and current is not None:
+            # The job changed since; params and tags never change, so take them from
+            # the newer snapshot (result, error and message stay as the slim one says).
+            job = attrs.evolve(slim, params=current.params, tags=current.tags)
         elif slim is not None:
-            job = slim  # the job changed or went since: the slim snapshot is the truth
+            job = slim  # deleted since: the slim snapshot is all there is
         else:
             return None
         return JobEvent(EventType(data["type"]), data["seq"], parse_time(data["at"]), job)

@@ -7,10 +7,13 @@ event ``seq`` comes from the schema's sequence, and ``pg_notify`` sends the payl
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import datetime, timedelta
 from typing import Any, final
 
-from ..job import JobStatus
+from ..codec import dumps, format_time, job_from_record, job_to_record
+from ..job import EventType, Job, JobEvent, JobStatus
+from ._pg_events import encode_head, encode_suffix
 
 __all__ = ["Statements"]
 
@@ -18,20 +21,28 @@ _QUEUED = JobStatus.QUEUED.value
 _RUNNING = JobStatus.RUNNING.value
 _SCHEDULED = JobStatus.SCHEDULED.value
 
-# Announce each row of ``data`` (id, suffix, ord): one seq and one notification each,
-# in input order.
+# Announce each changed row: one seq and one notification each, in input order.
 _ANNOUNCE = """
-ev AS (SELECT ord, suffix, nextval('{s}.event_seq') AS seq FROM data ORDER BY ord)
-SELECT seq, pg_notify(${ch}, ${prefix} || seq::text || suffix) FROM ev ORDER BY ord
+ev AS (
+    SELECT d.ord, d.id, d.suffix, nextval('{s}.event_seq') AS seq
+    FROM (SELECT data.* FROM data JOIN changed USING (id) ORDER BY data.ord) AS d
+)
+SELECT id, seq, pg_notify(${ch}, ${prefix} || seq::text || suffix) FROM ev ORDER BY ord
 """
+#: A NOTIFY payload must stay below 8000 bytes.
+_LIMIT = 7890
+#: What a partial event keeps of a job too big for NOTIFY (see _pg_events.py).
+_SLIM = '{"params": {}, "result": null, "error": null, "message": null, "tags": []}'
 
 
 @final
 class Statements:
     """Every statement, with the quoted schema name ``s`` filled in."""
 
-    def __init__(self, s: str) -> None:
+    def __init__(self, s: str, channel: str, prefix: str) -> None:
         self.s = s
+        self.channel = channel
+        self.prefix = prefix
         self.get = f"SELECT record::text FROM {s}.jobs WHERE id = $1"
         self.get_for_update = self.get + " FOR UPDATE"
         self.get_by_key = f"SELECT record::text FROM {s}.jobs WHERE idempotency_key = $1"
@@ -80,27 +91,140 @@ WITH ins AS (
 ev AS (SELECT nextval('{s}.event_seq') AS seq FROM ins)
 SELECT seq, pg_notify($11, $12 || seq::text || $13) FROM ev
 """
-        self.write = f"""
+        # Rows whose version is not ``expected`` (when given) are left alone and not
+        # announced: an optimistic write that lost a race changes nothing.
+        self.write_sql = f"""
 WITH data AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[],
                          $5::timestamptz[], $6::text[], $7::timestamptz[], $8::text[],
-                         $9::text[])
+                         $9::text[], $10::int[])
     WITH ORDINALITY AS d(id, status, priority, run_at, finished_at, lease_token,
-                         lease_expires_at, record, suffix, ord)
+                         lease_expires_at, record, suffix, expected, ord)
 ),
-up AS (
+changed AS (
     UPDATE {s}.jobs AS j SET status = d.status, priority = d.priority, run_at = d.run_at,
         finished_at = d.finished_at, lease_token = d.lease_token,
         lease_expires_at = d.lease_expires_at, record = d.record::jsonb
-    FROM data AS d WHERE j.id = d.id
-),""" + _ANNOUNCE.format(s=s, ch=10, prefix=11)
-        self.delete = f"""
+    FROM data AS d
+    WHERE j.id = d.id
+      AND (d.expected IS NULL OR (j.record->>'version')::int = d.expected)
+    RETURNING j.id
+),""" + _ANNOUNCE.format(s=s, ch=11, prefix=12)
+        delete = f"""
 WITH data AS (
     SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS d(id, suffix, ord)
 ),
-del AS (DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM data)),""" + _ANNOUNCE.format(
-            s=s, ch=3, prefix=4
+changed AS (DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM data) RETURNING id),"""
+        self.delete_sql = delete + _ANNOUNCE.format(s=s, ch=3, prefix=4)
+        # The whole claim in one statement (one round trip, its own transaction): pick
+        # with SKIP LOCKED, apply steps.claim_step in SQL, draw seqs in claim order and
+        # notify. The conformance suite checks that it agrees with the Python step.
+        self.claim_sql = f"""
+WITH picked AS (
+    SELECT id FROM {s}.jobs
+    WHERE status = '{_QUEUED}' AND type = ANY($1::text[])
+    ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE {s}.jobs AS j
+    SET status = '{_RUNNING}', lease_token = t.token, lease_expires_at = $4,
+        record = j.record || jsonb_build_object(
+            'status', '{_RUNNING}',
+            'attempts', (j.record->>'attempts')::int + 1,
+            'started_at', $5::text,
+            'progress', 0.0,
+            'message', NULL::text,
+            'version', (j.record->>'version')::int + 1,
+            'lease', jsonb_build_object(
+                'worker_id', $3::text, 'token', t.token, 'expires_at', $6::text))
+    FROM (SELECT id, replace(gen_random_uuid()::text, '-', '') AS token FROM picked) AS t
+    WHERE j.id = t.id
+    RETURNING j.id, j.priority, j.record
+),
+ev AS (
+    SELECT o.id, o.record::text AS record, nextval('{s}.event_seq') AS seq
+    FROM (SELECT * FROM claimed ORDER BY priority DESC, id) AS o
+),
+msg AS (SELECT id, record, seq, $8 || seq::text || $9 AS head FROM ev)
+SELECT seq, record, pg_notify($7, CASE
+    WHEN octet_length(head) + octet_length(record) < {_LIMIT}
+        THEN head || ',"job":' || record || '}}'
+    WHEN octet_length(head) + octet_length((record::jsonb || '{_SLIM}'::jsonb)::text) < {_LIMIT}
+        THEN head || ',"partial":true,"job":' || (record::jsonb || '{_SLIM}'::jsonb)::text || '}}'
+    ELSE head || ',"partial":true,"id":' || to_json(id)::text || '}}'
+END)
+FROM msg ORDER BY seq
+"""
+
+    async def write(
+        self,
+        conn: Any,
+        changes: list[tuple[Job, EventType]],
+        now: datetime,
+        *,
+        expected: list[int] | None = None,
+    ) -> list[JobEvent]:
+        """Store new snapshots of existing jobs and announce them, in one statement.
+
+        With ``expected`` (the version each job had when read), a job that changed
+        since is skipped: it is neither written nor announced, nor in the result.
+        """
+        if not changes:
+            return []
+        jobs = [job for job, _ in changes]
+        rows = await conn.fetch(
+            self.write_sql,
+            [j.id for j in jobs],
+            [j.status.value for j in jobs],
+            [j.priority for j in jobs],
+            [j.run_at for j in jobs],
+            [j.finished_at for j in jobs],
+            [None if j.lease is None else j.lease.token for j in jobs],
+            [None if j.lease is None else j.lease.expires_at for j in jobs],
+            [dumps(job_to_record(j)) for j in jobs],
+            [encode_suffix(self.prefix, t, j, now) for j, t in changes],
+            expected if expected is not None else [None] * len(jobs),
+            self.channel,
+            self.prefix,
         )
+        seqs = {row["id"]: row["seq"] for row in rows}
+        return [JobEvent(t, seqs[j.id], now, j) for j, t in changes if j.id in seqs]
+
+    async def delete(self, conn: Any, jobs: list[Job], now: datetime) -> list[JobEvent]:
+        """Delete jobs and announce ``job_deleted`` with their last snapshots."""
+        if not jobs:
+            return []
+        rows = await conn.fetch(
+            self.delete_sql,
+            [j.id for j in jobs],
+            [encode_suffix(self.prefix, EventType.DELETED, j, now) for j in jobs],
+            self.channel,
+            self.prefix,
+        )
+        seqs = {row["id"]: row["seq"] for row in rows}
+        return [JobEvent(EventType.DELETED, seqs[j.id], now, j) for j in jobs if j.id in seqs]
+
+    async def claim(
+        self, conn: Any, worker_id: str, types: list[str], limit: int, lease: float, now: datetime
+    ) -> list[JobEvent]:
+        """Claim up to ``limit`` queued jobs of ``types`` (no type limits) in one statement."""
+        expires = now + timedelta(seconds=lease)
+        rows = await conn.fetch(
+            self.claim_sql,
+            types,
+            limit,
+            worker_id,
+            expires,
+            format_time(now),
+            format_time(expires),
+            self.channel,
+            self.prefix,
+            encode_head(EventType.STARTED, now),
+        )
+        return [
+            JobEvent(EventType.STARTED, row[0], now, job_from_record(json.loads(row[1])))
+            for row in rows
+        ]
 
     def list_query(
         self,

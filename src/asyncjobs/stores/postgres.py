@@ -1,19 +1,18 @@
 """PostgresStore: jobs in PostgreSQL, shared by many processes on many machines.
 
-* Every change runs in one transaction that locks the rows it reads (``FOR UPDATE``),
-  computes the next snapshot with the shared steps of :mod:`.steps`, writes it, takes
-  the event ``seq`` from a sequence and calls ``pg_notify``. PostgreSQL delivers a
-  notification only when its transaction commits, so no process ever hears of a change
-  that was rolled back.
-* ``claim`` picks queued jobs with ``FOR UPDATE SKIP LOCKED`` (priority, then id) in one
-  statement, so concurrent workers never wait on each other or take the same job. Per
-  type limits are exact across all workers: a claim of a limited type holds a
-  transaction-level advisory lock per type while it counts that type's running jobs.
-* Events reach the listeners of this process directly after commit, and every other
-  process through LISTEN/NOTIFY on a dedicated connection (see :mod:`._pg_listen`).
-  A notification carries the whole event record when it fits in PostgreSQL's 8000-byte
-  payload limit; otherwise it carries a snapshot without params, result and error, and
-  the receiver reads the full job back.
+* A change and its announcement are one statement: the row is written, the event
+  ``seq`` drawn from the schema's sequence and ``pg_notify`` called together.
+  PostgreSQL delivers a notification only when its transaction commits, so no process
+  hears of a change that was rolled back.
+* Single-job changes (progress, finish, cancel) are optimistic: read the job, compute
+  the next snapshot with the shared steps of :mod:`.steps`, write it only if the version
+  is unchanged, else read again. Two round trips and no lock held in between.
+* ``claim`` picks queued jobs with ``FOR UPDATE SKIP LOCKED`` (priority, then id) and
+  moves them to running in one statement, so workers never wait on each other or take
+  the same job. Per-type limits are exact across all workers: such a claim holds a
+  transaction-level advisory lock per limited type while it counts its running jobs.
+* Events reach this process's listeners directly after commit, and every other process
+  through LISTEN on a dedicated connection (:mod:`._pg_listen`, :mod:`._pg_events`).
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ class PostgresStore:
         self._channel = f"asyncjobs_{schema}"
         self._instance = secrets.token_hex(8)  # our own notifications are skipped
         self._prefix = make_prefix(self._instance)
-        self._sql = Statements(quote_ident(self.schema))
+        self._sql = Statements(quote_ident(self.schema), self._channel, self._prefix)
         self._pool: Any = None
         self._listener: Listener | None = None
         self._listeners: list[EventListener] = []
@@ -192,47 +191,6 @@ class PostgresStore:
         async with pool.acquire() as conn:
             return await op(conn)
 
-    async def _write(
-        self, conn: Conn, changes: list[tuple[Job, EventType]], now: datetime
-    ) -> list[JobEvent]:
-        """Store new snapshots of existing jobs and announce them, in one statement."""
-        if not changes:
-            return []
-        jobs = [job for job, _ in changes]
-        rows = await conn.fetch(
-            self._sql.write,
-            [j.id for j in jobs],
-            [j.status.value for j in jobs],
-            [j.priority for j in jobs],
-            [j.run_at for j in jobs],
-            [j.finished_at for j in jobs],
-            [None if j.lease is None else j.lease.token for j in jobs],
-            [None if j.lease is None else j.lease.expires_at for j in jobs],
-            [dumps(job_to_record(j)) for j in jobs],
-            [encode_suffix(self._prefix, t, j, now) for j, t in changes],
-            self._channel,
-            self._prefix,
-        )
-        return [
-            JobEvent(type=t, seq=row["seq"], at=now, job=j)
-            for (j, t), row in zip(changes, rows, strict=True)
-        ]
-
-    async def _delete(self, conn: Conn, jobs: list[Job], now: datetime) -> list[JobEvent]:
-        if not jobs:
-            return []
-        rows = await conn.fetch(
-            self._sql.delete,
-            [j.id for j in jobs],
-            [encode_suffix(self._prefix, EventType.DELETED, j, now) for j in jobs],
-            self._channel,
-            self._prefix,
-        )
-        return [
-            JobEvent(type=EventType.DELETED, seq=row["seq"], at=now, job=j)
-            for j, row in zip(jobs, rows, strict=True)
-        ]
-
     async def _locked(self, conn: Conn, job_id: str) -> Job:
         text = await conn.fetchval(self._sql.get_for_update, job_id)
         if text is None:
@@ -271,49 +229,53 @@ class PostgresStore:
         suffix = encode_suffix(self._prefix, EventType.CREATED, job, job.created_at)
         attempt = 0
 
+        async def insert(conn: Conn) -> tuple[Job, JobEvent | None]:
+            try:
+                row = await conn.fetchrow(
+                    sql.insert,
+                    job.id,
+                    job.type,
+                    job.status.value,
+                    job.priority,
+                    job.run_at,
+                    job.finished_at,
+                    job.retention,
+                    job.idempotency_key,
+                    job.owner,
+                    record,
+                    self._channel,
+                    self._prefix,
+                    suffix,
+                )
+            except import_asyncpg().UniqueViolationError:
+                raise ValueError(f"a job with id {job.id} exists already") from None
+            if row is not None:
+                return job, JobEvent(EventType.CREATED, row["seq"], job.created_at, job)
+            # The idempotency key is taken (ON CONFLICT DO NOTHING): return its job.
+            text = await conn.fetchval(sql.get_by_key, job.idempotency_key)
+            if text is None:
+                raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
+            return _load(text), None
+
         async def op(conn: Conn) -> tuple[Job, JobEvent | None]:
             nonlocal attempt
             attempt += 1
+            if attempt > 1:
+                existing = await conn.fetchval(sql.get, job.id)
+                if existing is not None and _load(existing) == job:
+                    return job, None  # our first attempt committed before the drop
+            if max_queued is None:
+                return await insert(conn)  # one statement, its own transaction
             async with conn.transaction():
                 if job.idempotency_key is not None:
                     text = await conn.fetchval(sql.get_by_key, job.idempotency_key)
                     if text is not None:
                         return _load(text), None
-                if max_queued is not None:
-                    # Serialize counted adds so max_queued is exact across processes.
-                    await conn.execute(sql.lock, f"asyncjobs:add:{self.schema}")
-                    if await conn.fetchval(sql.count_waiting) >= max_queued:
-                        raise QueueFull(max_queued)
-                if attempt > 1:
-                    existing = await conn.fetchval(sql.get, job.id)
-                    if existing is not None and _load(existing) == job:
-                        return job, None  # our first attempt committed before the drop
-                try:
-                    row = await conn.fetchrow(
-                        sql.insert,
-                        job.id,
-                        job.type,
-                        job.status.value,
-                        job.priority,
-                        job.run_at,
-                        job.finished_at,
-                        job.retention,
-                        job.idempotency_key,
-                        job.owner,
-                        record,
-                        self._channel,
-                        self._prefix,
-                        suffix,
-                    )
-                except import_asyncpg().UniqueViolationError:
-                    raise ValueError(f"a job with id {job.id} exists already") from None
-                if row is not None:
-                    return job, JobEvent(EventType.CREATED, row["seq"], job.created_at, job)
-                # Lost a race on the idempotency key: the winner committed meanwhile.
-                text = await conn.fetchval(sql.get_by_key, job.idempotency_key)
-                if text is None:
-                    raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
-                return _load(text), None
+                # Serialize counted adds so max_queued is exact across processes.
+                await conn.execute(sql.lock, f"asyncjobs:add:{self.schema}")
+                if await conn.fetchval(sql.count_waiting) >= max_queued:
+                    raise QueueFull(max_queued)
+                return await insert(conn)
 
         stored, event = await self._run(op)
         if event is None:
@@ -352,6 +314,8 @@ class PostgresStore:
         limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
         free = [t for t in wanted if t not in limits]
         sql = self._sql
+        if not limits:
+            return await self._claim_free(worker_id, free, limit, lease, now)
 
         async def op(conn: Conn) -> list[JobEvent]:
             async with conn.transaction():
@@ -374,9 +338,19 @@ class PostgresStore:
                     (claim_step(j, worker_id, new_token(), lease, now), EventType.STARTED)
                     for j in picked
                 ]
-                return await self._write(conn, changes, now)
+                return await self._sql.write(conn, changes, now)
 
         events = await self._run(op)
+        self._emit(events)
+        return [e.job for e in events]
+
+    async def _claim_free(
+        self, worker_id: str, types: list[str], limit: int, lease: float, now: datetime
+    ) -> list[Job]:
+        """A claim without type limits: one statement (see ``Statements.claim_sql``)."""
+        events = await self._run(
+            lambda conn: self._sql.claim(conn, worker_id, types, limit, lease, now)
+        )
         self._emit(events)
         return [e.job for e in events]
 
@@ -396,19 +370,27 @@ class PostgresStore:
     async def _change(
         self, job_id: str, step: Callable[[Job], tuple[Job, EventType] | None], now: datetime
     ) -> Job:
-        """Lock one job, apply ``step`` (None: nothing changes), write and announce."""
+        """Read one job, apply ``step`` (None: nothing changes), write and announce.
 
-        async def op(conn: Conn) -> tuple[Job, list[JobEvent]]:
-            async with conn.transaction():
-                job = await self._locked(conn, job_id)
-                result = step(job)
-                if result is None:
-                    return job, []
-                return result[0], await self._write(conn, [result], now)
+        Optimistic: the write only lands if the job still has the version that was
+        read (two round trips, no lock held in between); otherwise read again.
+        """
+        while True:
+            job = await self.get(job_id)
+            result = step(job)
+            if result is None:
+                return job
+            change, version = result, job.version
 
-        job, events = await self._run(op)
-        self._emit(events)
-        return job
+            async def write(
+                conn: Conn, change: tuple[Job, EventType] = change, version: int = version
+            ) -> list[JobEvent]:
+                return await self._sql.write(conn, [change], now, expected=[version])
+
+            events = await self._run(write)
+            if events:
+                self._emit(events)
+                return result[0]
 
     async def set_progress(
         self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
@@ -442,7 +424,7 @@ class PostgresStore:
                 job = await self._locked(conn, job_id)
                 if not job.is_terminal:
                     raise IllegalTransition(job.id, job.status.value, "deleted")
-                return job, await self._delete(conn, [job], now)
+                return job, await self._sql.delete(conn, [job], now)
 
         job, events = await self._run(op, retry=False)
         self._emit(events)
@@ -459,7 +441,7 @@ class PostgresStore:
                 async with conn.transaction():
                     rows = await conn.fetch(select, arg, _BATCH)
                     changes = [step(_load(r[0])) for r in rows]
-                    return await self._write(conn, changes, now)
+                    return await self._sql.write(conn, changes, now)
 
             events = await self._run(op)
             self._emit(events)
@@ -502,7 +484,7 @@ class PostgresStore:
             async def op(conn: Conn, query: str = query, args: list[Any] = args) -> list[JobEvent]:
                 async with conn.transaction():
                     rows = await conn.fetch(query, *args)
-                    return await self._delete(conn, [_load(r[0]) for r in rows], now)
+                    return await self._sql.delete(conn, [_load(r[0]) for r in rows], now)
 
             events = await self._run(op)
             self._emit(events)
