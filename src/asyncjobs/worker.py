@@ -69,6 +69,10 @@ class _Running:
     finishing: bool = False  # the attempt is over; heartbeats would race the finish
 
 
+#: Results that are JSON as they are (json.dumps would accept them; float NaN too).
+_JSON_SCALARS = frozenset({str, int, float, bool})
+
+
 def _error_of(exc: BaseException) -> JobError:
     return JobError(
         type=type(exc).__qualname__,
@@ -249,21 +253,17 @@ class Worker:
         job = running.job
         try:
             params = job_type.structure(job.params)
-            with anyio.move_on_after(
-                job.timeout if job.timeout is not None else float("inf")
-            ) as timer:
-                if job_type.is_async:
-                    result = await job_type.handler(running.ctx, params)
-                else:
-                    thread_ctx = ThreadJobContext(running.ctx)
-                    result = await anyio.to_thread.run_sync(
-                        job_type.handler, thread_ctx, params, abandon_on_cancel=True
-                    )
-            if timer.cancelled_caught:
-                running.ctx._cancel()  # a thread handler learns it through its context
-                exc = JobTimeout(f"job {job.id} exceeded its timeout of {job.timeout:g}s")
-                return self._failure(job_type, job, _error_of(exc))
-            json.dumps(result)  # fail here, with the handler's name on it, not in a store
+            if job.timeout is None:  # no timer: one cancel scope less on the hot path
+                result = await self._call(job_type, running, params)
+            else:
+                with anyio.move_on_after(job.timeout) as timer:
+                    result = await self._call(job_type, running, params)
+                if timer.cancelled_caught:
+                    running.ctx._cancel()  # a thread handler learns it through its context
+                    exc = JobTimeout(f"job {job.id} exceeded its timeout of {job.timeout:g}s")
+                    return self._failure(job_type, job, _error_of(exc))
+            if result is not None and type(result) not in _JSON_SCALARS:
+                json.dumps(result)  # fail here, with the handler's name on it, not in a store
             return Outcome(JobStatus.COMPLETED, result=result)
         except LeaseLost:
             running.stop = _Stop.LOST
@@ -274,6 +274,14 @@ class Worker:
             if running.stop is not None:
                 return None  # an exception raised while being halted: the halt decides
             return self._failure(job_type, job, _error_of(exc))
+
+    async def _call(self, job_type: JobType, running: _Running, params: Any) -> Any:
+        if job_type.is_async:
+            return await job_type.handler(running.ctx, params)
+        thread_ctx = ThreadJobContext(running.ctx)
+        return await anyio.to_thread.run_sync(
+            job_type.handler, thread_ctx, params, abandon_on_cancel=True
+        )
 
     def _failure(self, job_type: JobType, job: Job, error: JobError) -> Outcome:
         if job.attempts < job.max_attempts:
