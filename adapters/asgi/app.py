@@ -20,7 +20,7 @@ from asyncjobs.errors import AsyncJobsError
 
 from .auth import Authenticator
 from .errors import ApiError, handle_exception
-from .http import HttpApi
+from .http import MAX_WAIT, HttpApi
 from .metrics import QueueMetrics
 from .openapi import openapi_document
 from .websocket import serve_websocket
@@ -76,6 +76,8 @@ class JobsApp:
         dashboard: Serve the dashboard at the mount root (``/``) and its files under
             ``/static/``.
         heartbeat: Seconds between SSE comment frames and WebSocket pings.
+        max_wait: The longest synchronous submit (``POST /jobs?wait=``) in seconds;
+            longer waits are cut to it, so no request is held without bound.
     """
 
     def __init__(
@@ -86,11 +88,14 @@ class JobsApp:
         max_body: int = 1_048_576,
         dashboard: bool = True,
         heartbeat: float = 15.0,
+        max_wait: float = MAX_WAIT,
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be at least 1 byte")
         if heartbeat <= 0:
             raise ValueError("heartbeat must be a positive number of seconds")
+        if max_wait < 0:
+            raise ValueError("max_wait must be zero or more seconds")
         self.queue = queue
         self.auth = auth
         self.max_body = max_body
@@ -98,7 +103,12 @@ class JobsApp:
         self.heartbeat = heartbeat
         self.metrics = QueueMetrics(queue)
         self.api = HttpApi(
-            queue, auth=auth, max_body=max_body, heartbeat=heartbeat, metrics=self.metrics
+            queue,
+            auth=auth,
+            max_body=max_body,
+            heartbeat=heartbeat,
+            metrics=self.metrics,
+            max_wait=max_wait,
         )
         self._warned = False
         # A store listener, not a task: it counts events from now on and needs no lifespan.
@@ -209,7 +219,10 @@ class JobsApp:
         root = str(request.scope.get("root_path", "")).rstrip("/")
         return JSONResponse(
             openapi_document(
-                root_path=root, dashboard=self.dashboard, secured=self.auth is not None
+                root_path=root,
+                dashboard=self.dashboard,
+                secured=self.auth is not None,
+                job_types=self.queue.registry.describe(),
             )
         )
 

@@ -7,7 +7,7 @@ Every URL this module emits (``Location``, ``next``) starts with the request's
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, final
 from urllib.parse import urlencode
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_LIMIT", "MAX_WAIT", "HttpApi", "read_body", "visible_to"]
 
-#: The longest ``?wait=`` a request may hold a connection, in seconds.
+#: The longest ``?wait=`` a request may hold a connection by default, in seconds.
 MAX_WAIT: Final = 60.0
 #: The largest page ``GET /jobs`` returns.
 MAX_LIMIT: Final = 500
@@ -110,6 +110,18 @@ def _query_strings(request: Request, name: str) -> list[str] | None:
     return [v for v in values if v] or None
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _dispatch(methods: dict[str, Endpoint]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        # HEAD is served by the GET handler; the server drops the body.
+        method = "GET" if request.method == "HEAD" else request.method
+        return await methods[method](request)
+
+    return endpoint
+
+
 @final
 class HttpApi:
     """The route handlers; one instance per app, holding no per-request state.
@@ -120,6 +132,7 @@ class HttpApi:
         max_body: The largest request body accepted, in bytes.
         heartbeat: Seconds between SSE comment frames.
         metrics: The app's metrics.
+        max_wait: The longest ``?wait=`` honoured, in seconds; longer waits are cut to it.
     """
 
     def __init__(
@@ -130,8 +143,10 @@ class HttpApi:
         max_body: int,
         heartbeat: float,
         metrics: QueueMetrics,
+        max_wait: float = MAX_WAIT,
     ) -> None:
         self.queue = queue
+        self.max_wait = max_wait
         self.auth = auth
         self.max_body = max_body
         self.heartbeat = heartbeat
@@ -139,19 +154,21 @@ class HttpApi:
 
     def routes(self) -> list[BaseRoute]:
         """The Starlette routes, relative to the mount point."""
+        # One Route per path (not per method) so that a 405 lists every allowed method.
+        table: dict[str, dict[str, Endpoint]] = {
+            "/jobs": {"GET": self.list_jobs, "POST": self.submit, "DELETE": self.clear},
+            "/jobs/{job_id}": {"GET": self.get_job, "DELETE": self.delete_job},
+            "/jobs/{job_id}/cancel": {"POST": self.cancel_job},
+            "/jobs/{job_id}/events": {"GET": self.job_events},
+            "/events": {"GET": self.all_events},
+            "/job-types": {"GET": self.job_types},
+            "/stats": {"GET": self.stats},
+            "/health": {"GET": self.health},
+            "/metrics": {"GET": self.render_metrics},
+        }
         return [
-            Route("/jobs", self.list_jobs, methods=["GET"]),
-            Route("/jobs", self.submit, methods=["POST"]),
-            Route("/jobs", self.clear, methods=["DELETE"]),
-            Route("/jobs/{job_id}", self.get_job, methods=["GET"]),
-            Route("/jobs/{job_id}", self.delete_job, methods=["DELETE"]),
-            Route("/jobs/{job_id}/cancel", self.cancel_job, methods=["POST"]),
-            Route("/jobs/{job_id}/events", self.job_events, methods=["GET"]),
-            Route("/events", self.all_events, methods=["GET"]),
-            Route("/job-types", self.job_types, methods=["GET"]),
-            Route("/stats", self.stats, methods=["GET"]),
-            Route("/health", self.health, methods=["GET"]),
-            Route("/metrics", self.render_metrics, methods=["GET"]),
+            Route(path, _dispatch(methods), methods=list(methods))
+            for path, methods in table.items()
         ]
 
     async def _visible_job(self, principal: Principal | None, job_id: str) -> Job:
@@ -169,7 +186,7 @@ class HttpApi:
     async def submit(self, request: Request) -> Response:
         """``POST /jobs``: 202 with the job and ``Location``; ``?wait=S`` holds until it ends."""
         principal = await require(self.auth, request.scope, SUBMIT)
-        wait = _query_number(request, "wait", minimum=0.0, maximum=MAX_WAIT)
+        wait = _query_number(request, "wait", minimum=0.0, maximum=self.max_wait)
         body = loads(await read_body(request, self.max_body))
         job_type, kwargs = parse_submission(
             body, idempotency_key=request.headers.get("idempotency-key")

@@ -8,6 +8,7 @@ operations); its messages are in ``docs/websocket.md``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from asyncjobs.job import TERMINAL, JobStatus
@@ -52,8 +53,74 @@ _UNAUTHORIZED: Final = {
 _UNAVAILABLE: Final = {"503": _error("The queue is not open.")}
 
 
-def _schemas() -> dict[str, Any]:
+#: ``delay`` and ``run_at`` exclude each other.
+_DELAY_AND_RUN_AT: Final = {"required": ["delay", "run_at"]}
+
+
+def _options() -> dict[str, Any]:
+    """The properties of a submission besides ``type`` and ``params``."""
     lo, hi = PRIORITY_RANGE
+    # null means "the default", as if the field were absent.
+    return {
+        "priority": {"type": ["integer", "null"], "minimum": lo, "maximum": hi},
+        "delay": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_DELAY},
+        "run_at": {"type": ["string", "null"], "format": "date-time"},
+        "timeout": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "max_attempts": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
+        "idempotency_key": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": MAX_STRING,
+        },
+        "tags": {
+            "type": ["array", "null"],
+            "maxItems": MAX_TAGS,
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
+        },
+    }
+
+
+def _or_null(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _submission(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """One schema per registered job type (its params schema included), or a generic one."""
+    options = _options()
+    if not job_types:
+        return {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
+                "params": {"type": ["object", "null"]},
+                **options,
+            },
+            "required": ["type"],
+            "additionalProperties": False,
+            "not": _DELAY_AND_RUN_AT,
+        }
+    variants = []
+    for job_type in job_types:
+        params = job_type["params_schema"]
+        variants.append(
+            {
+                "title": job_type["name"],
+                "type": "object",
+                "properties": {
+                    "type": {"const": job_type["name"]},
+                    # null params mean "all defaults", which only works without required fields
+                    "params": params if params.get("required") else _or_null(params),
+                    **options,
+                },
+                "required": ["type", "params"] if params.get("required") else ["type"],
+                "additionalProperties": False,
+                "not": _DELAY_AND_RUN_AT,
+            }
+        )
+    return {"oneOf": variants}
+
+
+def _schemas(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
     return {
         "JobError": {
             "type": ["object", "null"],
@@ -100,26 +167,7 @@ def _schemas() -> dict[str, Any]:
             },
             "required": ["type", "seq", "at", "job"],
         },
-        "Submission": {
-            "type": "object",
-            "properties": {
-                "type": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
-                "params": {"type": ["object", "null"]},
-                "priority": {"type": "integer", "minimum": lo, "maximum": hi},
-                "delay": {"type": "number", "minimum": 0, "maximum": MAX_DELAY},
-                "run_at": {"type": "string", "format": "date-time"},
-                "timeout": {"type": "number", "exclusiveMinimum": 0},
-                "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000},
-                "idempotency_key": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
-                "tags": {
-                    "type": "array",
-                    "maxItems": MAX_TAGS,
-                    "items": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
-                },
-            },
-            "required": ["type"],
-            "additionalProperties": False,
-        },
+        "Submission": _submission(job_types),
         "JobPage": {
             "type": "object",
             "properties": {
@@ -259,8 +307,8 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                         "wait",
                         "query",
                         {"type": "number", "minimum": 0},
-                        f"Hold the request until the job ends, at most this many seconds "
-                        f"(capped at {MAX_WAIT:g}).",
+                        "Hold the request until the job ends, at most this many seconds "
+                        f"(longer waits are cut to the app's max_wait, {MAX_WAIT:g} by default).",
                     ),
                     _param(
                         "Idempotency-Key",
@@ -460,7 +508,11 @@ def _paths(dashboard: bool) -> dict[str, Any]:
 
 
 def openapi_document(
-    *, root_path: str = "", dashboard: bool = True, secured: bool = True
+    *,
+    root_path: str = "",
+    dashboard: bool = True,
+    secured: bool = True,
+    job_types: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document, with ``servers`` set to the mount point.
 
@@ -468,6 +520,8 @@ def openapi_document(
         root_path: The mount prefix (``"/queue"``), or ``""`` when served alone.
         dashboard: Whether ``/`` serves the dashboard or a JSON index.
         secured: Whether routes need a bearer token (an authenticator is configured).
+        job_types: ``registry.describe()``; each type's params schema then describes the
+            body of ``POST /jobs``.
     """
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -480,7 +534,7 @@ def openapi_document(
         "servers": [{"url": root_path or "/"}],
         "paths": _paths(dashboard),
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(job_types),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "accessToken": {"type": "apiKey", "in": "query", "name": "access_token"},

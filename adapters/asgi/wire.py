@@ -104,8 +104,6 @@ def parse_statuses(
     for value in values:
         for part in value.split(","):
             part = part.strip()
-            if not part:
-                continue
             try:
                 status = JobStatus(part)
             except ValueError:
@@ -121,6 +119,14 @@ def parse_statuses(
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any, lo: int, hi: int, name: str, errors: list[FieldError]) -> int | None:
+    # JSON Schema counts 3.0 as an integer, so accept whole floats too.
+    if _number(value) and float(value).is_integer() and lo <= value <= hi:
+        return int(value)
+    errors.append({"loc": [name], "msg": f"must be an integer in [{lo}, {hi}]"})
+    return None
 
 
 def _short_string(value: Any) -> bool:
@@ -161,9 +167,7 @@ def parse_submission(
     kwargs["params"] = params
     if (priority := body.get("priority")) is not None:
         lo, hi = PRIORITY_RANGE
-        if not isinstance(priority, int) or isinstance(priority, bool) or not lo <= priority <= hi:
-            errors.append({"loc": ["priority"], "msg": f"must be an integer in [{lo}, {hi}]"})
-        kwargs["priority"] = priority
+        kwargs["priority"] = _integer(priority, lo, hi, "priority", errors)
     if (delay := body.get("delay")) is not None:
         if not _number(delay) or not 0 <= delay <= MAX_DELAY:
             errors.append({"loc": ["delay"], "msg": f"must be seconds in [0, {MAX_DELAY:g}]"})
@@ -175,14 +179,14 @@ def parse_submission(
             errors.append({"loc": ["timeout"], "msg": "must be a number of seconds > 0"})
         kwargs["timeout"] = timeout
     if (max_attempts := body.get("max_attempts")) is not None:
-        if (
-            not isinstance(max_attempts, int)
-            or isinstance(max_attempts, bool)
-            or not (1 <= max_attempts <= 1000)
-        ):
-            errors.append({"loc": ["max_attempts"], "msg": "must be an integer in [1, 1000]"})
-        kwargs["max_attempts"] = max_attempts
-    key = body.get("idempotency_key", idempotency_key)
+        kwargs["max_attempts"] = _integer(max_attempts, 1, 1000, "max_attempts", errors)
+    if idempotency_key is not None and not _short_string(idempotency_key):
+        errors.append(
+            {"loc": ["header", "Idempotency-Key"], "msg": f"must be 1 to {MAX_STRING} characters"}
+        )
+    key = body.get("idempotency_key")
+    if key is None:
+        key = idempotency_key
     if key is not None:
         if not _short_string(key):
             errors.append(
