@@ -12,6 +12,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -266,3 +267,32 @@ async def test_pool_operations_survive_terminated_connections(
     assert await store.get(job.id) == job
     running = await claim_one(store)
     assert running.id == job.id
+
+
+async def test_a_role_without_create_privileges_opens_a_migrated_schema(
+    postgres_url: str, stores: Factory, schema: str
+) -> None:
+    await stores()  # migrated by the owner
+    role = f"aj_app_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(
+            f"CREATE ROLE {role} LOGIN;"
+            f' GRANT USAGE ON SCHEMA "{schema}" TO {role};'
+            f' GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{schema}" TO {role};'
+            f' GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role};'
+        )
+        parts = urlsplit(postgres_url)
+        app_url = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"))
+        store = PostgresStore(app_url, schema=schema)
+        await store.open()
+        try:
+            (job,) = await add(store, make_job())
+            assert (await claim_one(store)).id == job.id
+        finally:
+            await store.close()
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await migrate(app_url, f"{schema}_new")  # but it cannot create a schema
+    finally:
+        await admin.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        await admin.close()
