@@ -39,15 +39,16 @@ def make_queue(store: PostgresStore, concurrency: int) -> Queue:
 
 async def fill(store: PostgresStore, jobs: int) -> float:
     started = time.perf_counter()
-    async with make_queue(store, 0) as queue:
-        async with anyio.create_task_group() as tg:  # 10 submitters, like a busy web app
+    queue = make_queue(store, 0)
 
-            async def submit(n: int) -> None:
-                for _ in range(n):
-                    await queue.submit("noop")
+    async def submit(n: int) -> None:
+        for _ in range(n):
+            await queue.submit("noop")
 
-            for i in range(10):
-                tg.start_soon(submit, jobs // 10 + (1 if i < jobs % 10 else 0))
+    # 10 concurrent submitters, like a busy web app.
+    async with queue, anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(submit, jobs // 10 + (1 if i < jobs % 10 else 0))
     return time.perf_counter() - started
 
 
