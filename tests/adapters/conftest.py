@@ -17,7 +17,7 @@ import uvicorn
 from asyncjobs.adapters.asgi import JobsApp
 from starlette.types import ASGIApp
 
-from asyncjobs.queue import Queue
+from asyncjobs import Queue
 
 from .support import build_queue, opened
 

@@ -10,8 +10,7 @@ from typing import Any
 import anyio
 import attrs
 
-from asyncjobs import JobContext
-from asyncjobs.queue import Queue
+from asyncjobs import JobContext, Queue
 
 
 @attrs.frozen
@@ -51,7 +50,7 @@ def build_queue(**options: Any) -> Queue:
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll ``predicate`` until it holds (bounded)."""
     with anyio.fail_after(timeout):
-        while not predicate():  # noqa: ASYNC110 - polling state we do not own
+        while not predicate():
             await anyio.sleep(0.01)
 
 

@@ -13,7 +13,7 @@ from asyncjobs.adapters.asgi import BearerTokens, JobsApp, Principal
 from httpx_sse import aconnect_sse
 from websockets.asyncio.client import connect
 
-from asyncjobs.queue import Queue
+from asyncjobs import Queue
 
 from .conftest import Serve
 from .support import wait_until

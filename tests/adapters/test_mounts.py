@@ -25,7 +25,7 @@ from httpx_sse import aconnect_sse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from websockets.asyncio.client import connect
 
-from asyncjobs.queue import Queue
+from asyncjobs import Queue
 
 from .conftest import Serve
 from .support import build_queue

@@ -14,7 +14,7 @@ from asyncjobs.adapters.asgi import BearerTokens, JobsApp, Principal, openapi_do
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from asyncjobs.queue import Queue
+from asyncjobs import Queue
 
 from .conftest import Serve
 from .support import build_queue, opened

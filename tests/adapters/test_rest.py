@@ -10,8 +10,8 @@ import httpx
 import pytest
 from asyncjobs.adapters.asgi import JobsApp
 
+from asyncjobs import Queue
 from asyncjobs.job import JobStatus
-from asyncjobs.queue import Queue
 
 from .conftest import Serve
 from .support import build_queue, opened, wait_until

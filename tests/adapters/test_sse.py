@@ -12,8 +12,8 @@ from asyncjobs.adapters.asgi import encode_comment, encode_event
 from asyncjobs.adapters.asgi.sse import parse_last_event_id
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from asyncjobs import Queue
 from asyncjobs.job import EventType
-from asyncjobs.queue import Queue
 
 from .support import wait_until
 

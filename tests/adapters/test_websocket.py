@@ -10,7 +10,7 @@ import anyio
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from asyncjobs.queue import Queue
+from asyncjobs import Queue
 
 from .support import wait_until
 
