@@ -12,7 +12,6 @@ from typing import Any
 
 import anyio
 import httpx
-import pytest
 from asyncjobs.adapters.asgi import (
     STATIC_DIR,
     EventStream,
@@ -197,7 +196,6 @@ def django_host(queue: Queue, prefix: str) -> Callable[[Scope, Receive, Send], A
     return application
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:django")
 async def test_django(serve: Serve) -> None:
     queue = build_queue()
     base = await serve(django_host(queue, PREFIX), lifespan="on")
