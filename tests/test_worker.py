@@ -449,3 +449,20 @@ async def test_queue_closed_from_outside_requeues_running_jobs() -> None:
             await anyio.sleep_forever()
     final = await store.get(job.id)
     assert final.status is JobStatus.QUEUED
+
+
+async def test_a_timeout_is_final_even_with_attempts_left() -> None:
+    queue = Queue(janitor=FAST_JANITOR)
+    calls = 0
+
+    @queue.job_type("overrun", timeout=0.1, max_attempts=3, backoff=FAST_RETRY)
+    async def overrun(ctx: JobContext, params: dict[str, Any]) -> None:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(10)
+
+    async with queue:
+        done = await queue.wait((await queue.submit("overrun")).id, timeout=10)
+    assert done.status is JobStatus.FAILED
+    assert done.attempts == 1
+    assert calls == 1

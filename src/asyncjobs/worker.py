@@ -261,7 +261,9 @@ class Worker:
                 if timer.cancelled_caught:
                     running.ctx._cancel()  # a thread handler learns it through its context
                     exc = JobTimeout(f"job {job.id} exceeded its timeout of {job.timeout:g}s")
-                    return self._failure(job_type, job, _error_of(exc))
+                    # Final, not retried: an attempt that overran its limit would most
+                    # likely overrun it again, and each retry would hold a slot that long.
+                    return Outcome(JobStatus.FAILED, error=_error_of(exc))
             if result is not None and type(result) not in _JSON_SCALARS:
                 json.dumps(result)  # fail here, with the handler's name on it, not in a store
             return Outcome(JobStatus.COMPLETED, result=result)
