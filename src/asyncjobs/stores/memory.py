@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import builtins
 import heapq
-import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
@@ -20,6 +19,7 @@ import anyio
 
 from ..errors import IllegalTransition, JobNotFound, QueueFull
 from ..job import EventType, Job, JobEvent, JobStatus
+from .listeners import Listeners
 from .protocol import EventListener, Outcome, Page, Stats
 from .steps import (
     cancel_step,
@@ -34,8 +34,6 @@ from .steps import (
 )
 
 __all__ = ["MemoryStore"]
-
-logger = logging.getLogger("asyncjobs.store")
 
 _WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED)
 
@@ -56,7 +54,7 @@ class MemoryStore:
         self._running: set[str] = set()
         self._counts: Counter[tuple[str, JobStatus]] = Counter()
         self._idempotency: dict[str, str] = {}
-        self._listeners: builtins.list[EventListener] = []
+        self._listeners = Listeners()
         self._seq = 0
         self._wake = anyio.Event()
 
@@ -98,12 +96,7 @@ class MemoryStore:
 
     def _emit(self, type: EventType, job: Job, now: datetime) -> None:
         self._seq += 1
-        event = JobEvent(type=type, seq=self._seq, at=now, job=job)
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:  # a broken listener must not undo a committed change
-                logger.exception("event listener %r failed", listener)
+        self._listeners.emit((JobEvent(type=type, seq=self._seq, at=now, job=job),))
 
     def _notify_work(self) -> None:
         # Renewed by wait_for_work, not here: add() and finish() call this once per job.
@@ -321,13 +314,7 @@ class MemoryStore:
         return len(doomed)
 
     def add_listener(self, listener: EventListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return remove
+        return self._listeners.add(listener)
 
     async def wait_for_work(self, timeout: float) -> None:
         if self._wake.is_set():  # a wake-up from before this wait: already seen

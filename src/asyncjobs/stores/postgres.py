@@ -47,6 +47,7 @@ from ._pg_schema import (
     split_url,
 )
 from ._pg_sql import Statements
+from .listeners import Listeners
 from .protocol import EventListener, Outcome, Page, Stats
 from .steps import (
     cancel_step,
@@ -99,7 +100,7 @@ class PostgresStore:
         self._sql = Statements(quote_ident(self.schema), self._channel, self._prefix)
         self._pool: Any = None
         self._listener: Listener | None = None
-        self._listeners: list[EventListener] = []
+        self._listeners = Listeners()
         self._remote = RemoteEvents(
             self._instance,
             deliver=self._deliver,
@@ -204,12 +205,7 @@ class PostgresStore:
             self._notify_work()
 
     def _deliver(self, events: Collection[JobEvent]) -> None:
-        for event in events:
-            for listener in list(self._listeners):
-                try:
-                    listener(event)
-                except Exception:  # a broken listener must not undo a committed change
-                    logger.exception("event listener %r failed", listener)
+        self._listeners.emit(events)
 
     def _notify_work(self) -> None:
         self._wake.set()
@@ -494,13 +490,7 @@ class PostgresStore:
         return total
 
     def add_listener(self, listener: EventListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return remove
+        return self._listeners.add(listener)
 
     async def wait_for_work(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):

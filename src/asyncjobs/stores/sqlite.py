@@ -15,7 +15,6 @@ other's changes by polling. Use PostgreSQL to spread a queue over processes.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Mapping
@@ -29,6 +28,7 @@ from ..errors import ConfigurationError, IllegalTransition, JobNotFound, QueueFu
 from ..job import TERMINAL, EventType, Job, JobStatus
 from ._sqlite_schema import JOB_COLUMNS, job_from_row, job_params, micros
 from ._sqlite_thread import Changes, SqliteThread
+from .listeners import Listeners
 from .protocol import EventListener, Outcome, Page, Stats
 from .steps import (
     cancel_step,
@@ -43,8 +43,6 @@ from .steps import (
 )
 
 __all__ = ["SqliteStore"]
-
-logger = logging.getLogger("asyncjobs.store")
 
 # `list` is a method name inside the class, so annotations there use this alias.
 _Jobs = list[Job]
@@ -90,7 +88,7 @@ class SqliteStore:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self._thread = SqliteThread(self.path, busy_timeout, self._publish, repr(self))
-        self._listeners: list[EventListener] = []
+        self._listeners = Listeners()
         self._wake = asyncio.Event()
 
     @classmethod
@@ -141,12 +139,7 @@ class SqliteStore:
         await self._thread.close()
 
     def _publish(self, changes: Changes) -> None:  # event loop, after a commit
-        for event in changes.events:
-            for listener in list(self._listeners):
-                try:
-                    listener(event)
-                except Exception:  # a broken listener must not undo a committed change
-                    logger.exception("event listener %r failed", listener)
+        self._listeners.emit(changes.events)
         if changes.wake:
             self._wake.set()
             self._wake = asyncio.Event()
@@ -415,13 +408,7 @@ class SqliteStore:
     # -- events and wake-ups -----------------------------------------------------
 
     def add_listener(self, listener: EventListener) -> Callable[[], None]:
-        self._listeners.append(listener)
-
-        def remove() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-        return remove
+        return self._listeners.add(listener)
 
     async def wait_for_work(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):
