@@ -141,10 +141,11 @@ async def latency(kind: str, n: int, concurrency: int) -> None:
                     to_start.append(starts[job.id] - t0)
                     to_done.append(t1 - t0)
 
-            async with asyncio.TaskGroup() as tg:
-                for i in range(n + 20):  # the first 20 warm up and are not counted
-                    tg.create_task(one(i >= 20))
-                    await asyncio.sleep(0.010)
+            tasks = []
+            for i in range(n + 20):  # the first 20 warm up and are not counted
+                tasks.append(asyncio.create_task(one(i >= 20)))
+                await asyncio.sleep(0.010)
+            await asyncio.gather(*tasks)
     emit(
         system="asyncjobs",
         backend=kind,

@@ -47,7 +47,7 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
             return
         await asyncio.gather(*(pool.enqueue_job("noop") for _ in range(n)))
         worker = Worker(
-            functions=[noop],  # type: ignore[list-item]
+            functions=[noop],
             redis_pool=pool,
             queue_name=queue_name,
             max_jobs=concurrency,

@@ -48,7 +48,7 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
             qm = QueueManager(queries)
             done = 0
 
-            @qm.entrypoint("noop")
+            @qm.entrypoint("noop")  # type: ignore[untyped-decorator, unused-ignore]
             async def noop(job: object) -> None:
                 nonlocal done
                 done += 1

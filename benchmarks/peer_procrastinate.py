@@ -23,7 +23,7 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
     async with fresh_pg_database() as url:
         app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
 
-        @app.task(name="noop")
+        @app.task(name="noop")  # type: ignore[untyped-decorator, unused-ignore]
         async def noop() -> None:
             return None
 
@@ -50,7 +50,7 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
                 concurrency=concurrency, wait=False, install_signal_handlers=False
             )
             elapsed = time.perf_counter() - start
-            async with app.connector.pool.connection() as conn:  # type: ignore[attr-defined]
+            async with app.connector.pool.connection() as conn:
                 cur = await conn.execute(
                     "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
                 )

@@ -32,7 +32,7 @@ async def open_queue(backend: str) -> AsyncIterator[Any]:
         try:
             yield queue
         finally:
-            redis = queue.redis  # type: ignore[attr-defined]
+            redis = queue.redis
             keys = [k async for k in redis.scan_iter(match=f"saq:{queue.name}*")]
             for i in range(0, len(keys), 1000):
                 await redis.delete(*keys[i : i + 1000])
@@ -83,7 +83,7 @@ async def main_async(mode: str, backend: str, n: int, concurrency: int) -> None:
             after_process=after,
             dequeue_timeout=1.0,
         )
-        worker.SIGNALS = []  # type: ignore[misc]  # the benchmark owns signals
+        worker.SIGNALS = []  # the benchmark owns signals
         start = time.perf_counter()
         task = asyncio.create_task(worker.start())
         await finished.wait()

@@ -28,7 +28,7 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
     done = 0
     finished = asyncio.Event()
 
-    @broker.task(task_name="noop")
+    @broker.task(task_name="noop")  # type: ignore[untyped-decorator, unused-ignore]
     async def noop() -> None:
         nonlocal done
         done += 1

@@ -62,6 +62,7 @@ def main() -> None:
     if isinstance(profiler, _Pyi):
         print(profiler.p.output_text(unicode=False, color=False, show_all=False))
     else:
+        assert isinstance(profiler, cProfile.Profile)
         stats = pstats.Stats(profiler)
         stats.sort_stats("tottime").print_stats(args.top)
 

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -456,6 +457,10 @@ def main() -> None:
         (HERE / "results.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         report.write_results_md(doc, HERE / "RESULTS.md")
         report.plot(doc, HERE / "throughput.png")
+        # mkdocs serves only docs/: docs/benchmarks.md shows this copy.
+        docs_img = HERE.parent / "docs" / "img"
+        if docs_img.is_dir() and (HERE / "throughput.png").exists():
+            shutil.copyfile(HERE / "throughput.png", docs_img / "benchmarks-throughput.png")
         print("wrote benchmarks/RESULTS.md, benchmarks/results.json, benchmarks/throughput.png")
 
 
