@@ -208,7 +208,8 @@ def tables(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_results_md(doc: dict[str, Any], path: Path) -> None:
+def write_results_md(doc: dict[str, Any], path: Path, image: str = "throughput.png") -> None:
+    """Replace the generated block of ``path`` (between BEGIN and END) with ``doc``."""
     v, m = doc["versions"], doc["machine"]
     generated = "\n".join(
         [
@@ -236,7 +237,7 @@ def write_results_md(doc: dict[str, Any], path: Path) -> None:
             "",
             tables(doc),
             "",
-            "![throughput per store and peer](throughput.png)",
+            f"![throughput per store and peer]({image})",
             "",
             END,
         ]

@@ -9,6 +9,8 @@ Options:
     --skip TERM         leave those out (same terms)
     --runs R            runs per case (default 3; the figure is the median)
     --no-write          do not rewrite RESULTS.md, results.json and throughput.png
+    --render            run nothing: rewrite RESULTS.md, docs/benchmarks.md and the
+                        plots from the last results.json
 
 Each run is a separate process bounded by a timeout; a run that fails, times out or
 cannot import its library is reported as such in the tables, never dropped.
@@ -390,6 +392,19 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def write_files(doc: dict[str, Any]) -> None:
+    (HERE / "results.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    report.write_results_md(doc, HERE / "RESULTS.md")
+    docs_page = HERE.parent / "docs" / "benchmarks.md"
+    if docs_page.exists():
+        report.write_results_md(doc, docs_page, image="img/benchmarks-throughput.png")
+    report.plot(doc, HERE / "throughput.png")
+    # mkdocs serves only docs/: docs/benchmarks.md shows this copy.
+    docs_img = HERE.parent / "docs" / "img"
+    if docs_img.is_dir() and (HERE / "throughput.png").exists():
+        shutil.copyfile(HERE / "throughput.png", docs_img / "benchmarks-throughput.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -400,7 +415,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
+    if args.render:
+        write_files(json.loads((HERE / "results.json").read_text()))
+        return
     only = [t for term in args.only for t in term.split(",") if t]
     skip = [t for term in args.skip for t in term.split(",") if t]
     runs = args.runs or (1 if args.quick else 3)
@@ -454,13 +473,7 @@ def main() -> None:
         )
         doc = old
     if not args.quick and not args.no_write:
-        (HERE / "results.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        report.write_results_md(doc, HERE / "RESULTS.md")
-        report.plot(doc, HERE / "throughput.png")
-        # mkdocs serves only docs/: docs/benchmarks.md shows this copy.
-        docs_img = HERE.parent / "docs" / "img"
-        if docs_img.is_dir() and (HERE / "throughput.png").exists():
-            shutil.copyfile(HERE / "throughput.png", docs_img / "benchmarks-throughput.png")
+        write_files(doc)
         print("wrote benchmarks/RESULTS.md, benchmarks/results.json, benchmarks/throughput.png")
 
 
