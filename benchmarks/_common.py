@@ -10,6 +10,7 @@ space) and an honest memory figure.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import math
@@ -18,7 +19,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,20 @@ def fail(message: str) -> None:
 def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
     """Start a helper process (Popen returns at once; it never blocks the loop)."""
     return subprocess.Popen(argv, text=True, cwd=Path(__file__).parent, **kwargs)
+
+
+async def spaced_latency(
+    n: int, one: Callable[[int], Coroutine[Any, Any, tuple[float, float | None]]], warmup: int = 20
+) -> tuple[list[float], list[float]]:
+    """Call ``one(i)`` for ``warmup + n`` jobs started 10 ms apart, concurrently.
+
+    ``one`` submits job ``i``, waits for it, and returns (enqueue->start,
+    enqueue->completion or None when the library offers no way to wait). The first
+    ``warmup`` results are dropped.
+    """
+    tasks: list[asyncio.Task[tuple[float, float | None]]] = []
+    for i in range(warmup + n):
+        tasks.append(asyncio.create_task(one(i)))
+        await asyncio.sleep(0.010)
+    results = (await asyncio.gather(*tasks))[warmup:]
+    return [s for s, _ in results], [d for _, d in results if d is not None]

@@ -12,14 +12,22 @@ not dominate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
-from _common import REDIS_URL, base_parser, emit, unique
+from _common import REDIS_URL, base_parser, emit, latency_summary, spaced_latency, unique
 
 
 async def noop(ctx: dict[str, Any]) -> None:
     return None
+
+
+STARTS: dict[int, float] = {}
+
+
+async def stamp(ctx: dict[str, Any], i: int) -> None:
+    STARTS[i] = time.perf_counter()
 
 
 async def main_async(mode: str, n: int, concurrency: int) -> None:
@@ -31,6 +39,40 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
     queue_name = unique("arq")
     pool = await create_pool(settings, default_queue_name=queue_name)
     try:
+        if mode == "latency":
+            worker = Worker(
+                functions=[stamp],
+                redis_pool=pool,
+                queue_name=queue_name,
+                max_jobs=concurrency,
+                poll_delay=0.01,
+                handle_signals=False,
+            )
+            task = asyncio.create_task(worker.async_run())
+            await asyncio.sleep(0.5)
+
+            async def one(i: int) -> tuple[float, float | None]:
+                t0 = time.perf_counter()
+                job = await pool.enqueue_job("stamp", i)
+                assert job is not None
+                # arq has no push notification of results: the client polls (5 ms here).
+                await job.result(timeout=30, poll_delay=0.005)
+                return STARTS[i] - t0, time.perf_counter() - t0
+
+            to_start, to_done = await spaced_latency(n, one)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await worker.close()
+            emit(
+                system="arq",
+                backend="redis",
+                mode="latency",
+                n=n,
+                **latency_summary("start", to_start),
+                **latency_summary("done", to_done),
+            )
+            return
         if mode == "enqueue":
             start = time.perf_counter()
             for _ in range(n):

@@ -15,8 +15,60 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from typing import Any
 
-from _common import base_parser, emit, fresh_pg_database
+from _common import base_parser, emit, fresh_pg_database, latency_summary, spaced_latency
+
+
+async def latency(url: str, client: Any, n: int, concurrency: int) -> None:
+    """Idle worker (its own connection), a client that waits with CompletionWatcher."""
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, Queries, QueueManager
+    from pgqueuer.core.completion import CompletionWatcher
+
+    starts: dict[int, float] = {}
+    worker_conn = await asyncpg.connect(url)
+    watch_conn = await asyncpg.connect(url)
+    try:
+        qm = QueueManager(Queries(AsyncpgDriver(worker_conn)))
+
+        @qm.entrypoint("stamp")  # type: ignore[untyped-decorator, unused-ignore]
+        async def stamp(job: Any) -> None:
+            starts[int(job.payload)] = time.perf_counter()
+
+        task = asyncio.create_task(
+            qm.run(
+                dequeue_timeout=timedelta(seconds=1),
+                batch_size=max(1, concurrency // 2),
+                max_concurrent_tasks=concurrency,
+            )
+        )
+        await asyncio.sleep(0.5)
+        watch_driver = AsyncpgDriver(watch_conn)
+        async with CompletionWatcher(
+            watch_driver, queries=Queries(watch_driver), debounce=timedelta(milliseconds=1)
+        ) as watcher:
+
+            async def one(i: int) -> tuple[float, float | None]:
+                t0 = time.perf_counter()
+                (job_id,) = await client.enqueue("stamp", str(i).encode())
+                await watcher.wait_for(job_id)
+                return starts[i] - t0, time.perf_counter() - t0
+
+            to_start, to_done = await spaced_latency(n, one)
+        qm.shutdown.set()
+        await asyncio.wait_for(task, 30)
+    finally:
+        await worker_conn.close()
+        await watch_conn.close()
+    emit(
+        system="pgqueuer",
+        backend="postgres",
+        mode="latency",
+        n=n,
+        **latency_summary("start", to_start),
+        **latency_summary("done", to_done),
+    )
 
 
 async def main_async(mode: str, n: int, concurrency: int) -> None:
@@ -30,6 +82,9 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
             driver = AsyncpgDriver(conn)
             queries = Queries(driver)
             await queries.install()
+            if mode == "latency":
+                await latency(url, queries, n, concurrency)
+                return
             if mode == "enqueue":
                 start = time.perf_counter()
                 for _ in range(n):

@@ -11,10 +11,11 @@ once the queue is empty and every job it took is recorded as succeeded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
-from _common import base_parser, emit, fresh_pg_database
+from _common import base_parser, emit, fresh_pg_database, latency_summary, spaced_latency
 
 
 async def main_async(mode: str, n: int, concurrency: int) -> None:
@@ -27,8 +28,40 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
         async def noop() -> None:
             return None
 
+        starts: dict[int, float] = {}
+
+        @app.task(name="stamp")  # type: ignore[untyped-decorator, unused-ignore]
+        async def stamp(i: int) -> None:
+            starts[i] = time.perf_counter()
+
         async with app.open_async():
             await app.schema_manager.apply_schema_async()
+            if mode == "latency":
+                # procrastinate has no API to wait for a job's result: start only.
+                task = asyncio.create_task(
+                    app.run_worker_async(concurrency=concurrency, install_signal_handlers=False)
+                )
+                await asyncio.sleep(0.5)
+
+                async def one(i: int) -> tuple[float, float | None]:
+                    t0 = time.perf_counter()
+                    await stamp.defer_async(i=i)
+                    while i not in starts:  # noqa: ASYNC110 - the start is stamped in the job
+                        await asyncio.sleep(0.001)
+                    return starts[i] - t0, None
+
+                to_start, _ = await spaced_latency(n, one)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                emit(
+                    system="procrastinate",
+                    backend="postgres",
+                    mode="latency",
+                    n=n,
+                    **latency_summary("start", to_start),
+                )
+                return
             if mode == "enqueue":
                 start = time.perf_counter()
                 for _ in range(n):

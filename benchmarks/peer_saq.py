@@ -15,11 +15,55 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from _common import REDIS_URL, base_parser, emit, fresh_pg_database, unique
+from _common import (
+    REDIS_URL,
+    base_parser,
+    emit,
+    fresh_pg_database,
+    latency_summary,
+    spaced_latency,
+    unique,
+)
 
 
 async def noop(ctx: dict[str, Any]) -> None:
     return None
+
+
+STARTS: dict[int, float] = {}
+
+
+async def stamp(ctx: dict[str, Any], *, i: int) -> None:
+    STARTS[i] = time.perf_counter()
+
+
+async def latency(queue: Any, backend: str, n: int, concurrency: int) -> None:
+    from saq import Worker
+
+    worker = Worker(queue, functions=[stamp], concurrency=concurrency, dequeue_timeout=1.0)
+    worker.SIGNALS = []
+    task = asyncio.create_task(worker.start())
+    await asyncio.sleep(0.5)  # let the worker reach its idle wait
+
+    async def one(i: int) -> tuple[float, float | None]:
+        t0 = time.perf_counter()
+        job = await queue.enqueue("stamp", i=i)
+        await job.refresh(until_complete=30)  # SAQ's own wait: pub/sub or LISTEN
+        return STARTS[i] - t0, time.perf_counter() - t0
+
+    to_start, to_done = await spaced_latency(n, one)
+    await worker.stop()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    emit(
+        system="saq",
+        backend=backend,
+        mode="latency",
+        n=n,
+        **latency_summary("start", to_start),
+        **latency_summary("done", to_done),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -51,6 +95,9 @@ async def main_async(mode: str, backend: str, n: int, concurrency: int) -> None:
     from saq import Worker
 
     async with open_queue(backend) as queue:
+        if mode == "latency":
+            await latency(queue, backend, n, concurrency)
+            return
         if mode == "enqueue":
             start = time.perf_counter()
             for _ in range(n):

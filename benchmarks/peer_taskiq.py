@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 
-from _common import REDIS_URL, base_parser, emit, unique
+from _common import REDIS_URL, base_parser, emit, latency_summary, spaced_latency, unique
 
 
 async def main_async(mode: str, n: int, concurrency: int) -> None:
@@ -35,8 +35,39 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
         if done >= n:
             finished.set()
 
+    starts: dict[int, float] = {}
+
+    @broker.task(task_name="stamp")  # type: ignore[untyped-decorator, unused-ignore]
+    async def stamp(i: int) -> None:
+        starts[i] = time.perf_counter()
+
     await broker.startup()
     try:
+        if mode == "latency":
+            # No result backend (taskiq's default): nothing to wait on, start only.
+            broker.is_worker_process = True
+            task = asyncio.create_task(run_receiver_task(broker, max_async_tasks=concurrency))
+            await asyncio.sleep(0.5)
+
+            async def one(i: int) -> tuple[float, float | None]:
+                t0 = time.perf_counter()
+                await stamp.kiq(i)
+                while i not in starts:  # noqa: ASYNC110 - the start is stamped in the job
+                    await asyncio.sleep(0.001)
+                return starts[i] - t0, None
+
+            to_start, _ = await spaced_latency(n, one)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            emit(
+                system="taskiq",
+                backend="redis",
+                mode="latency",
+                n=n,
+                **latency_summary("start", to_start),
+            )
+            return
         if mode == "enqueue":
             start = time.perf_counter()
             for _ in range(n):

@@ -138,18 +138,19 @@ def tables(doc: dict[str, Any]) -> str:
     if lat:
         out += [
             "",
-            "### Latency with an idle worker (ms; jobs spaced 10 ms)",
+            "### Latency with an idle worker (ms; jobs spaced 10 ms; '-': the library "
+            "offers no way to wait for a job's end)",
             "",
-            "| store | N | enqueue->start p50 | p95 | p99 | enqueue->client sees "
-            "completion p50 | p95 | p99 |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| system | backend | N | enqueue->start p50 | p95 | p99 | enqueue->client "
+            "sees completion p50 | p95 | p99 |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in lat:
             if "error" in r:
-                out.append(f"| {r['backend']} | {_cell(r)} | | | | | | |")
+                out.append(f"| {r['system']} | {r['backend']} | {_cell(r)} | | | | | | |")
                 continue
             out.append(
-                f"| {r['backend']} | {_fmt(r.get('n'))} | "
+                f"| {r['system']} | {r['backend']} | {_fmt(r.get('n'))} | "
                 + " | ".join(
                     _fmt(r.get(f"{w}_p{p}_ms"), 2) for w in ("start", "done") for p in (50, 95, 99)
                 )

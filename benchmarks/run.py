@@ -77,7 +77,7 @@ class Sizes:
     memory_jobs: int
 
 
-FULL = Sizes(10_000, 3_000, 1_000, 5_000, 2_000, 1_500, 600, 300, (100, 1_000, 5_000), 100_000)
+FULL = Sizes(10_000, 3_000, 1_000, 5_000, 2_000, 1_000, 600, 300, (100, 1_000, 5_000), 100_000)
 QUICK = Sizes(200, 100, 50, 200, 100, 100, 50, 20, (20,), 2_000)
 
 
@@ -267,6 +267,13 @@ def cases(s: Sizes) -> list[Case]:
     # latency with an idle worker
     for store in ("memory", "sqlite", "postgres"):
         add("latency", "asyncjobs", store, aj, ["latency", "--store", store, "--n", str(s.latency)])
+    n_lat = ["--n", str(s.latency)]
+    add("latency", "arq", "redis", "peer_arq.py", ["latency", *n_lat])
+    add("latency", "saq", "redis", "peer_saq.py", ["latency", "--backend", "redis", *n_lat])
+    add("latency", "taskiq", "redis", "peer_taskiq.py", ["latency", *n_lat])
+    add("latency", "saq", "postgres", "peer_saq.py", ["latency", "--backend", "postgres", *n_lat])
+    add("latency", "procrastinate", "postgres", "peer_procrastinate.py", ["latency", *n_lat])
+    add("latency", "pgqueuer", "postgres", "peer_pgqueuer.py", ["latency", *n_lat])
     # fan-out
     for k in s.fanout_k:
         add(
