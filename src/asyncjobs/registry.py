@@ -166,8 +166,12 @@ class JobType:
     retention: float | None = DEFAULT_RETENTION
     description: str | None = None
 
-    @property
-    def is_async(self) -> bool:
+    #: The handler is a coroutine function (runs on the loop) rather than sync (runs in
+    #: a worker thread). Derived once: the worker asks for every job.
+    is_async: bool = attrs.field(init=False)
+
+    @is_async.default
+    def _is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.handler)
 
     def parse(self, params: Any) -> tuple[Any, dict[str, Any]]:
