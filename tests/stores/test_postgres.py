@@ -18,8 +18,8 @@ import anyio
 import asyncpg
 import pytest
 
-from asyncjobs.errors import ConfigurationError
-from asyncjobs.job import EventType, JobStatus
+from asyncjobs.errors import ConfigurationError, LeaseLost
+from asyncjobs.job import EventType, Job, JobStatus
 from asyncjobs.stores import Outcome, open_store
 from asyncjobs.stores.postgres import PostgresStore, migrate
 
@@ -28,6 +28,7 @@ from .test_conformance import LEASE, EventLog, add, at, claim_one, make_job, tok
 pytestmark = pytest.mark.postgres
 
 E = EventType
+DONE, CANCELLED = JobStatus.COMPLETED, JobStatus.CANCELLED
 Factory = Callable[..., Awaitable[PostgresStore]]
 
 
@@ -149,10 +150,10 @@ async def test_an_event_too_big_for_notify_arrives_whole(stores: Factory) -> Non
     running = await claim_one(one)
     done = Outcome(JobStatus.COMPLETED, result={"echo": "y" * 20_000})
     await one.finish(job.id, token(running), done, now=at(2))
+    # Read back while the job exists (a job deleted first can only be sent slim).
+    created, started, completed = await log.expect(E.CREATED, E.STARTED, E.COMPLETED)
     await one.delete(job.id, now=at(3))
-    created, started, completed, deleted = await log.expect(
-        E.CREATED, E.STARTED, E.COMPLETED, E.DELETED
-    )
+    (deleted,) = await log.expect(E.DELETED)
     assert created.job.params == big
     assert started.job.params == big
     assert completed.job.result == {"echo": "y" * 20_000}
@@ -224,6 +225,87 @@ async def test_an_idempotency_race_stores_one_job(stores: Factory) -> None:
     await log.expect(E.CREATED)
     await anyio.sleep(0.2)
     assert len(log.events) == 1
+
+
+# -- the single-job hot path (progress, finish) ------------------------------------
+
+
+def _no_reads(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every ``get`` of ``store`` (the hot path should make none)."""
+    reads: list[str] = []
+    real = store.get
+
+    async def get(job_id: str) -> Job:
+        reads.append(job_id)
+        return await real(job_id)
+
+    monkeypatch.setattr(store, "get", get)
+    return reads
+
+
+async def test_progress_and_finish_of_a_claimed_job_do_not_read_it_first(
+    stores: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = await stores(), await stores()
+    log = EventLog(two)
+    (job,) = await add(one, make_job())
+    running = await claim_one(one)
+    reads = _no_reads(one, monkeypatch)
+    await one.set_progress(job.id, token(running), 0.5, "half", now=at(2))
+    done = await one.finish(job.id, token(running), Outcome(DONE, result=7), now=at(3))
+    assert reads == []
+    assert done.version == running.version + 2
+    assert done == await two.get(job.id)
+    events = await log.expect(E.CREATED, E.STARTED, E.PROGRESS, E.COMPLETED)
+    assert events[-1].job == done
+
+
+async def test_finish_after_another_instance_asked_to_cancel_ends_cancelled(
+    stores: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = await stores(), await stores()
+    (job,) = await add(one, make_job(max_attempts=3))
+    running = await claim_one(one)
+    flagged = await two.request_cancel(job.id, now=at(2))  # one's snapshot is stale now
+    reads = _no_reads(one, monkeypatch)
+    retry = Outcome(JobStatus.SCHEDULED, run_at=at(60))
+    ended = await one.finish(job.id, token(running), retry, now=at(3))
+    assert reads == [job.id]  # the fenced write missed, so it read the job and retried
+    assert ended.status is CANCELLED
+    assert ended.version == flagged.version + 1
+    assert ended == await two.get(job.id)
+
+
+async def test_a_stale_token_is_fenced_off_even_with_a_held_snapshot(stores: Factory) -> None:
+    one, two = await stores(), await stores()
+    (job,) = await add(one, make_job(max_attempts=2))
+    first = await claim_one(one)
+    await two.requeue_expired(now=at(100))  # one's lease ran out
+    second = await claim_one(two, now=101, worker="w2")
+    with pytest.raises(LeaseLost):
+        await one.set_progress(job.id, token(first), 0.5, None, now=at(102))
+    with pytest.raises(LeaseLost):
+        await one.finish(job.id, token(first), Outcome(DONE), now=at(102))
+    assert await one.get(job.id) == second  # untouched: the new holder decides
+    done = await two.finish(job.id, token(second), Outcome(DONE), now=at(103))
+    assert done.status is DONE
+    with pytest.raises(LeaseLost):  # and a finished job cannot be finished again
+        await two.finish(job.id, token(second), Outcome(DONE), now=at(104))
+
+
+async def test_progress_from_a_held_snapshot_keeps_a_later_renewal(stores: Factory) -> None:
+    one, two = await stores(), await stores()
+    (job,) = await add(one, make_job())
+    running = await claim_one(one)  # lease until at(1 + LEASE)
+    # Renewed through another instance: one's held snapshot still has the old expiry,
+    # and a renewal does not change the version the write is fenced on.
+    renewed = await two.renew(job.id, token(running), lease=LEASE, now=at(20))
+    assert renewed.lease is not None
+    await one.set_progress(job.id, token(running), 0.5, None, now=at(21))
+    stored = await two.get(job.id)
+    assert stored.progress == 0.5
+    assert stored.lease == renewed.lease
+    assert await two.requeue_expired(now=at(1 + LEASE + 1)) == []  # still held
 
 
 # -- failures of the connection ------------------------------------------------------

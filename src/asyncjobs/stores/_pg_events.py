@@ -60,11 +60,20 @@ def encode_head(type: EventType, at: datetime) -> str:
     return "," + dumps({"type": type.value, "at": format_time(at)})[1:-1]
 
 
-def encode_suffix(prefix: str, type: EventType, job: Job, at: datetime) -> str:
-    """The payload after the seq: the event record, or a partial one if it is too big."""
+def encode_suffix(
+    prefix: str, type: EventType, job: Job, at: datetime, record: str | None = None
+) -> str:
+    """The payload after the seq: the event record, or a partial one if it is too big.
+
+    ``record`` is ``dumps(job_to_record(job))`` when the caller has it already (the row
+    and the payload then share one encoding).
+    """
     when = format_time(at)
     room = _NOTIFY_LIMIT - len(prefix.encode()) - 20
-    body = dumps({"type": type.value, "at": when, "job": job_to_record(job)})
+    if record is None:
+        record = dumps(job_to_record(job))
+    # Same text as dumps({"type", "at", "job"}), without encoding the job again.
+    body = dumps({"type": type.value, "at": when})[:-1] + ',"job":' + record + "}"
     if len(body.encode()) > room:
         slim = attrs.evolve(job, params={}, result=None, error=None, message=None, tags=())
         body = dumps({"type": type.value, "at": when, "partial": True, "job": job_to_record(slim)})

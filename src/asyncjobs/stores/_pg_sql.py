@@ -110,6 +110,27 @@ changed AS (
       AND (d.expected IS NULL OR (j.record->>'version')::int = d.expected)
     RETURNING j.id
 ),""" + _ANNOUNCE.format(s=s, ch=11, prefix=12)
+        # One job, fenced: written only if it still has the version (and, for a worker,
+        # the lease token) its snapshot was computed from. The single-job path of
+        # progress, finish and cancel: one round trip, no read. A change that keeps the
+        # job running keeps the lease the row has: a renew does not bump the version,
+        # so a snapshot taken before the latest renew must not move the lease back.
+        self.write_one_sql = f"""
+WITH changed AS (
+    UPDATE {s}.jobs SET status = $2, priority = $3, run_at = $4, finished_at = $5,
+        lease_token = $6,
+        lease_expires_at = CASE WHEN $2::text = '{_RUNNING}' AND lease_token = $6
+            THEN lease_expires_at ELSE $7 END,
+        record = CASE WHEN $2::text = '{_RUNNING}' AND lease_token = $6
+            THEN $8::jsonb || jsonb_build_object('lease', record->'lease')
+            ELSE $8::jsonb END
+    WHERE id = $1 AND (record->>'version')::int = $9
+      AND ($10::text IS NULL OR lease_token = $10)
+    RETURNING id
+)
+SELECT seq, pg_notify($11, $12 || seq::text || $13)
+FROM (SELECT nextval('{s}.event_seq') AS seq FROM changed) AS ev
+"""
         delete = f"""
 WITH data AS (
     SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS d(id, suffix, ord)
@@ -172,6 +193,7 @@ FROM msg ORDER BY seq
         if not changes:
             return []
         jobs = [job for job, _ in changes]
+        records = [dumps(job_to_record(j)) for j in jobs]  # once: for the row and the payload
         rows = await conn.fetch(
             self.write_sql,
             [j.id for j in jobs],
@@ -181,14 +203,50 @@ FROM msg ORDER BY seq
             [j.finished_at for j in jobs],
             [None if j.lease is None else j.lease.token for j in jobs],
             [None if j.lease is None else j.lease.expires_at for j in jobs],
-            [dumps(job_to_record(j)) for j in jobs],
-            [encode_suffix(self.prefix, t, j, now) for j, t in changes],
+            records,
+            [
+                encode_suffix(self.prefix, t, j, now, r)
+                for (j, t), r in zip(changes, records, strict=True)
+            ],
             expected if expected is not None else [None] * len(jobs),
             self.channel,
             self.prefix,
         )
         seqs = {row["id"]: row["seq"] for row in rows}
         return [JobEvent(t, seqs[j.id], now, j) for j, t in changes if j.id in seqs]
+
+    async def write_one(
+        self,
+        conn: Any,
+        job: Job,
+        type: EventType,
+        record: str,
+        now: datetime,
+        *,
+        expected: int,
+        token: str | None,
+    ) -> JobEvent | None:
+        """Store ``job`` (encoded as ``record``) if the row still has version ``expected``
+        (and lease ``token``, when given) and announce it; None if the row moved on.
+        """
+        lease = job.lease
+        row = await conn.fetchrow(
+            self.write_one_sql,
+            job.id,
+            job.status.value,
+            job.priority,
+            job.run_at,
+            job.finished_at,
+            None if lease is None else lease.token,
+            None if lease is None else lease.expires_at,
+            record,
+            expected,
+            token,
+            self.channel,
+            self.prefix,
+            encode_suffix(self.prefix, type, job, now, record),
+        )
+        return None if row is None else JobEvent(type, row[0], now, job)
 
     async def delete(self, conn: Any, jobs: list[Job], now: datetime) -> list[JobEvent]:
         """Delete jobs and announce ``job_deleted`` with their last snapshots."""

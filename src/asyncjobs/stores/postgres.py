@@ -4,9 +4,12 @@
   ``seq`` drawn from the schema's sequence and ``pg_notify`` called together.
   PostgreSQL delivers a notification only when its transaction commits, so no process
   hears of a change that was rolled back.
-* Single-job changes (progress, finish, cancel) are optimistic: read the job, compute
-  the next snapshot with the shared steps of :mod:`.steps`, write it only if the version
-  is unchanged, else read again. Two round trips and no lock held in between.
+* Single-job changes (progress, finish, cancel) are optimistic: compute the next
+  snapshot with the shared steps of :mod:`.steps` and write it only if the row still has
+  the version (and the lease token) it was computed from. For a job it claimed, the
+  store starts from the snapshot it holds already, so progress and finish are one
+  round trip; when the row moved on (a cancel request from another process, a lost
+  lease) it reads the job and tries again. No lock is held across round trips.
 * ``claim`` picks queued jobs with ``FOR UPDATE SKIP LOCKED`` (priority, then id) and
   moves them to running in one statement, so workers never wait on each other or take
   the same job. Per-type limits are exact across all workers: such a claim holds a
@@ -21,7 +24,8 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, final
 
@@ -69,6 +73,13 @@ T = TypeVar("T")
 Conn = Any  # asyncpg.Connection; asyncpg is imported lazily
 
 _BATCH = 500
+#: Snapshots of claimed jobs kept per store instance (the oldest is dropped beyond it;
+#: a change to a job without one just reads it first).
+_HELD_MAX = 10_000
+
+
+async def _keep_session(conn: Conn) -> None:
+    """The pool's reset: nothing to undo (see ``PostgresStore.open``)."""
 
 
 def _load(text: str) -> Job:
@@ -109,6 +120,9 @@ class PostgresStore:
             wanted=lambda: bool(self._listeners),
         )
         self._wake = anyio.Event()
+        # Job id -> the last snapshot this instance wrote or read of a job it claimed:
+        # the starting point of the next progress or finish, saving a read.
+        self._held: OrderedDict[str, Job] = OrderedDict()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresStore:
@@ -140,6 +154,11 @@ class PostgresStore:
             max_size=self._max_pool,
             # Named so that operators see who holds a connection in pg_stat_activity.
             server_settings={"application_name": f"asyncjobs:{self.schema}"},
+            # asyncpg's default reset costs a round trip per release (UNLISTEN, RESET
+            # ALL, advisory unlock): doubling every call. This pool is the store's own and
+            # leaves no session state (transaction-level locks only, LISTEN elsewhere);
+            # asyncpg still rolls back a transaction left open by a cancelled call.
+            reset=_keep_session,
         )
         listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._notify_work)
         try:
@@ -153,6 +172,7 @@ class PostgresStore:
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         listener, self._listener = self._listener, None
+        self._held.clear()
         if listener is not None:
             await listener.stop()
         await self._remote.stop()
@@ -197,6 +217,14 @@ class PostgresStore:
         if text is None:
             raise JobNotFound(job_id)
         return _load(text)
+
+    def _hold(self, jobs: Sequence[Job]) -> None:
+        held = self._held
+        for job in jobs:
+            held[job.id] = job
+            held.move_to_end(job.id)
+        while len(held) > _HELD_MAX:
+            held.popitem(last=False)
 
     def _emit(self, events: Collection[JobEvent]) -> None:
         """Hand committed events to this process's listeners; wake idle workers."""
@@ -338,7 +366,9 @@ class PostgresStore:
 
         events = await self._run(op)
         self._emit(events)
-        return [e.job for e in events]
+        claimed = [e.job for e in events]
+        self._hold(claimed)
+        return claimed
 
     async def _claim_free(
         self, worker_id: str, types: list[str], limit: int, lease: float, now: datetime
@@ -348,7 +378,9 @@ class PostgresStore:
             lambda conn: self._sql.claim(conn, worker_id, types, limit, lease, now)
         )
         self._emit(events)
-        return [e.job for e in events]
+        claimed = [e.job for e in events]
+        self._hold(claimed)
+        return claimed
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
         # One statement, no row lock held across round trips: renewals are frequent.
@@ -359,34 +391,75 @@ class PostgresStore:
             )
         )
         if text is None:
+            self._held.pop(job_id, None)
             check_lease(await self.get(job_id), token)  # raises JobNotFound or LeaseLost
             raise LeaseLost(job_id)
-        return _load(text)
+        job = _load(text)
+        if job_id in self._held:  # not re-added if it finished meanwhile
+            self._held[job_id] = job
+        return job
 
     async def _change(
-        self, job_id: str, step: Callable[[Job], tuple[Job, EventType] | None], now: datetime
+        self,
+        job_id: str,
+        step: Callable[[Job], tuple[Job, EventType] | None],
+        now: datetime,
+        token: str | None = None,
     ) -> Job:
-        """Read one job, apply ``step`` (None: nothing changes), write and announce.
+        """Apply ``step`` to one job (None: nothing changes), write and announce it.
 
-        Optimistic: the write only lands if the job still has the version that was
-        read (two round trips, no lock held in between); otherwise read again.
+        Optimistic: the write lands only if the row still has the version the step
+        started from (and ``token``, when given). The step starts from the snapshot
+        this instance holds, if any (one round trip), else from a fresh read (two).
         """
+        held = self._held
+        job: Job | None = held.get(job_id)
+        written: str | None = None  # the record of our last write that did not land
         while True:
-            job = await self.get(job_id)
-            result = step(job)
+            cached = job is not None
+            if job is None:
+                try:
+                    job = await self.get(job_id)
+                except JobNotFound:
+                    held.pop(job_id, None)
+                    raise
+                if written is not None and job == _load(written):
+                    # Our write committed, but its connection dropped before the reply
+                    # and the retry found the version moved on (by that very write).
+                    return job
+            try:
+                result = step(job)
+            except (LeaseLost, IllegalTransition):
+                held.pop(job_id, None)
+                if cached:  # the held snapshot may be stale: judge by the row itself
+                    job = None
+                    continue
+                raise
             if result is None:
                 return job
-            change, version = result, job.version
+            nxt, type_ = result
+            record = dumps(job_to_record(nxt))  # once, for the row and the payload
 
             async def write(
-                conn: Conn, change: tuple[Job, EventType] = change, version: int = version
-            ) -> list[JobEvent]:
-                return await self._sql.write(conn, [change], now, expected=[version])
+                conn: Conn,
+                nxt: Job = nxt,
+                type_: EventType = type_,
+                record: str = record,
+                version: int = job.version,
+            ) -> JobEvent | None:
+                return await self._sql.write_one(
+                    conn, nxt, type_, record, now, expected=version, token=token
+                )
 
-            events = await self._run(write)
-            if events:
-                self._emit(events)
-                return result[0]
+            event = await self._run(write)
+            if event is not None:
+                if nxt.status is JobStatus.RUNNING and (token is not None or job_id in held):
+                    self._hold([nxt])
+                else:
+                    held.pop(job_id, None)
+                self._emit([event])
+                return nxt
+            job, written = None, record
 
     async def set_progress(
         self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
@@ -394,22 +467,12 @@ class PostgresStore:
         def step(job: Job) -> tuple[Job, EventType]:
             return progress_step(job, token, progress, message), EventType.PROGRESS
 
-        return await self._change(job_id, step, now)
+        return await self._change(job_id, step, now, token)
 
     async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
-        calls = 0
-
-        def step(job: Job) -> tuple[Job, EventType] | None:
-            nonlocal calls
-            calls += 1
-            try:
-                return finish_step(job, token, outcome, now)
-            except LeaseLost:
-                if calls > 1 and job.status is outcome.status and job.lease is None:
-                    return None  # our first attempt committed before its connection dropped
-                raise
-
-        return await self._change(job_id, step, now)
+        return await self._change(
+            job_id, lambda job: finish_step(job, token, outcome, now), now, token
+        )
 
     async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
         return await self._change(job_id, lambda j: cancel_step(j, now), now)
