@@ -46,6 +46,7 @@ class Statements:
         self.get = f"SELECT record::text FROM {s}.jobs WHERE id = $1"
         self.get_for_update = self.get + " FOR UPDATE"
         self.get_by_key = f"SELECT record::text FROM {s}.jobs WHERE idempotency_key = $1"
+        self.next_seq = f"SELECT nextval('{s}.event_seq')"
         self.lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
         self.lock_many = (
             "SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"

@@ -95,16 +95,26 @@ class PostgresStore:
         schema: The PostgreSQL schema holding the tables (created by ``open()``).
         min_pool: Connections the pool keeps open.
         max_pool: Connections the pool opens at most (one more is used for LISTEN).
+        reconnect_timeout: Seconds a call keeps retrying while the server cannot be
+            reached (a restart, a failover) before it raises the connection error.
     """
 
     def __init__(
-        self, dsn: str, *, schema: str = "asyncjobs", min_pool: int = 1, max_pool: int = 10
+        self,
+        dsn: str,
+        *,
+        schema: str = "asyncjobs",
+        min_pool: int = 1,
+        max_pool: int = 10,
+        reconnect_timeout: float = 30.0,
     ) -> None:
         self.dsn = dsn
         self.schema = check_schema_name(schema)
         self.url = redact(dsn) + ("" if schema == "asyncjobs" else f"?schema={schema}")
         self._min_pool = min_pool
         self._max_pool = max_pool
+        self._reconnect_timeout = reconnect_timeout
+        self._connection_errors: tuple[type[BaseException], ...] = ()
         self._channel = f"asyncjobs_{schema}"
         self._instance = secrets.token_hex(8)  # our own notifications are skipped
         self._prefix = make_prefix(self._instance)
@@ -143,6 +153,16 @@ class PostgresStore:
         if self._pool is not None:
             return
         asyncpg = import_asyncpg()
+        self._connection_errors = (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            # Includes "the database system is shutting down / starting up".
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.InterfaceError,
+            # A connection the server terminated while idle can be left in a state
+            # where the next query fails this way before the socket reports closed.
+            asyncpg.exceptions.InternalClientError,
+        )
         conn = await asyncpg.connect(self.dsn)
         try:
             await apply_migrations(conn, self.schema)
@@ -185,32 +205,45 @@ class PostgresStore:
     # -- plumbing ----------------------------------------------------------------
 
     async def _run(self, op: Callable[[Conn], Awaitable[T]], *, retry: bool = True) -> T:
-        """Run ``op`` on a pooled connection; once more on a fresh one if it dropped."""
+        """Run ``op`` on a pooled connection, retrying while the server is unreachable.
+
+        A dropped connection is retried at once on a fresh one; if the server is gone
+        (a restart, a failover), again with backoff for up to ``reconnect_timeout``
+        seconds, so that workers and the janitor wait out the outage instead of failing.
+        ``op`` must be safe to repeat: its first attempt may have committed unseen.
+        """
         pool = self._pool
         if pool is None:
             raise ConfigurationError("the PostgreSQL store is closed; await store.open() first")
-        asyncpg = import_asyncpg()
-        errors = (
-            OSError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.exceptions.OperatorInterventionError,
-            asyncpg.InterfaceError,
-            # A connection the server terminated while idle can be left in a state
-            # where the next query fails this way before the socket reports closed.
-            asyncpg.exceptions.InternalClientError,
-        )
-        try:
-            async with pool.acquire() as conn:
-                return await op(conn)
-        except errors as exc:
-            if not retry:
-                raise
-            logger.warning("PostgreSQL connection error (%s); retrying once", exc)
-            # One dropped connection usually means all of them dropped (a server
-            # restart): replace every idle one rather than retry on another corpse.
-            await pool.expire_connections()
-        async with pool.acquire() as conn:
-            return await op(conn)
+        deadline: float | None = None
+        backoff = 0.05
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    return await op(conn)
+            except self._connection_errors as exc:
+                if not retry or self._pool is not pool:  # not retried, or closed meanwhile
+                    raise
+                now = anyio.current_time()
+                if deadline is None:
+                    logger.warning("PostgreSQL connection error (%s); retrying", exc)
+                    deadline = now + self._reconnect_timeout
+                    # One dropped connection usually means all of them dropped (a server
+                    # restart): replace every idle one rather than retry on a corpse.
+                    await pool.expire_connections()
+                    continue
+                if now >= deadline:
+                    raise
+                logger.debug("PostgreSQL still unreachable (%s); retrying", exc)
+                await anyio.sleep(min(backoff, deadline - now))
+                backoff = min(backoff * 2, 1.0)
+
+    async def _announce_again(self, job: Job, type_: EventType, now: datetime) -> None:
+        """Tell this process's listeners of a change whose reply a dropped connection
+        lost (other processes had its NOTIFY), under a fresh seq: a waiter must not miss
+        a job's final event."""
+        seq = await self._run(lambda conn: conn.fetchval(self._sql.next_seq))
+        self._emit([JobEvent(type_, seq, now, job)])
 
     async def _locked(self, conn: Conn, job_id: str) -> Job:
         text = await conn.fetchval(self._sql.get_for_update, job_id)
@@ -303,7 +336,10 @@ class PostgresStore:
 
         stored, event = await self._run(op)
         if event is None:
-            return stored, stored is job and attempt > 1
+            if stored is job and attempt > 1:  # added by an attempt whose reply was lost
+                await self._announce_again(job, EventType.CREATED, job.created_at)
+                return job, True
+            return stored, False
         self._emit([event])
         return stored, True
 
@@ -414,7 +450,7 @@ class PostgresStore:
         """
         held = self._held
         job: Job | None = held.get(job_id)
-        written: str | None = None  # the record of our last write that did not land
+        written: tuple[str, EventType] | None = None  # our last write that seemed to miss
         while True:
             cached = job is not None
             if job is None:
@@ -423,9 +459,11 @@ class PostgresStore:
                 except JobNotFound:
                     held.pop(job_id, None)
                     raise
-                if written is not None and job == _load(written):
+                if written is not None and job == _load(written[0]):
                     # Our write committed, but its connection dropped before the reply
                     # and the retry found the version moved on (by that very write).
+                    held.pop(job_id, None)
+                    await self._announce_again(job, written[1], now)
                     return job
             try:
                 result = step(job)
@@ -459,7 +497,7 @@ class PostgresStore:
                     held.pop(job_id, None)
                 self._emit([event])
                 return nxt
-            job, written = None, record
+            job, written = None, (record, type_)
 
     async def set_progress(
         self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
