@@ -8,12 +8,14 @@ event ``seq`` comes from the schema's sequence, and ``pg_notify`` sends the payl
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, final
 
 from ..codec import dumps, format_time, job_from_record, job_to_record
 from ..job import EventType, Job, JobEvent, JobStatus
 from ._pg_events import encode_head, encode_suffix
+from .steps import claim_step, new_token
 
 __all__ = ["Statements"]
 
@@ -284,6 +286,39 @@ FROM msg ORDER BY seq
             JobEvent(EventType.STARTED, row[0], now, job_from_record(json.loads(row[1])))
             for row in rows
         ]
+
+    async def claim_limited(
+        self,
+        conn: Any,
+        worker_id: str,
+        limits: Mapping[str, int],
+        free: list[str],
+        limit: int,
+        lease: float,
+        now: datetime,
+        schema: str,
+    ) -> list[JobEvent]:
+        """Claim with per-type limits, exact across processes: a transaction that holds
+        an advisory lock per limited type while it counts that type's running jobs."""
+        async with conn.transaction():
+            texts: list[str] = []
+            limited = sorted(limits)
+            # Sorted lock order: two claimers never deadlock on each other.
+            await conn.execute(self.lock_many, [f"asyncjobs:type:{schema}:{t}" for t in limited])
+            running = dict(await conn.fetch(self.count_running, limited))
+            for type_ in limited:
+                room = min(limits[type_] - running.get(type_, 0), limit)
+                if room > 0:
+                    texts += [r[0] for r in await conn.fetch(self.pick, [type_], room)]
+            if free:
+                texts += [r[0] for r in await conn.fetch(self.pick, free, limit)]
+            jobs = [job_from_record(json.loads(text)) for text in texts]
+            picked = sorted(jobs, key=lambda j: (-j.priority, j.id))[:limit]
+            changes = [
+                (claim_step(j, worker_id, new_token(), lease, now), EventType.STARTED)
+                for j in picked
+            ]
+            return await self.write(conn, changes, now)
 
     def list_query(
         self,

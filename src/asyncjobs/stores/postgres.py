@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
@@ -41,6 +40,7 @@ from ..errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLo
 from ..job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ._pg_events import WAKE, RemoteEvents, encode_suffix, make_prefix
 from ._pg_listen import Listener
+from ._pg_pool import Pool
 from ._pg_schema import (
     apply_migrations,
     check_schema_name,
@@ -57,10 +57,8 @@ from .steps import (
     cancel_step,
     check_lease,
     check_purge_statuses,
-    claim_step,
     expire_step,
     finish_step,
-    new_token,
     progress_step,
     promote_step,
 )
@@ -76,10 +74,6 @@ _BATCH = 500
 #: Snapshots of claimed jobs kept per store instance (the oldest is dropped beyond it;
 #: a change to a job without one just reads it first).
 _HELD_MAX = 10_000
-
-
-async def _keep_session(conn: Conn) -> None:
-    """The pool's reset: nothing to undo (see ``PostgresStore.open``)."""
 
 
 def _load(text: str) -> Job:
@@ -114,12 +108,11 @@ class PostgresStore:
         self._min_pool = min_pool
         self._max_pool = max_pool
         self._reconnect_timeout = reconnect_timeout
-        self._connection_errors: tuple[type[BaseException], ...] = ()
         self._channel = f"asyncjobs_{schema}"
         self._instance = secrets.token_hex(8)  # our own notifications are skipped
         self._prefix = make_prefix(self._instance)
         self._sql = Statements(quote_ident(self.schema), self._channel, self._prefix)
-        self._pool: Any = None
+        self._pool: Pool | None = None
         self._listener: Listener | None = None
         self._listeners = Listeners()
         self._remote = RemoteEvents(
@@ -153,32 +146,17 @@ class PostgresStore:
         if self._pool is not None:
             return
         asyncpg = import_asyncpg()
-        self._connection_errors = (
-            OSError,
-            asyncpg.PostgresConnectionError,
-            # Includes "the database system is shutting down / starting up".
-            asyncpg.exceptions.OperatorInterventionError,
-            asyncpg.InterfaceError,
-            # A connection the server terminated while idle can be left in a state
-            # where the next query fails this way before the socket reports closed.
-            asyncpg.exceptions.InternalClientError,
-        )
         conn = await asyncpg.connect(self.dsn)
         try:
             await apply_migrations(conn, self.schema)
         finally:
             await conn.close()
-        pool = await asyncpg.create_pool(
+        pool = await Pool.open(
             self.dsn,
+            name=f"asyncjobs:{self.schema}",
             min_size=self._min_pool,
             max_size=self._max_pool,
-            # Named so that operators see who holds a connection in pg_stat_activity.
-            server_settings={"application_name": f"asyncjobs:{self.schema}"},
-            # asyncpg's default reset costs a round trip per release (UNLISTEN, RESET
-            # ALL, advisory unlock): doubling every call. This pool is the store's own and
-            # leaves no session state (transaction-level locks only, LISTEN elsewhere);
-            # asyncpg still rolls back a transaction left open by a cancelled call.
-            reset=_keep_session,
+            reconnect_timeout=self._reconnect_timeout,
         )
         listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._notify_work)
         try:
@@ -197,46 +175,16 @@ class PostgresStore:
             await listener.stop()
         await self._remote.stop()
         if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), 5.0)
-            except asyncio.TimeoutError:
-                pool.terminate()
+            await pool.close()
 
     # -- plumbing ----------------------------------------------------------------
 
     async def _run(self, op: Callable[[Conn], Awaitable[T]], *, retry: bool = True) -> T:
-        """Run ``op`` on a pooled connection, retrying while the server is unreachable.
-
-        A dropped connection is retried at once on a fresh one; if the server is gone
-        (a restart, a failover), again with backoff for up to ``reconnect_timeout``
-        seconds, so that workers and the janitor wait out the outage instead of failing.
-        ``op`` must be safe to repeat: its first attempt may have committed unseen.
-        """
+        """Run ``op`` on a pooled connection (retried across drops: see :mod:`._pg_pool`)."""
         pool = self._pool
         if pool is None:
             raise ConfigurationError("the PostgreSQL store is closed; await store.open() first")
-        deadline: float | None = None
-        backoff = 0.05
-        while True:
-            try:
-                async with pool.acquire() as conn:
-                    return await op(conn)
-            except self._connection_errors as exc:
-                if not retry or self._pool is not pool:  # not retried, or closed meanwhile
-                    raise
-                now = anyio.current_time()
-                if deadline is None:
-                    logger.warning("PostgreSQL connection error (%s); retrying", exc)
-                    deadline = now + self._reconnect_timeout
-                    # One dropped connection usually means all of them dropped (a server
-                    # restart): replace every idle one rather than retry on a corpse.
-                    await pool.expire_connections()
-                    continue
-                if now >= deadline:
-                    raise
-                logger.debug("PostgreSQL still unreachable (%s); retrying", exc)
-                await anyio.sleep(min(backoff, deadline - now))
-                backoff = min(backoff * 2, 1.0)
+        return await pool.run(op, retry=retry)
 
     async def _announce_again(self, job: Job, type_: EventType, now: datetime) -> None:
         """Tell this process's listeners of a change whose reply a dropped connection
@@ -373,32 +321,13 @@ class PostgresStore:
             return []
         limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
         free = [t for t in wanted if t not in limits]
-        sql = self._sql
         if not limits:
             return await self._claim_free(worker_id, free, limit, lease, now)
 
         async def op(conn: Conn) -> list[JobEvent]:
-            async with conn.transaction():
-                texts: list[str] = []
-                if limits:
-                    limited = sorted(limits)
-                    # Sorted lock order: two claimers never deadlock on each other.
-                    await conn.execute(
-                        sql.lock_many, [f"asyncjobs:type:{self.schema}:{t}" for t in limited]
-                    )
-                    running = dict(await conn.fetch(sql.count_running, limited))
-                    for type_ in limited:
-                        room = min(limits[type_] - running.get(type_, 0), limit)
-                        if room > 0:
-                            texts += [r[0] for r in await conn.fetch(sql.pick, [type_], room)]
-                if free:
-                    texts += [r[0] for r in await conn.fetch(sql.pick, free, limit)]
-                picked = sorted(map(_load, texts), key=lambda j: (-j.priority, j.id))[:limit]
-                changes = [
-                    (claim_step(j, worker_id, new_token(), lease, now), EventType.STARTED)
-                    for j in picked
-                ]
-                return await self._sql.write(conn, changes, now)
+            return await self._sql.claim_limited(
+                conn, worker_id, limits, free, limit, lease, now, self.schema
+            )
 
         events = await self._run(op)
         self._emit(events)

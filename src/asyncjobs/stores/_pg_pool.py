@@ -1,0 +1,101 @@
+"""The connection pool of :class:`~asyncjobs.stores.postgres.PostgresStore`.
+
+Every call runs on a pooled connection and is retried when the connection drops: at
+once on a fresh connection, and, while the server cannot be reached (a restart, a
+failover), with backoff for up to ``reconnect_timeout`` seconds. Workers and the
+janitor thus wait out an outage instead of failing. A call that is retried must be safe
+to repeat: its first attempt may have committed before its reply was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, final
+
+import anyio
+
+from ._pg_schema import import_asyncpg
+
+__all__ = ["Pool"]
+
+logger = logging.getLogger("asyncjobs.store.postgres")
+
+T = TypeVar("T")
+
+
+async def _keep_session(conn: Any) -> None:
+    """The pool's reset: nothing to undo (see :meth:`Pool.open`)."""
+
+
+@final
+class Pool:
+    """An asyncpg pool that retries calls across dropped connections and outages."""
+
+    def __init__(self, raw: Any, reconnect_timeout: float) -> None:
+        asyncpg = import_asyncpg()
+        self._raw = raw
+        self._reconnect_timeout = reconnect_timeout
+        self._closed = False
+        self._errors: tuple[type[BaseException], ...] = (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            # Includes "the database system is shutting down" and "... starting up".
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.InterfaceError,
+            # A connection the server terminated while idle can be left in a state
+            # where the next query fails this way before the socket reports closed.
+            asyncpg.exceptions.InternalClientError,
+        )
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, name: str, min_size: int, max_size: int, reconnect_timeout: float
+    ) -> Pool:
+        raw = await import_asyncpg().create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            # Named so that operators see who holds a connection in pg_stat_activity.
+            server_settings={"application_name": name},
+            # asyncpg's default reset costs a round trip per release (UNLISTEN, RESET
+            # ALL, advisory unlock): it doubled every call. This pool is the store's own
+            # and leaves no session state (transaction-level locks only, LISTEN on a
+            # connection of its own); asyncpg still rolls back a transaction left open
+            # by a cancelled call.
+            reset=_keep_session,
+        )
+        return cls(raw, reconnect_timeout)
+
+    async def close(self) -> None:
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._raw.close(), 5.0)
+        except asyncio.TimeoutError:
+            self._raw.terminate()
+
+    async def run(self, op: Callable[[Any], Awaitable[T]], *, retry: bool = True) -> T:
+        """Run ``op`` on a pooled connection; see the module docstring for retries."""
+        deadline: float | None = None
+        backoff = 0.05
+        while True:
+            try:
+                async with self._raw.acquire() as conn:
+                    return await op(conn)
+            except self._errors as exc:
+                if not retry or self._closed:
+                    raise
+                now = anyio.current_time()
+                if deadline is None:
+                    logger.warning("PostgreSQL connection error (%s); retrying", exc)
+                    deadline = now + self._reconnect_timeout
+                    # One dropped connection usually means all of them dropped (a server
+                    # restart): replace every idle one rather than retry on a corpse.
+                    await self._raw.expire_connections()
+                    continue
+                if now >= deadline:
+                    raise
+                logger.debug("PostgreSQL still unreachable (%s); retrying", exc)
+                await anyio.sleep(min(backoff, deadline - now))
+                backoff = min(backoff * 2, 1.0)
