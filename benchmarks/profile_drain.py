@@ -2,8 +2,9 @@
 
     python benchmarks/profile_drain.py --n 5000 --concurrency 50            # cProfile table
     python benchmarks/profile_drain.py --n 5000 --pyinstrument              # call tree
+    python benchmarks/profile_drain.py --store postgres --n 600 --pyinstrument
 
-Pre-enqueues N no-op jobs on a memory store, then profiles only the drain.
+Pre-enqueues N no-op jobs on a fresh store, then profiles only the drain.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ import cProfile
 import pstats
 import time
 
-from bench_asyncjobs import CompletionCounter, make_queue
+from bench_asyncjobs import CompletionCounter, fresh_store, make_queue
 
-from asyncjobs.stores import MemoryStore
+from asyncjobs.stores import MemoryStore, open_store
 
 
-async def drain(n: int, concurrency: int, profiler: object) -> float:
-    store = MemoryStore()
+async def drain(n: int, concurrency: int, profiler: object, kind: str = "memory") -> float:
+    async with fresh_store(kind) as url:
+        return await _drain(url, n, concurrency, profiler)
+
+
+async def _drain(url: str, n: int, concurrency: int, profiler: object) -> float:
+    store = MemoryStore() if url == "memory://" else open_store(url)
     await store.open()
     async with make_queue(store, 0) as client:
-        for _ in range(n):
-            await client.submit("noop")
+        await asyncio.gather(*(client.submit("noop") for _ in range(n)))
     counter = CompletionCounter(n)
     store.add_listener(counter)
     profiler.enable()  # type: ignore[attr-defined]
@@ -32,7 +37,8 @@ async def drain(n: int, concurrency: int, profiler: object) -> float:
     async with make_queue(store, concurrency):
         await counter.finished.wait()
         elapsed = time.perf_counter() - start
-    profiler.disable()  # type: ignore[attr-defined]
+        profiler.disable()  # type: ignore[attr-defined]
+    await store.close()
     return elapsed
 
 
@@ -55,9 +61,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--top", type=int, default=35)
+    parser.add_argument("--store", default="memory", choices=["memory", "sqlite", "postgres"])
     args = parser.parse_args()
     profiler: object = _Pyi() if args.pyinstrument else cProfile.Profile()
-    elapsed = asyncio.run(drain(args.n, args.concurrency, profiler))
+    elapsed = asyncio.run(drain(args.n, args.concurrency, profiler, args.store))
     print(f"drained {args.n} jobs in {elapsed:.2f} s under the profiler")
     if isinstance(profiler, _Pyi):
         print(profiler.p.output_text(unicode=False, color=False, show_all=False))
