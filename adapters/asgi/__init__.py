@@ -30,7 +30,14 @@ from .auth import (
 from .errors import ApiError, error_payload, error_response
 from .metrics import QueueMetrics
 from .openapi import openapi_document
-from .sse import SSE_HEADERS, EventStream, encode_comment, encode_event, event_stream
+from .sse import (
+    SSE_HEADERS,
+    EventStream,
+    FrameCache,
+    encode_comment,
+    encode_event,
+    event_stream,
+)
 from .websocket import serve_websocket
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "BearerTokens",
     "CANCEL",
     "EventStream",
+    "FrameCache",
     "JobsApp",
     "Principal",
     "QueueMetrics",

@@ -23,7 +23,7 @@ from asyncjobs.job import TERMINAL, Job, JobStatus
 from .auth import CANCEL, READ, SUBMIT, Authenticator, Principal, require
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, QueueMetrics
-from .sse import EventStream, event_stream
+from .sse import EventStream, FrameCache, event_stream
 from .wire import invalid, loads, parse_statuses, parse_submission, stats_to_wire
 
 if TYPE_CHECKING:
@@ -151,6 +151,7 @@ class HttpApi:
         self.max_body = max_body
         self.heartbeat = heartbeat
         self.metrics = metrics
+        self.frames = FrameCache()
 
     def routes(self) -> list[BaseRoute]:
         """The Starlette routes, relative to the mount point."""
@@ -320,6 +321,7 @@ class HttpApi:
             job_id=job.id,
             last_event_id=request.headers.get("last-event-id"),
             heartbeat=self.heartbeat,
+            frames=self.frames,
         )
         return EventStream(stream)
 
@@ -333,6 +335,7 @@ class HttpApi:
             last_event_id=request.headers.get("last-event-id"),
             heartbeat=self.heartbeat,
             visible=visible_to(principal),
+            frames=self.frames,
         )
         return EventStream(stream)
 

@@ -20,8 +20,9 @@ the job's final event. A host can serve the same stream from its own route::
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, final
 
 import anyio
 from starlette.responses import StreamingResponse
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SSE_HEADERS",
     "EventStream",
+    "FrameCache",
     "encode_comment",
     "encode_event",
     "event_stream",
@@ -56,6 +58,33 @@ def encode_event(event: JobEvent) -> bytes:
     # The JSON is one line (dumps escapes newlines inside strings), so one data: line.
     head = f"id: {event.seq}\n" if event.seq > 0 else ""
     return f"{head}data: {data}\n\n".encode()
+
+
+@final
+class FrameCache:
+    """Encodes each event once, however many streams send it.
+
+    The bus hands the same :class:`JobEvent` object to every subscriber, so frames are
+    keyed by identity; the cache holds the event itself, so its id cannot be reused
+    while the entry lives. With K streams open this turns K JSON encodings per event
+    into one.
+    """
+
+    __slots__ = ("_frames", "_size")
+
+    def __init__(self, size: int = 1024) -> None:
+        self._frames: OrderedDict[int, tuple[JobEvent, bytes]] = OrderedDict()
+        self._size = size
+
+    def encode(self, event: JobEvent) -> bytes:
+        hit = self._frames.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        frame = encode_event(event)
+        self._frames[id(event)] = (event, frame)
+        if len(self._frames) > self._size:
+            self._frames.popitem(last=False)
+        return frame
 
 
 def encode_comment(text: str = "ping") -> bytes:
@@ -82,6 +111,7 @@ async def event_stream(
     last_event_id: int | str | None = None,
     heartbeat: float = 15.0,
     visible: Callable[[Job], bool] | None = None,
+    frames: FrameCache | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield SSE frames for one job (``job_id``), one job type, or the whole queue.
 
@@ -93,6 +123,8 @@ async def event_stream(
             below it are skipped.
         heartbeat: Seconds between comment frames when nothing else is sent.
         visible: A filter on the job snapshot (owner isolation); hidden jobs are skipped.
+        frames: A cache shared by the streams of one app, so each event is encoded
+            once for all of them.
 
     The subscription is released when the generator is closed (``aclose()``), which
     :class:`EventStream` does as soon as the client disconnects.
@@ -128,7 +160,7 @@ async def event_stream(
                 continue
             if visible is not None and not visible(event.job):
                 continue
-            yield encode_event(event)
+            yield encode_event(event) if frames is None else frames.encode(event)
             if job_id is not None and (
                 event.type.is_final or (event.type is EventType.SNAPSHOT and event.job.is_terminal)
             ):

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from asyncjobs.adapters.asgi import encode_comment, encode_event
+from asyncjobs.adapters.asgi import FrameCache, encode_comment, encode_event
 from asyncjobs.adapters.asgi.sse import parse_last_event_id
 from httpx_sse import ServerSentEvent, aconnect_sse
 
@@ -162,3 +162,22 @@ async def test_event_frame_shape(queue: Queue) -> None:
                 assert frame.startswith(f"id: {event.seq}\ndata: ")
             assert frame.endswith("\n\n")
             assert frame.count("\n") == (2 if event.type is EventType.SNAPSHOT else 3)
+
+
+def test_frame_cache_encodes_each_event_object_once() -> None:
+    from datetime import datetime, timezone
+
+    from asyncjobs.job import Job, JobEvent, JobStatus
+
+    now = datetime.now(timezone.utc)
+    job = Job(id="01J", type="t", params={}, status=JobStatus.QUEUED, created_at=now, run_at=now)
+    first = JobEvent(EventType.CREATED, 1, now, job)
+    twin = JobEvent(EventType.CREATED, 1, now, job)  # equal, but another object
+    cache = FrameCache(size=2)
+    frame = cache.encode(first)
+    assert frame == encode_event(first)
+    assert cache.encode(first) is frame  # shared, not re-encoded
+    assert cache.encode(twin) is not frame
+    cache.encode(JobEvent(EventType.CREATED, 2, now, job))  # evicts `first`
+    assert cache.encode(first) is not frame
+    assert cache.encode(first) == frame
