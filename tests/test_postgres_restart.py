@@ -191,6 +191,7 @@ async def test_a_queue_survives_a_server_restart_mid_drain(
             stats = await queue.stats()
     finally:
         await observer.close()
+        await store.close()  # the queue opened it, but does not own a store it was given
 
     # Every accepted job completed, with its own result.
     assert {job_id: job.status for job_id, job in done.items()} == dict.fromkeys(

@@ -63,7 +63,7 @@ class Pool:
             # ALL, advisory unlock): it doubled every call. This pool is the store's own
             # and leaves no session state (transaction-level locks only, LISTEN on a
             # connection of its own); asyncpg still rolls back a transaction left open
-            # by a cancelled call.
+            # by a cancelled call, and ``run`` drops a connection that failed.
             reset=_keep_session,
         )
         return cls(raw, reconnect_timeout)
@@ -79,10 +79,22 @@ class Pool:
         """Run ``op`` on a pooled connection; see the module docstring for retries."""
         deadline: float | None = None
         backoff = 0.05
+        # A server restart leaves every pooled connection dead, and each is found out
+        # by a failed call: retry those at once (once per pooled connection); back off
+        # only while no connection can be made.
+        corpses = self._raw.get_max_size() + 1
         while True:
+            in_op = False
             try:
                 async with self._raw.acquire() as conn:
-                    return await op(conn)
+                    in_op = True
+                    try:
+                        return await op(conn)
+                    except self._errors:
+                        # Never hand it back: with no reset query on release, nothing
+                        # else would notice a connection left in a broken state.
+                        conn.terminate()
+                        raise
             except self._errors as exc:
                 if not retry or self._closed:
                     raise
@@ -90,12 +102,11 @@ class Pool:
                 if deadline is None:
                     logger.warning("PostgreSQL connection error (%s); retrying", exc)
                     deadline = now + self._reconnect_timeout
-                    # One dropped connection usually means all of them dropped (a server
-                    # restart): replace every idle one rather than retry on a corpse.
-                    await self._raw.expire_connections()
-                    continue
                 if now >= deadline:
                     raise
+                if in_op and corpses > 0:
+                    corpses -= 1
+                    continue
                 logger.debug("PostgreSQL still unreachable (%s); retrying", exc)
                 await anyio.sleep(min(backoff, deadline - now))
                 backoff = min(backoff * 2, 1.0)
