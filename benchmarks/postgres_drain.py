@@ -3,7 +3,8 @@
 Fills a fresh schema with ``--jobs`` queued no-op jobs (through a submit-only queue),
 then opens a Queue with ``--concurrency`` worker slots on it and times until every job
 has completed (as seen by the queue's own event listener). The schema is dropped at the
-end. Standalone: run it as
+end. The output includes the 1-minute load average before and after the run: on a
+shared machine, compare figures taken at similar load. Standalone: run it as
 
     python benchmarks/postgres_drain.py --jobs 2000 --concurrency 10
     python benchmarks/postgres_drain.py --jobs 2000 --concurrency 50 --max-pool 20
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -76,6 +78,7 @@ async def drain(store: PostgresStore, jobs: int, concurrency: int) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
+    load_before = os.getloadavg()[0]
     store = PostgresStore(args.url, schema=schema, max_pool=args.max_pool)
     await store.open()
     try:
@@ -98,6 +101,9 @@ async def main(args: argparse.Namespace) -> None:
                 "submit_per_second": round(args.jobs / fill_seconds, 1),
                 "seconds": round(elapsed, 3),
                 "jobs_per_second": round(args.jobs / elapsed, 1),
+                # The 1-minute load average: the figures only compare at similar load.
+                "load_before": round(load_before, 2),
+                "load_after": round(os.getloadavg()[0], 2),
             }
         )
     )
