@@ -308,6 +308,41 @@ async def test_progress_from_a_held_snapshot_keeps_a_later_renewal(stores: Facto
     assert await two.requeue_expired(now=at(1 + LEASE + 1)) == []  # still held
 
 
+async def test_concurrent_finishes_share_statements_and_a_moved_row_falls_back(
+    stores: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = await stores(), await stores()
+    jobs = await add(one, *(make_job(max_attempts=3) for _ in range(20)))
+    running = await one.claim("w", types=["t"], limit=20, lease=LEASE, now=at(1))
+    assert len(running) == 20
+    flagged = await two.request_cancel(jobs[7].id, now=at(2))  # one's snapshot is stale
+    log = EventLog(two)
+    batches: list[int] = []
+    real = one._sql.write
+
+    async def write(conn: object, changes: list[object], *args: object, **kw: object) -> object:
+        batches.append(len(changes))
+        return await real(conn, changes, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(one._sql, "write", write)
+    retry = Outcome(JobStatus.SCHEDULED, run_at=at(60))
+    ended = await asyncio.gather(
+        *(
+            one.finish(j.id, token(j), retry if j.id == jobs[7].id else Outcome(DONE), now=at(3))
+            for j in running
+        )
+    )
+    assert len(batches) < 20 and sum(batches) == 21  # the stale one twice: missed, retried
+    by_id = {j.id: j for j in ended}
+    assert by_id[jobs[7].id].status is CANCELLED  # the cancel request won over the retry
+    assert by_id[jobs[7].id].version == flagged.version + 1
+    assert [j.status for i, j in by_id.items() if i != jobs[7].id] == [DONE] * 19
+    for job in ended:
+        assert job == await two.get(job.id)
+    await log.wait_for(20)
+    assert Counter(e.job.id for e in log.events) == Counter(list(by_id))
+
+
 # -- failures of the connection ------------------------------------------------------
 
 

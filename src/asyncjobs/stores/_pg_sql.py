@@ -184,19 +184,24 @@ FROM msg ORDER BY seq
         self,
         conn: Any,
         changes: list[tuple[Job, EventType]],
-        now: datetime,
+        now: datetime | list[datetime],
         *,
         expected: list[int] | None = None,
+        records: list[str] | None = None,
     ) -> list[JobEvent]:
         """Store new snapshots of existing jobs and announce them, in one statement.
 
         With ``expected`` (the version each job had when read), a job that changed
         since is skipped: it is neither written nor announced, nor in the result.
+        ``now`` is the time of every event, or one per change; ``records`` the encoded
+        jobs, if the caller has them.
         """
         if not changes:
             return []
         jobs = [job for job, _ in changes]
-        records = [dumps(job_to_record(j)) for j in jobs]  # once: for the row and the payload
+        ats = now if isinstance(now, list) else [now] * len(jobs)
+        if records is None:  # once: for the row and the payload
+            records = [dumps(job_to_record(j)) for j in jobs]
         rows = await conn.fetch(
             self.write_sql,
             [j.id for j in jobs],
@@ -208,15 +213,19 @@ FROM msg ORDER BY seq
             [None if j.lease is None else j.lease.expires_at for j in jobs],
             records,
             [
-                encode_suffix(self.prefix, t, j, now, r)
-                for (j, t), r in zip(changes, records, strict=True)
+                encode_suffix(self.prefix, t, j, at, r)
+                for (j, t), at, r in zip(changes, ats, records, strict=True)
             ],
             expected if expected is not None else [None] * len(jobs),
             self.channel,
             self.prefix,
         )
         seqs = {row["id"]: row["seq"] for row in rows}
-        return [JobEvent(t, seqs[j.id], now, j) for j, t in changes if j.id in seqs]
+        return [
+            JobEvent(t, seqs[j.id], at, j)
+            for (j, t), at in zip(changes, ats, strict=True)
+            if j.id in seqs
+        ]
 
     async def write_one(
         self,

@@ -10,6 +10,8 @@
   store starts from the snapshot it holds already, so progress and finish are one
   round trip; when the row moved on (a cancel request from another process, a lost
   lease) it reads the job and tries again. No lock is held across round trips.
+  Finishes that arrive while another batch is being written go out together in one
+  statement and one commit (:mod:`._pg_batch`).
 * ``claim`` picks queued jobs with ``FOR UPDATE SKIP LOCKED`` (priority, then id) and
   moves them to running in one statement, so workers never wait on each other or take
   the same job. Per-type limits are exact across all workers: such a claim holds a
@@ -38,6 +40,7 @@ from ..codec import (
 )
 from ..errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ..job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ._pg_batch import FinishBatcher
 from ._pg_events import WAKE, RemoteEvents, encode_suffix, make_prefix
 from ._pg_listen import Listener
 from ._pg_pool import Pool
@@ -123,6 +126,7 @@ class PostgresStore:
             wanted=lambda: bool(self._listeners),
         )
         self._wake = anyio.Event()
+        self._finishes = FinishBatcher(self._run, self._sql)
         # Job id -> the last snapshot this instance wrote or read of a job it claimed:
         # the starting point of the next progress or finish, saving a read.
         self._held: OrderedDict[str, Job] = OrderedDict()
@@ -166,6 +170,7 @@ class PostgresStore:
             raise
         self._pool, self._listener = pool, listener
         self._remote.start()
+        self._finishes.start()
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -174,6 +179,7 @@ class PostgresStore:
         if listener is not None:
             await listener.stop()
         await self._remote.stop()
+        await self._finishes.stop()
         if pool is not None:
             await pool.close()
 
@@ -418,7 +424,11 @@ class PostgresStore:
                     conn, nxt, type_, record, now, expected=version, token=token
                 )
 
-            event = await self._run(write)
+            if token is not None and nxt.status is not JobStatus.RUNNING:
+                # A worker's finish: written with the other finishes of the moment.
+                event = await self._finishes.write(nxt, type_, record, now, expected=job.version)
+            else:
+                event = await self._run(write)
             if event is not None:
                 if nxt.status is JobStatus.RUNNING and (token is not None or job_id in held):
                     self._hold([nxt])
