@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 CHROMIUM = "/usr/bin/chromium"
 DOCS_IMG = Path(__file__).parent.parent / "docs" / "img" / "dashboard.png"
 TOKEN = "dashboard-test-token"
+VISIBLE_ROWS = "document.querySelectorAll('#job-rows tr:not([hidden])')"
 HOSTILE = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>"
 
 # The demo types plus one whose rule the JSON Schema cannot express, so only the
@@ -251,17 +252,17 @@ def test_rest_job_appears_live_and_hostile_params_stay_text(
     assert pg.evaluate("() => window.__xss") is None
 
     # Search by id (any part of it) narrows the table to that job.
+    # The table re-renders on the next animation frame: wait for it, do not sample.
     pg.fill("#search", job_id[-8:].lower())
+    pg.wait_for_function(f"() => {VISIBLE_ROWS}.length === 1")
     visible = pg.locator("#job-rows tr:not([hidden])")
-    assert visible.count() == 1
     assert visible.get_attribute("data-id") == job_id
     pg.fill("#search", "")
     pg.select_option("#filter-status", "completed")
-    statuses = pg.locator("#job-rows tr:not([hidden])").evaluate_all(
-        "rows => rows.map(r => r.dataset.status)"
+    pg.wait_for_function(
+        f"() => {VISIBLE_ROWS}.length >= 1"
+        f" && [...{VISIBLE_ROWS}].every(r => r.dataset.status === 'completed')"
     )
-    assert statuses
-    assert set(statuses) == {"completed"}
     pg.screenshot(path=str(shots / "hostile.png"))
 
 
