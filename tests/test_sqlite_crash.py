@@ -88,7 +88,7 @@ async def test_kill_9_then_restart_finishes_every_job(tmp_path: Path) -> None:
         await observer.open()
         with anyio.fail_after(30):
             # another process's state: nothing to wait on but the file itself
-            while (await observer.stats()).counts[JobStatus.RUNNING] < 2:  # noqa: ASYNC110
+            while (await observer.stats()).counts[JobStatus.RUNNING] < 2:
                 await anyio.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         assert await first.wait() == -signal.SIGKILL
