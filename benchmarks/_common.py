@@ -19,7 +19,8 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,17 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
 def emit(**result: Any) -> None:
     """Print one result line for ``run.py`` (and a human)."""
     print("RESULT " + json.dumps(result, sort_keys=True), flush=True)
+
+
+async def timed_enqueue(
+    system: str, backend: str, n: int, submit: Callable[[], Awaitable[object]]
+) -> None:
+    """Time ``n`` sequential submits from one client and emit the enqueue result."""
+    start = time.perf_counter()
+    for _ in range(n):
+        await submit()
+    elapsed = time.perf_counter() - start
+    emit(system=system, backend=backend, mode="enqueue", n=n, seconds=elapsed, rate=n / elapsed)
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -29,6 +29,7 @@ from _common import (
     fresh_sqlite,
     latency_summary,
     spawn,
+    timed_enqueue,
 )
 
 from asyncjobs import JanitorConfig, JobContext, Queue
@@ -82,11 +83,7 @@ async def enqueue(kind: str, n: int) -> None:
     async with fresh_store(kind) as url, make_queue(url, 0) as queue:
         for _ in range(20):  # warm up connections and caches
             await queue.submit("noop")
-        start = time.perf_counter()
-        for _ in range(n):
-            await queue.submit("noop")
-        elapsed = time.perf_counter() - start
-    emit(system="asyncjobs", backend=kind, mode="enqueue", n=n, seconds=elapsed, rate=n / elapsed)
+        await timed_enqueue("asyncjobs", kind, n, lambda: queue.submit("noop"))
 
 
 async def drain(kind: str, n: int, concurrency: int) -> None:

@@ -16,7 +16,15 @@ import contextlib
 import time
 from typing import Any
 
-from _common import REDIS_URL, base_parser, emit, latency_summary, spaced_latency, unique
+from _common import (
+    REDIS_URL,
+    base_parser,
+    emit,
+    latency_summary,
+    spaced_latency,
+    timed_enqueue,
+    unique,
+)
 
 
 async def noop(ctx: dict[str, Any]) -> None:
@@ -74,18 +82,7 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
             )
             return
         if mode == "enqueue":
-            start = time.perf_counter()
-            for _ in range(n):
-                await pool.enqueue_job("noop")
-            elapsed = time.perf_counter() - start
-            emit(
-                system="arq",
-                backend="redis",
-                mode="enqueue",
-                n=n,
-                seconds=elapsed,
-                rate=n / elapsed,
-            )
+            await timed_enqueue("arq", "redis", n, lambda: pool.enqueue_job("noop"))
             return
         await asyncio.gather(*(pool.enqueue_job("noop") for _ in range(n)))
         worker = Worker(

@@ -17,7 +17,14 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from _common import base_parser, emit, fresh_pg_database, latency_summary, spaced_latency
+from _common import (
+    base_parser,
+    emit,
+    fresh_pg_database,
+    latency_summary,
+    spaced_latency,
+    timed_enqueue,
+)
 
 
 async def latency(url: str, client: Any, n: int, concurrency: int) -> None:
@@ -86,17 +93,8 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
                 await latency(url, queries, n, concurrency)
                 return
             if mode == "enqueue":
-                start = time.perf_counter()
-                for _ in range(n):
-                    await queries.enqueue("noop", None)
-                elapsed = time.perf_counter() - start
-                emit(
-                    system="pgqueuer",
-                    backend="postgres",
-                    mode="enqueue",
-                    n=n,
-                    seconds=elapsed,
-                    rate=n / elapsed,
+                await timed_enqueue(
+                    "pgqueuer", "postgres", n, lambda: queries.enqueue("noop", None)
                 )
                 return
             await queries.enqueue(["noop"] * n, [None] * n, [0] * n)

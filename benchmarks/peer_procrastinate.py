@@ -15,7 +15,14 @@ import contextlib
 import logging
 import time
 
-from _common import base_parser, emit, fresh_pg_database, latency_summary, spaced_latency
+from _common import (
+    base_parser,
+    emit,
+    fresh_pg_database,
+    latency_summary,
+    spaced_latency,
+    timed_enqueue,
+)
 
 
 async def main_async(mode: str, n: int, concurrency: int) -> None:
@@ -63,18 +70,7 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
                 )
                 return
             if mode == "enqueue":
-                start = time.perf_counter()
-                for _ in range(n):
-                    await noop.defer_async()
-                elapsed = time.perf_counter() - start
-                emit(
-                    system="procrastinate",
-                    backend="postgres",
-                    mode="enqueue",
-                    n=n,
-                    seconds=elapsed,
-                    rate=n / elapsed,
-                )
+                await timed_enqueue("procrastinate", "postgres", n, noop.defer_async)
                 return
             for i in range(0, n, 500):
                 await noop.batch_defer_async(*({} for _ in range(min(500, n - i))))

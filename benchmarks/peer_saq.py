@@ -22,6 +22,7 @@ from _common import (
     fresh_pg_database,
     latency_summary,
     spaced_latency,
+    timed_enqueue,
     unique,
 )
 
@@ -99,18 +100,7 @@ async def main_async(mode: str, backend: str, n: int, concurrency: int) -> None:
             await latency(queue, backend, n, concurrency)
             return
         if mode == "enqueue":
-            start = time.perf_counter()
-            for _ in range(n):
-                await queue.enqueue("noop")
-            elapsed = time.perf_counter() - start
-            emit(
-                system="saq",
-                backend=backend,
-                mode="enqueue",
-                n=n,
-                seconds=elapsed,
-                rate=n / elapsed,
-            )
+            await timed_enqueue("saq", backend, n, lambda: queue.enqueue("noop"))
             return
         for i in range(0, n, 100):
             await asyncio.gather(*(queue.enqueue("noop") for _ in range(min(100, n - i))))

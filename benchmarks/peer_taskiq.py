@@ -16,7 +16,15 @@ import asyncio
 import contextlib
 import time
 
-from _common import REDIS_URL, base_parser, emit, latency_summary, spaced_latency, unique
+from _common import (
+    REDIS_URL,
+    base_parser,
+    emit,
+    latency_summary,
+    spaced_latency,
+    timed_enqueue,
+    unique,
+)
 
 
 async def main_async(mode: str, n: int, concurrency: int) -> None:
@@ -69,18 +77,7 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
             )
             return
         if mode == "enqueue":
-            start = time.perf_counter()
-            for _ in range(n):
-                await noop.kiq()
-            elapsed = time.perf_counter() - start
-            emit(
-                system="taskiq",
-                backend="redis",
-                mode="enqueue",
-                n=n,
-                seconds=elapsed,
-                rate=n / elapsed,
-            )
+            await timed_enqueue("taskiq", "redis", n, noop.kiq)
             return
         for i in range(0, n, 100):
             await asyncio.gather(*(noop.kiq() for _ in range(min(100, n - i))))
