@@ -53,7 +53,6 @@ class Janitor:
         self.store = store
         self.config = config
         self.clock = clock
-        self._last_purge: float | None = None
 
     async def tick(self, *, purge: bool = True) -> JanitorReport:
         """Run each chore once, at the clock's current time."""

@@ -11,7 +11,7 @@ import enum
 import inspect
 import random
 import typing
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, final
 
 import attrs
@@ -402,6 +402,3 @@ class JobRegistry:
 
     def __len__(self) -> int:
         return len(self._types)
-
-
-AsyncHandler = Callable[[Any, Any], Awaitable[Any]]
