@@ -19,9 +19,9 @@ from asyncjobs._ulid import new_ulid
 from asyncjobs.errors import ConfigurationError
 from asyncjobs.job import EventType, Job, JobEvent, JobStatus
 from asyncjobs.stores import open_store
-from asyncjobs.stores._sqlite_schema import MIGRATIONS
 from asyncjobs.stores.protocol import Outcome
 from asyncjobs.stores.sqlite import SqliteStore
+from asyncjobs.stores.sqlite.schema import MIGRATIONS
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 

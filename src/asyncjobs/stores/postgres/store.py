@@ -5,19 +5,19 @@
   PostgreSQL delivers a notification only when its transaction commits, so no process
   hears of a change that was rolled back.
 * Single-job changes (progress, finish, cancel) are optimistic: compute the next
-  snapshot with the shared steps of :mod:`.steps` and write it only if the row still has
+  snapshot with the shared steps of :mod:`..steps` and write it only if the row still has
   the version (and the lease token) it was computed from. For a job it claimed, the
   store starts from the snapshot it holds already, so progress and finish are one
   round trip; when the row moved on (a cancel request from another process, a lost
   lease) it reads the job and tries again. No lock is held across round trips.
   Finishes that arrive while another batch is being written go out together in one
-  statement and one commit (:mod:`._pg_batch`).
+  statement and one commit (:mod:`.batch`).
 * ``claim`` picks queued jobs with ``FOR UPDATE SKIP LOCKED`` (priority, then id) and
   moves them to running in one statement, so workers never wait on each other or take
   the same job. Per-type limits are exact across all workers: such a claim holds a
   transaction-level advisory lock per limited type while it counts its running jobs.
 * Events reach this process's listeners directly after commit, and every other process
-  through LISTEN on a dedicated connection (:mod:`._pg_listen`, :mod:`._pg_events`).
+  through LISTEN on a dedicated connection (:mod:`.listen`, :mod:`.events`).
 """
 
 from __future__ import annotations
@@ -32,31 +32,17 @@ from typing import Any, TypeVar, final
 
 import anyio
 
-from ..codec import (
+from ...codec import (
     dumps,
     format_time,
     job_from_record,
     job_to_record,
 )
-from ..errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
-from ..job import TERMINAL, EventType, Job, JobEvent, JobStatus
-from ._pg_batch import FinishBatcher
-from ._pg_events import WAKE, RemoteEvents, encode_suffix, make_prefix
-from ._pg_listen import Listener
-from ._pg_pool import Pool
-from ._pg_schema import (
-    apply_migrations,
-    check_schema_name,
-    import_asyncpg,
-    migrate,
-    quote_ident,
-    redact,
-    split_url,
-)
-from ._pg_sql import Statements
-from .listeners import Listeners
-from .protocol import EventListener, Outcome, Page, Stats
-from .steps import (
+from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
+from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ..listeners import Listeners
+from ..protocol import EventListener, Outcome, Page, Stats
+from ..steps import (
     cancel_step,
     check_lease,
     check_purge_statuses,
@@ -65,6 +51,20 @@ from .steps import (
     progress_step,
     promote_step,
 )
+from .batch import FinishBatcher
+from .events import WAKE, RemoteEvents, encode_suffix, make_prefix
+from .listen import Listener
+from .pool import Pool
+from .schema import (
+    apply_migrations,
+    check_schema_name,
+    import_asyncpg,
+    migrate,
+    quote_ident,
+    redact,
+    split_url,
+)
+from .sql import Statements
 
 __all__ = ["PostgresStore", "migrate"]
 
@@ -186,7 +186,7 @@ class PostgresStore:
     # -- plumbing ----------------------------------------------------------------
 
     async def _run(self, op: Callable[[Conn], Awaitable[T]], *, retry: bool = True) -> T:
-        """Run ``op`` on a pooled connection (retried across drops: see :mod:`._pg_pool`)."""
+        """Run ``op`` on a pooled connection (retried across drops: see :mod:`.pool`)."""
         pool = self._pool
         if pool is None:
             raise ConfigurationError("the PostgreSQL store is closed; await store.open() first")

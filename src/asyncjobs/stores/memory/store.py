@@ -17,11 +17,11 @@ from typing import final
 
 import anyio
 
-from ..errors import IllegalTransition, JobNotFound, QueueFull
-from ..job import EventType, Job, JobEvent, JobStatus
-from .listeners import Listeners
-from .protocol import EventListener, Outcome, Page, Stats
-from .steps import (
+from ...errors import IllegalTransition, JobNotFound, QueueFull
+from ...job import EventType, Job, JobEvent, JobStatus
+from ..listeners import Listeners
+from ..protocol import EventListener, Outcome, Page, Stats
+from ..steps import (
     cancel_step,
     check_purge_statuses,
     claim_step,

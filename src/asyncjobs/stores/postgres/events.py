@@ -21,7 +21,7 @@ from typing import Any, final
 
 import attrs
 
-from ..codec import (
+from ...codec import (
     dumps,
     event_from_record,
     format_time,
@@ -29,7 +29,7 @@ from ..codec import (
     job_to_record,
     parse_time,
 )
-from ..job import EventType, Job, JobEvent
+from ...job import EventType, Job, JobEvent
 
 __all__ = ["WAKE", "RemoteEvents", "encode_head", "encode_suffix", "make_prefix"]
 

@@ -18,9 +18,9 @@ from typing import Any, final
 
 import attrs
 
-from ..errors import ConfigurationError
-from ..job import EventType, Job, JobEvent
-from ._pg_sql import Statements
+from ...errors import ConfigurationError
+from ...job import EventType, Job, JobEvent
+from .sql import Statements
 
 __all__ = ["FinishBatcher"]
 

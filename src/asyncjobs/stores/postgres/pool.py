@@ -16,7 +16,7 @@ from typing import Any, TypeVar, final
 
 import anyio
 
-from ._pg_schema import import_asyncpg
+from .schema import import_asyncpg
 
 __all__ = ["Pool"]
 

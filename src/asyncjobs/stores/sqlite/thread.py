@@ -18,9 +18,9 @@ from typing import Any, TypeVar, final
 
 import anyio
 
-from ..errors import ConfigurationError
-from ..job import EventType, Job, JobEvent
-from ._sqlite_schema import migrate
+from ...errors import ConfigurationError
+from ...job import EventType, Job, JobEvent
+from .schema import migrate
 
 __all__ = ["Changes", "SqliteThread"]
 

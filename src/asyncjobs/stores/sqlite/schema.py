@@ -13,9 +13,9 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
-from ..codec import dumps, job_from_record, job_to_record
-from ..errors import ConfigurationError
-from ..job import Job
+from ...codec import dumps, job_from_record, job_to_record
+from ...errors import ConfigurationError
+from ...job import Job
 
 __all__ = ["MIGRATIONS", "JOB_COLUMNS", "job_from_row", "job_params", "micros", "migrate"]
 

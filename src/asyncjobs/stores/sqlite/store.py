@@ -24,13 +24,11 @@ from urllib.parse import parse_qs
 
 import anyio
 
-from ..errors import ConfigurationError, IllegalTransition, JobNotFound, QueueFull
-from ..job import TERMINAL, EventType, Job, JobStatus
-from ._sqlite_schema import JOB_COLUMNS, job_from_row, job_params, micros
-from ._sqlite_thread import Changes, SqliteThread
-from .listeners import Listeners
-from .protocol import EventListener, Outcome, Page, Stats
-from .steps import (
+from ...errors import ConfigurationError, IllegalTransition, JobNotFound, QueueFull
+from ...job import TERMINAL, EventType, Job, JobStatus
+from ..listeners import Listeners
+from ..protocol import EventListener, Outcome, Page, Stats
+from ..steps import (
     cancel_step,
     check_purge_statuses,
     claim_step,
@@ -41,6 +39,8 @@ from .steps import (
     promote_step,
     renew_step,
 )
+from .schema import JOB_COLUMNS, job_from_row, job_params, micros
+from .thread import Changes, SqliteThread
 
 __all__ = ["SqliteStore"]
 

@@ -16,7 +16,7 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..errors import ConfigurationError
+from ...errors import ConfigurationError
 
 if TYPE_CHECKING:
     import asyncpg

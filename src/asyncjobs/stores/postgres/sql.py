@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, final
 
-from ..codec import dumps, format_time, job_from_record, job_to_record
-from ..job import EventType, Job, JobEvent, JobStatus
-from ._pg_events import encode_head, encode_suffix
-from .steps import claim_step, new_token
+from ...codec import dumps, format_time, job_from_record, job_to_record
+from ...job import EventType, Job, JobEvent, JobStatus
+from ..steps import claim_step, new_token
+from .events import encode_head, encode_suffix
 
 __all__ = ["Statements"]
 
@@ -33,7 +33,7 @@ SELECT id, seq, pg_notify(${ch}, ${prefix} || seq::text || suffix) FROM ev ORDER
 """
 #: A NOTIFY payload must stay below 8000 bytes.
 _LIMIT = 7890
-#: What a partial event keeps of a job too big for NOTIFY (see _pg_events.py).
+#: What a partial event keeps of a job too big for NOTIFY (see events.py).
 _SLIM = '{"params": {}, "result": null, "error": null, "message": null, "tags": []}'
 
 
