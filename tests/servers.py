@@ -111,7 +111,7 @@ class OwnPostgres:
 def own_postgres() -> Iterator[OwnPostgres]:
     """A private PostgreSQL server on a free port, removed on exit."""
     bindir = _pg_bindir()
-    if bindir is None or shutil.which("runuser") is None and os.geteuid() == 0:
+    if bindir is None or (shutil.which("runuser") is None and os.geteuid() == 0):
         _unavailable("a private PostgreSQL server needs /usr/lib/postgresql/*/bin/initdb")
     assert bindir is not None
     root = Path(tempfile.mkdtemp(prefix="asyncjobs-pg-"))
