@@ -24,7 +24,8 @@ from cattrs.errors import (
     IterableValidationError,
 )
 
-from .errors import FieldError, InvalidParams, UnknownJobType
+from .errors import ConfigurationError, FieldError, InvalidParams, UnknownJobType
+from .executors import Executor
 from .schema import params_schema
 
 __all__ = ["Backoff", "Handler", "JobRegistry", "JobType"]
@@ -165,14 +166,18 @@ class JobType:
     concurrency: int | None = None
     retention: float | None = DEFAULT_RETENTION
     description: str | None = None
+    #: Where the handler runs (see :mod:`asyncjobs.executors`).
+    executor: Executor = Executor.LOOP
 
-    #: The handler is a coroutine function (runs on the loop) rather than sync (runs in
-    #: a worker thread). Derived once: the worker asks for every job.
+    #: The handler is a coroutine function. Derived once: the worker asks for every job.
     is_async: bool = attrs.field(init=False)
 
     @is_async.default
     def _is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.handler)
+
+    def __attrs_post_init__(self) -> None:
+        _check_executor(self)
 
     def parse(self, params: Any) -> tuple[Any, dict[str, Any]]:
         """Validate submitted params; return ``(structured, normalised_json)``.
@@ -251,6 +256,39 @@ class JobType:
         }
 
 
+def _executor(value: Executor | str | None, handler: Handler) -> Executor:
+    if value is None:  # inferred: async on the loop, sync in a thread
+        return Executor.LOOP if inspect.iscoroutinefunction(handler) else Executor.THREAD
+    try:
+        return Executor(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"executor must be 'loop', 'thread' or 'process', not {value!r}"
+        ) from None
+
+
+def _check_executor(job_type: JobType) -> None:
+    handler, executor = job_type.handler, job_type.executor
+    name = getattr(handler, "__qualname__", repr(handler))
+    if executor is Executor.LOOP and not job_type.is_async:
+        raise ConfigurationError(
+            f"handler {name} runs on the event loop (executor='loop') but is not an "
+            "async def; make it async, or use executor='thread'"
+        )
+    if executor is Executor.THREAD and job_type.is_async:
+        raise ConfigurationError(
+            f"handler {name} is an async def and cannot run in a thread; drop "
+            "executor='thread' (it runs on the loop)"
+        )
+    if executor is Executor.PROCESS and (
+        "<locals>" in name or "<lambda>" in name or not hasattr(handler, "__module__")
+    ):
+        raise ConfigurationError(
+            f"handler {name} runs in a child process, which imports it by name: define "
+            "it at the top level of a module"
+        )
+
+
 def _params_cls_of(handler: Handler) -> type | None:
     try:
         hints = typing.get_type_hints(handler)
@@ -298,6 +336,7 @@ class JobRegistry:
         concurrency: int | None = None,
         retention: float | None = DEFAULT_RETENTION,
         description: str | None = None,
+        executor: Executor | str | None = None,
     ) -> Callable[[H], H]:
         """Register the decorated function as a job type.
 
@@ -315,6 +354,14 @@ class JobRegistry:
             retention: Seconds a finished job is kept; ``None`` keeps it until purged.
             description: Shown in ``GET /job-types`` and the dashboard; defaults to the
                 handler's docstring.
+            executor: Where the handler runs: ``"loop"`` (an ``async def``, the
+                default for one), ``"thread"`` (a sync function, the default for one)
+                or ``"process"`` (a child process per job, for CPU-bound work; the
+                handler must be a module-level function, its params and result JSON).
+
+        Raises:
+            ConfigurationError: the params annotation cannot be resolved, or the
+                executor does not fit the handler.
         """
 
         def decorate(handler: H) -> H:
@@ -329,6 +376,7 @@ class JobRegistry:
                 concurrency=concurrency,
                 retention=retention,
                 description=description,
+                executor=executor,
             )
             return handler
 
@@ -347,6 +395,7 @@ class JobRegistry:
         concurrency: int | None = None,
         retention: float | None = DEFAULT_RETENTION,
         description: str | None = None,
+        executor: Executor | str | None = None,
     ) -> JobType:
         """Register ``handler`` under ``name``; see :meth:`job_type` for the arguments."""
         if name in self._types:
@@ -373,6 +422,7 @@ class JobRegistry:
             concurrency=concurrency,
             retention=retention,
             description=description or (doc.splitlines()[0] if doc else None),
+            executor=_executor(executor, handler),
         )
         self._types[name] = job_type
         return job_type
