@@ -202,7 +202,9 @@ async def run_in_process(
             elif kind == "result":
                 return json.loads(message[1])
             elif kind == "error":
-                raise HandlerFailed(JobError(type=message[1], message=message[2], traceback=message[3]))
+                raise HandlerFailed(
+                    JobError(type=message[1], message=message[2], traceback=message[3])
+                )
         with anyio.move_on_after(TERMINATE_GRACE, shield=True):
             await _wait_exit(process, TERMINATE_GRACE)
         raise HandlerFailed(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
 from typing import Any, Final, final
 
@@ -144,7 +144,7 @@ class Background:
         self._task: asyncio.Task[None] | None = None
         self._done = anyio.Event()
 
-    async def start(self, *starters: Callable[..., Awaitable[Any]]) -> None:
+    async def start(self, *starters: Callable[..., Coroutine[Any, Any, Any]]) -> None:
         """Start each ``starter`` with ``task_group.start`` (in order) and return once
         all have reported started; a failure to start is raised here."""
         ready = anyio.Event()
@@ -178,8 +178,9 @@ class Background:
                 await self.wait()
             raise
         if failure:
-            exc = failure[0]
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc: Any = failure[0]
+            # A task group wraps a starter's error in a group: raise the error itself.
+            while len(getattr(exc, "exceptions", ())) == 1:
                 exc = exc.exceptions[0]
             raise exc
 

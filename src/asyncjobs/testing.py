@@ -106,9 +106,7 @@ class FaultyStore:
         self._hang: set[str] = set()
         self._healed: anyio.Event | None = None  # made on first use, inside a loop
 
-    def fail(
-        self, *operations: str, error: Callable[[], BaseException] | None = None
-    ) -> None:
+    def fail(self, *operations: str, error: Callable[[], BaseException] | None = None) -> None:
         """Make ``operations`` raise ``error()`` (a ``ConnectionError`` by default)."""
         make = error or (lambda: ConnectionError("injected store outage"))
         for name in operations:
