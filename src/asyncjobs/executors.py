@@ -114,7 +114,7 @@ def _child_main(
 ) -> None:
     """The child's side: structure the params, run the handler, send the outcome."""
     from .codec import job_from_record
-    from .registry import make_params_converter
+    from .params import make_params_converter
 
     try:
         job = job_from_record(record)
