@@ -135,6 +135,7 @@ class Queue:
         if self._background is not None:
             raise ConfigurationError("this queue is open already")
         await self.store.open()
+        self.supervisor.clear()  # what a previous opening saw is over
         background = Background(self.supervisor)
         starters = []
         if self.janitor_config.enabled:

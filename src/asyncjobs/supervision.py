@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timezone
 from typing import Any, Final, final
@@ -61,6 +62,14 @@ class Health:
     problems: tuple[Problem, ...] = ()
 
 
+def _unwrap(exc: BaseException) -> BaseException:
+    """A task group wraps an error in a group: the error itself, if it is alone."""
+    inner: Any = exc
+    while len(getattr(inner, "exceptions", ())) == 1:
+        inner = inner.exceptions[0]
+    return typing.cast(BaseException, inner)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__qualname__}: {text}" if text else type(exc).__qualname__
@@ -108,6 +117,13 @@ class Supervisor:
         self._problems[loop] = current
         return self.backoff.delay(current.failures)
 
+    def crashed(self, loop: str, exc: BaseException) -> None:
+        """Record that ``loop`` ended on an error it does not retry (a bug): logged
+        as an error, shown by :meth:`health` until the queue is reopened."""
+        logger.error("the %s tasks of the queue ended on an error", loop, exc_info=exc)
+        self.errors[loop] = self.errors.get(loop, 0) + 1
+        self._problems[loop] = Problem(loop, _reason(exc), self._clock(), 1)
+
     def recovered(self, loop: str) -> None:
         """Record that ``loop`` succeeded; logs the end of an outage once."""
         problem = self._problems.pop(loop, None)
@@ -119,6 +135,10 @@ class Supervisor:
                 problem.failures,
                 seconds,
             )
+
+    def clear(self) -> None:
+        """Forget the current problems (the error counters stay)."""
+        self._problems.clear()
 
     def health(self) -> Health:
         """The current health: every loop that is failing now, oldest outage first."""
@@ -159,10 +179,9 @@ class Background:
                     ready.set()
             except Exception as exc:  # the queue's own edge: never the host's problem
                 if ready.is_set():
-                    logger.error("the queue's background tasks failed", exc_info=exc)
-                    self._supervisor.failed("background", exc)
+                    self._supervisor.crashed("background", _unwrap(exc))
                 else:
-                    failure.append(exc)
+                    failure.append(_unwrap(exc))
             finally:
                 ready.set()
                 self._done.set()
@@ -178,11 +197,7 @@ class Background:
                 await self.wait()
             raise
         if failure:
-            exc: Any = failure[0]
-            # A task group wraps a starter's error in a group: raise the error itself.
-            while len(getattr(exc, "exceptions", ())) == 1:
-                exc = exc.exceptions[0]
-            raise exc
+            raise failure[0]
 
     def cancel(self) -> None:
         """Cancel every task (idempotent)."""

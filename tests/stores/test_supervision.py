@@ -4,7 +4,9 @@ cannot hang ``aclose()``. Faults come from :class:`asyncjobs.testing.FaultyStore
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -138,3 +140,25 @@ async def test_a_shutdown_while_the_store_is_down_is_bounded(
             await queue.aclose()
     store.heal()
     assert (await store.get(job.id)).status is JobStatus.RUNNING  # left to lease expiry
+
+
+@pytest.mark.postgres
+async def test_a_postgres_statement_that_never_answers_times_out(postgres_url: str) -> None:
+    from asyncjobs.stores.postgres import PostgresStore
+
+    schema = f"aj_test_{uuid.uuid4().hex[:16]}"
+    store = PostgresStore(postgres_url, schema=schema, command_timeout=0.3)
+    await store.open()
+    try:
+        with anyio.fail_after(10), pytest.raises(asyncio.TimeoutError):
+            await store._run(lambda conn: conn.execute("SELECT pg_sleep(30)"), retry=False)
+        assert (await store.stats()).total == 0  # the pool still works afterwards
+    finally:
+        await store.close()
+        import asyncpg
+
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
