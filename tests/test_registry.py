@@ -557,3 +557,11 @@ def test_a_params_annotation_that_is_neither_attrs_nor_dict_is_refused() -> None
 
     with pytest.raises(ConfigurationError, match="neither an attrs class nor a dict"):
         JobRegistry().register("x", run)
+
+
+def test_validator_errors_are_reported_with_type_errors_of_other_fields() -> None:
+    _, job_type = registry_with()
+    errors = errors_of(job_type, {"n": 0, "name": "four", "ratio": "x"})
+    assert [e["loc"] for e in errors] == [["ratio"], ["n"], ["name"]]
+    # Two failing validators and no type error: both named in one response.
+    assert [e["loc"] for e in errors_of(job_type, {"n": 0, "name": "four"})] == [["n"], ["name"]]

@@ -27,7 +27,7 @@ from cattrs.errors import (
 
 from .errors import FieldError
 
-__all__ = ["field_errors", "make_params_converter", "normalise"]
+__all__ = ["field_errors", "make_params_converter", "normalise", "validator_errors"]
 
 
 def _strict(kind: type, accept: tuple[type, ...]) -> Callable[[Any, Any], Any]:
@@ -139,7 +139,11 @@ def field_errors(exc: BaseException, loc: list[str | int]) -> list[FieldError]:
         return [{"loc": [*loc, key], "msg": "unknown field"} for key in sorted(exc.extra_fields)]
     if isinstance(exc, ClassValidationError):
         noted, other = exc.group_exceptions()
-        out = [e for sub, note in noted for e in field_errors(sub, [*loc, note.name])]
+        # Unknown keys first (as a reader scans the submission), then field by field.
+        unknown = [sub for sub in other if isinstance(sub, ForbiddenExtraKeysError)]
+        other = [sub for sub in other if not isinstance(sub, ForbiddenExtraKeysError)]
+        out = [e for sub in unknown for e in field_errors(sub, loc)]
+        out += [e for sub, note in noted for e in field_errors(sub, [*loc, note.name])]
         # Not structuring errors: the class's own __init__ raised (a converter, a
         # validator, __attrs_post_init__); point at the field where we can tell.
         aliases = {f.name: f.alias for f in attrs.fields(exc.cl)} if attrs.has(exc.cl) else {}
@@ -193,3 +197,53 @@ def normalise(conv: cattrs.Converter, cls: type, raw: Any, value: Any) -> Any:
 def _is_list_of_attrs(hint: Any) -> bool:
     args = typing.get_args(hint)
     return typing.get_origin(hint) in (list, tuple) and len(args) == 1 and attrs.has(args[0])
+
+
+def validator_errors(
+    conv: cattrs.Converter, cls: type, data: Mapping[str, Any], reported: set[str]
+) -> list[FieldError]:
+    """The validator errors of the fields not in ``reported``, when the class could not
+    be built (another field failed): so that one response names every bad field.
+
+    Only runs after a failed structuring, where no converter has run yet. Validators
+    get an instance with the fields that could be built; one that reads a field that
+    could not (an ``AttributeError``) is skipped rather than reported wrongly.
+    """
+    hints = typing.get_type_hints(cls)
+    partial: Any = object.__new__(cls)
+    built: list[tuple[attrs.Attribute[Any], Any]] = []
+    for field in attrs.fields(cls):
+        if not field.init or field.alias in reported:
+            continue
+        try:
+            if field.alias in data:
+                value = conv.structure(data[field.alias], hints.get(field.name, Any))
+                if field.converter is not None:
+                    if not callable(field.converter) or isinstance(
+                        field.converter, attrs.Converter
+                    ):
+                        continue  # a converter that needs the instance: no partial answer
+                    value = field.converter(value)
+            elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+                if field.default.takes_self:
+                    continue
+                value = field.default.factory()
+            elif field.default is not attrs.NOTHING:
+                value = field.default
+            else:
+                continue
+        except Exception:
+            continue
+        object.__setattr__(partial, field.name, value)
+        built.append((field, value))
+    errors: list[FieldError] = []
+    for field, value in built:
+        if field.validator is None or field.alias not in data:
+            continue
+        try:
+            field.validator(partial, field, value)
+        except AttributeError:
+            continue  # a cross-field check on a field that could not be built
+        except Exception as exc:  # user code: any error is that field's error
+            errors.append({"loc": [field.alias], "msg": _message(exc)})
+    return errors

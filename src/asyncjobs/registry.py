@@ -18,7 +18,7 @@ import cattrs
 
 from .errors import ConfigurationError, InvalidParams, UnknownJobType
 from .executors import Executor
-from .params import field_errors, make_params_converter, normalise
+from .params import field_errors, make_params_converter, normalise, validator_errors
 from .schema import params_schema
 
 __all__ = ["Backoff", "Handler", "JobRegistry", "JobType"]
@@ -96,7 +96,10 @@ class JobType:
             # each attrs converter runs once, validators see the whole instance.
             structured: Any = self.converter.structure(data, self.params_cls)
         except Exception as exc:  # user code (converters, validators) may raise anything
-            raise InvalidParams(self.name, field_errors(exc, [])) from None
+            errors = field_errors(exc, [])
+            reported = {str(e["loc"][0]) for e in errors if e["loc"]}
+            more = validator_errors(self.converter, self.params_cls, data, reported)
+            raise InvalidParams(self.name, errors + more) from None
         normalised = normalise(self.converter, self.params_cls, data, structured)
         return structured, normalised
 
