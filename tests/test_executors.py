@@ -142,7 +142,8 @@ async def test_a_shutdown_keeps_a_sync_job_until_its_thread_returns(tmp_path: Pa
 
 def process_queue(**options: Any) -> Queue:
     queue = Queue(janitor=FAST_JANITOR, **options)
-    queue.job_type("spin", executor="process", timeout=1.0, max_attempts=1)(process_handlers.spin)
+    # The timeout counts the child's start too: generous, for a loaded machine.
+    queue.job_type("spin", executor="process", timeout=4.0, max_attempts=1)(process_handlers.spin)
     queue.job_type("spin_forever", executor="process", max_attempts=1)(process_handlers.spin)
     queue.job_type("steps", executor="process")(process_handlers.steps)
     queue.job_type("explode", executor=Executor.PROCESS, max_attempts=1)(process_handlers.explode)
@@ -159,6 +160,7 @@ async def test_a_process_job_times_out_and_its_child_is_gone(tmp_path: Path) -> 
         done = await queue.wait(job.id, timeout=30)
     assert done.status is JobStatus.FAILED
     assert done.error is not None and done.error.type == "JobTimeout"
+    assert pid_file.exists(), "the child did not start within the timeout"
     pid = int(pid_file.read_text())
     assert pid != os.getpid()
     assert not alive(pid)
