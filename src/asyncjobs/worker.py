@@ -44,7 +44,8 @@ class WorkerConfig:
             against a lost wake-up; idle workers do not poll faster than this).
         finish_timeout: Seconds the worker keeps trying to store the end of an attempt
             (retrying while the store fails); after that the job is left to lease
-            expiry, so that a store that never answers cannot hang a shutdown.
+            expiry, so that a store that never answers cannot hang a shutdown (checked
+            at each heartbeat: a hanging finish is cut off up to one interval late).
         shutdown_timeout: Seconds a shutdown that must hurry (the host was cancelled,
             or the grace is over) waits for halted handlers to return and their ends
             to be stored, before it gives up on them (logged; lease expiry recovers
