@@ -40,9 +40,10 @@ class Problem:
     """One loop that is failing now.
 
     Attributes:
-        loop: Which loop: ``claim``, ``heartbeat``, ``finish``, ``progress``,
-            ``janitor.requeue_expired``, ``janitor.promote_scheduled``,
-            ``janitor.purge`` or ``background`` (the queue's tasks ended on a bug).
+        loop: Which loop: ``claim``, ``wake`` (the wait for work), ``heartbeat``,
+            ``finish``, ``progress``, ``janitor.requeue_expired``,
+            ``janitor.promote_scheduled``, ``janitor.purge``, or ``background`` (the
+            queue's tasks ended on a bug).
         reason: The last error, as ``"Type: message"``.
         since: When the outage began (UTC).
         failures: Failed attempts since then.
