@@ -22,6 +22,7 @@ import enum
 import json
 import logging
 import multiprocessing
+import signal
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -116,6 +117,9 @@ def _child_main(
     from .codec import job_from_record
     from .params import make_params_converter
 
+    # Ctrl-C reaches the whole process group: the worker decides whether this child
+    # ends (its shutdown grace, then terminate), not the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         job = job_from_record(record)
         params: Any = dict(job.params)
