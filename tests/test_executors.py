@@ -20,6 +20,7 @@ from asyncjobs import (
     JanitorConfig,
     JobContext,
     JobStatus,
+    MemoryStore,
     Queue,
     ThreadJobContext,
     WorkerConfig,
@@ -179,6 +180,20 @@ async def test_a_running_process_job_is_cancelled_and_its_child_ends(tmp_path: P
         done = await queue.wait(job.id, timeout=20)
         assert done.status is JobStatus.CANCELLED
         await wait_until(lambda: not alive(pid))
+
+
+@pytest.mark.slow
+async def test_a_shutdown_terminates_a_process_job_then_requeues_it(tmp_path: Path) -> None:
+    store = MemoryStore()
+    queue = process_queue(store=store, worker=WorkerConfig(shutdown_grace=0.1))
+    pid_file = tmp_path / "pid"
+    async with queue:
+        job = await queue.submit("spin_forever", {"pid_file": str(pid_file)})
+        await wait_until(lambda: pid_file.exists() and pid_file.read_text())
+        pid = int(pid_file.read_text())
+    assert not alive(pid)  # gone before the job was given back
+    after = await store.get(job.id)
+    assert after.status is JobStatus.QUEUED and after.attempts == 0
 
 
 @pytest.mark.slow
