@@ -52,11 +52,13 @@ class _Body:
             {"loc": [k], "msg": "unknown field"} for k in sorted(set(body) - fields)
         ]
 
-    def string(self, name: str, *, required: bool, limit: int = MAX_STRING) -> str | None:
+    def string(
+        self, name: str, *, required: bool, limit: int = MAX_STRING, shortest: int = 1
+    ) -> str | None:
         value = self.body.get(name)
         if value is None and not required:
             return None
-        if not isinstance(value, str) or not 0 < len(value) <= limit:
+        if not isinstance(value, str) or not shortest <= len(value) <= limit:
             self.errors.append({"loc": [name], "msg": f"required: a string of 1 to {limit} chars"})
             return None
         return value
@@ -181,9 +183,9 @@ class WorkerApi:
         body = await self._body(request, frozenset({"token", "progress", "message", "lease"}))
         token = body.string("token", required=True)
         progress = body.number("progress", 0, 1)
-        if "progress" not in body.body:
+        if body.body.get("progress") is None:
             body.errors.append({"loc": ["progress"], "msg": "required: a number in [0, 1]"})
-        message = body.string("message", required=False, limit=MAX_TEXT)
+        message = body.string("message", required=False, limit=MAX_TEXT, shortest=0)
         lease = body.number("lease", 0, MAX_LEASE, lo_open=True)
         body.done()
         assert token is not None
@@ -233,7 +235,7 @@ class WorkerApi:
         if not isinstance(message, str) or len(message) > MAX_TEXT:
             inner.errors.append({"loc": ["message"], "msg": "required: a string"})
             message = None
-        trace = inner.string("traceback", required=False, limit=MAX_TEXT)
+        trace = inner.string("traceback", required=False, limit=MAX_TEXT, shortest=0)
         body.errors += [{"loc": ["error", *e["loc"]], "msg": e["msg"]} for e in inner.errors]
         if inner.errors or kind is None:
             return None
