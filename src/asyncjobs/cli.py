@@ -137,6 +137,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import anyio
 
     queue = load_queue(args.target)
+    if args.url:
+        return _remote_worker(queue, args)
     if queue.concurrency < 1:
         raise CliError(
             f"{args.target} has concurrency 0, so it would run no jobs; build the worker's "
@@ -161,6 +163,53 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.warning("worker stopped")
 
     anyio.run(run)
+    return 0
+
+
+def _remote_worker(queue: Queue, args: argparse.Namespace) -> int:
+    """``worker module:queue --url URL``: run the queue's job types against a remote
+    JobsApp (no store); SIGTERM or Ctrl-C drains."""
+    import anyio
+
+    from .remote import RemoteWorker, RemoteWorkerConfig
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    config = RemoteWorkerConfig(
+        concurrency=args.concurrency or max(queue.concurrency, 1),
+        lease=args.lease,
+        shutdown_grace=queue.worker_config.shutdown_grace,
+    )
+    worker = RemoteWorker(args.url, queue.registry, token=args.token, config=config)
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.warning("%s: draining", signal.Signals(signum).name)
+                        worker.stop()
+                        return
+
+            tg.start_soon(on_signal)
+            log.warning(
+                "remote worker %s: %d slot(s) for %s against %s; SIGTERM or Ctrl-C drains",
+                worker.id,
+                config.concurrency,
+                ", ".join(worker.types) or "no job types",
+                args.url,
+            )
+            try:
+                await worker.run()
+            except AsyncJobsError as exc:  # reported by main() after the group unwinds
+                failure.append(exc)
+            tg.cancel_scope.cancel()
+        log.warning("worker stopped")
+
+    failure: list[AsyncJobsError] = []
+    anyio.run(run)
+    if failure:
+        raise failure[0]
     return 0
 
 
@@ -231,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run workers only for the Queue at module:attr")
     p.add_argument("target", metavar="module:attr")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--url",
+        default=None,
+        help="run against the JobsApp at this URL (a remote worker: no store needed)",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("ASYNCJOBS_TOKEN"), help="bearer token (worker scope)"
+    )
+    p.add_argument("--concurrency", type=int, default=None, help="remote worker slots")
+    p.add_argument("--lease", type=float, default=30.0, help="remote lease seconds (default 30)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("migrate", help="create or upgrade a store's schema")
