@@ -114,7 +114,35 @@ def _serve(queue: Queue, args: argparse.Namespace, banner: str) -> int:
     server = uvicorn.Server(config)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"{banner} http://{host}:{args.port}{args.root_path}/", file=sys.stderr, flush=True)
+    if getattr(args, "grpc_port", None):
+        return _serve_with_grpc(server, queue, auth, args)
     server.run()
+    return 0
+
+
+def _serve_with_grpc(server: Any, queue: Queue, auth: Any, args: argparse.Namespace) -> int:
+    """``serve --grpc-port N``: the gRPC WorkerService beside HTTP, on the same queue and
+    event loop (uvicorn's lifespan opens the queue; a Claim before that is UNAVAILABLE)."""
+    import asyncio
+
+    try:
+        from asyncjobs.adapters.grpc import (  # type: ignore[import-not-found]
+            start_grpc_server,
+        )
+    except ImportError as exc:
+        raise CliError(
+            f"--grpc-port needs the grpc extra ({exc}): pip install 'asyncjobs[grpc]'"
+        ) from None
+
+    async def run() -> None:
+        grpc_server = await start_grpc_server(queue, host=args.host, port=args.grpc_port, auth=auth)
+        print(f"gRPC WorkerService on {args.host}:{args.grpc_port}", file=sys.stderr, flush=True)
+        try:
+            await server.serve()
+        finally:
+            await grpc_server.stop(args.grace)
+
+    asyncio.run(run())
     return 0
 
 
@@ -250,6 +278,15 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _grpc_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the gRPC WorkerService on this port (needs asyncjobs[grpc])",
+    )
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
@@ -275,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve JobsApp for the Queue at module:attr")
     p.add_argument("target", metavar="module:attr")
     _server_options(p)
+    _grpc_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run workers only for the Queue at module:attr")

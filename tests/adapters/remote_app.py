@@ -38,3 +38,8 @@ def build(concurrency: int = 2) -> Queue:
 
 
 queue = build()
+
+
+def web() -> Queue:
+    """The server side for ``asyncjobs serve remote_app:web``: remote workers only."""
+    return build(concurrency=0)
