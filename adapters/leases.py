@@ -54,6 +54,8 @@ MAX_LEASE: Final = 3600.0
 MAX_CLAIM: Final = 100
 #: The longest long-poll of a claim, in seconds.
 MAX_POLL: Final = 60.0
+#: The longest a single store claim may run once started (it is not cancelled midway).
+CLAIM_DEADLINE: Final = 30.0
 
 
 @final
@@ -133,11 +135,14 @@ class LeaseGateway:
         seconds = lease or self.default_lease
         store = self.queue.store
         generation: Callable[[], int] | None = getattr(store, "work_generation", None)
-        with anyio.move_on_after(min(max(wait, 0.0), self.max_poll)):
-            while True:
-                # Read the wake-up generation before claiming: a job added while the claim
-                # runs bumps it, so the wait below returns at once instead of missing it.
-                since = generation() if generation is not None else None
+        deadline = anyio.current_time() + min(max(wait, 0.0), self.max_poll)
+        while True:
+            # Read the wake-up generation before claiming: a job added while the claim
+            # runs bumps it, so the wait below returns at once instead of missing it.
+            since = generation() if generation is not None else None
+            # Shielded (with a deadline): a claim cut off half-way could lease jobs to a
+            # caller that never hears of them; they would wait out their lease.
+            with anyio.move_on_after(CLAIM_DEADLINE, shield=True):
                 jobs = await store.claim(
                     worker,
                     types=names,
@@ -146,19 +151,19 @@ class LeaseGateway:
                     now=self._clock(),
                     type_limits=self.queue.registry.concurrency_limits(),
                 )
-                if jobs:
-                    return [self._claimed(job) for job in jobs]
-                if wait <= 0:
-                    return []
-                await self._wait_for_work(since)
-        return []
+            if jobs:
+                return [self._claimed(job) for job in jobs]
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                return []
+            await self._wait_for_work(remaining, since)
 
-    async def _wait_for_work(self, since: int | None) -> None:
+    async def _wait_for_work(self, timeout: float, since: int | None) -> None:
         store: Any = self.queue.store
         if since is None:
-            await store.wait_for_work(self.max_poll)
+            await store.wait_for_work(timeout)
         else:
-            await store.wait_for_work(self.max_poll, since=since)
+            await store.wait_for_work(timeout, since=since)
 
     @staticmethod
     def _claimed(job: Job) -> Claimed:

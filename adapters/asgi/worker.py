@@ -9,6 +9,7 @@ shared with the gRPC service.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, final
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from asyncjobs.codec import format_time, job_to_wire
-from asyncjobs.errors import FieldError
+from asyncjobs.errors import FieldError, JobNotFound, LeaseLost
 from asyncjobs.job import JobError
 
 from ..leases import MAX_CLAIM, MAX_LEASE, Claimed, LeaseGateway, LeaseState
@@ -149,11 +150,14 @@ class WorkerApi:
         names = self.gateway.check_types(types)  # 422 unknown_job_type before waiting
 
         claimed: list[Claimed] = []
+        gone = False
 
         async def watch_disconnect(scope: anyio.CancelScope) -> None:
-            # A worker that hangs up stops the long-poll; nothing was claimed for it yet.
+            # A worker that hangs up stops the long-poll.
+            nonlocal gone
             while (await request.receive())["type"] != "http.disconnect":
                 pass
+            gone = True
             scope.cancel()
 
         async with anyio.create_task_group() as tg:
@@ -166,6 +170,12 @@ class WorkerApi:
                 lease=lease,
             )
             tg.cancel_scope.cancel()
+        if gone and claimed:
+            # Claimed as the worker hung up: nobody will hear of these; give them back.
+            with anyio.move_on_after(10, shield=True):
+                for c in claimed:
+                    with contextlib.suppress(LeaseLost, JobNotFound):
+                        await self.gateway.release(c.job.id, c.token)
         return JSONResponse({"jobs": [_claimed(c) for c in claimed]})
 
     async def heartbeat(self, request: Request) -> Response:
