@@ -37,11 +37,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import emit, latency_summary  # noqa: E402
+from _common import emit, latency_summary
 
-from asyncjobs import JanitorConfig, JobContext, Queue  # noqa: E402
+from asyncjobs import JanitorConfig, JobContext, Queue
 
+#: Latency samples per case (after 20 warm-up jobs); ``--samples`` changes it.
 LATENCY_SAMPLES = 200
+SAMPLES = [LATENCY_SAMPLES]
 
 
 def make_queue(store: Any, concurrency: int) -> Queue:
@@ -88,7 +90,7 @@ async def server(
     store_url: str, *, prefill: int = 0, concurrency: int = 0
 ) -> AsyncIterator[tuple[str, str]]:
     port, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the wait is off-loop
         [
             sys.executable,
             __file__,
@@ -266,7 +268,7 @@ async def held_submits(url: str) -> list[float]:
 
     samples: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        for i in range(20 + LATENCY_SAMPLES):
+        for i in range(20 + SAMPLES[0]):
             started = time.perf_counter()
             response = await client.post("/jobs?wait=10", json={"type": "noop"})
             elapsed = time.perf_counter() - started
@@ -305,17 +307,16 @@ async def latency_cases(store_url: Callable[[], str]) -> dict[str, list[float]]:
         out["http-remoteworker"] = await held_submits(url)
         worker.stop()
         await task
-    async with server(store_url()) as (url, target):
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = pb_grpc.WorkerServiceStub(channel)
+    async with server(store_url()) as (url, target), grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.WorkerServiceStub(channel)
 
-            async def grpc_worker() -> None:
-                while True:
-                    reply = await stub.Claim(pb.ClaimRequest(worker="lat", wait=30))
-                    for claimed in reply.jobs:
-                        await stub.Complete(pb.CompleteRequest(id=claimed.id, token=claimed.token))
+        async def grpc_worker() -> None:
+            while True:
+                reply = await stub.Claim(pb.ClaimRequest(worker="lat", wait=30))
+                for claimed in reply.jobs:
+                    await stub.Complete(pb.CompleteRequest(id=claimed.id, token=claimed.token))
 
-            out["grpc"] = await with_background(grpc_worker, held_submits(url))
+        out["grpc"] = await with_background(grpc_worker, held_submits(url))
     return out
 
 
@@ -323,6 +324,7 @@ async def latency_cases(store_url: Callable[[], str]) -> dict[str, list[float]]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    SAMPLES[0] = args.samples
     with tempfile.TemporaryDirectory(prefix="asyncjobs-bench-") as tmp:
         counter = 0
 
@@ -372,6 +374,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="jobs per drain")
     parser.add_argument("--store", choices=["memory", "sqlite"], default="memory")
+    parser.add_argument("--samples", type=int, default=LATENCY_SAMPLES, help="latency samples")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store-url", help=argparse.SUPPRESS)
     parser.add_argument("--prefill", type=int, default=0, help=argparse.SUPPRESS)
