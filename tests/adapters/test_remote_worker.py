@@ -75,6 +75,17 @@ async def test_runs_jobs_with_progress_attempt_and_failures(url: str, server_que
     assert "boom" in (failed.error.traceback or "")
 
 
+async def test_renews_the_lease_of_a_job_that_outlives_it(url: str, server_queue: Queue) -> None:
+    worker = remote(url, lease=0.6)  # the job runs 1.5 s: 2.5 leases
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        job = await server_queue.submit("steps", {"n": 1, "pause": 1.5})
+        done = await server_queue.wait(job.id, timeout=20)
+        worker.stop()
+    assert done.status is JobStatus.COMPLETED
+    assert done.attempts == 1  # never requeued by the janitor
+
+
 async def test_cancel_reaches_the_handler_through_the_heartbeat(
     url: str, server_queue: Queue
 ) -> None:

@@ -298,3 +298,19 @@ async def test_worker_routes_need_the_worker_scope(serve: Serve, remote_queue: Q
         headers = {"Authorization": "Bearer worker-token"}
         response = await c.post("/worker/claim", json=body, headers=headers)
         assert response.status_code == 200
+
+
+async def test_a_worker_that_hangs_up_during_the_long_poll_claims_nothing(
+    api: httpx.AsyncClient, remote_queue: Queue
+) -> None:
+    async with httpx.AsyncClient(base_url=str(api.base_url), timeout=0.3) as impatient:
+        with pytest.raises(httpx.ReadTimeout):
+            await impatient.post("/worker/claim", json={"worker": "gone", "wait": 30})
+    await anyio.sleep(0.3)  # let the server notice the disconnect
+    job = await remote_queue.submit("echo", {})
+    await anyio.sleep(0.5)
+    # Without the disconnect watch the held claim would take it and sit on it until
+    # its lease ran out.
+    assert (await remote_queue.get(job.id)).status is JobStatus.QUEUED
+    (claimed,) = await claim(api)
+    assert claimed["job"]["id"] == job.id
