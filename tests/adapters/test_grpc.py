@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -168,3 +169,29 @@ async def test_serve_grpc_port_runs_the_service_beside_http(tmp_path: Path) -> N
     assert job["status"] == "completed"
     assert job["result"] == "ok"
     assert "gRPC WorkerService on" in log.read_text()
+
+
+def test_the_committed_generated_code_matches_the_proto(tmp_path: Path) -> None:
+    """Regenerate from worker.proto (as docs/decisions.md says) and compare."""
+    from grpc_tools import protoc
+
+    package = tmp_path / "asyncjobs" / "adapters" / "grpc"
+    package.mkdir(parents=True)
+    (package / "worker.proto").write_text(PROTO_PATH.read_text())
+    proto = str(package / "worker.proto")
+    args = ["protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}"]
+    assert protoc.main([*args, proto]) == 0
+    for name in ("worker_pb2.py", "worker_pb2_grpc.py"):
+        fresh = _generated((package / name).read_text())
+        assert fresh == _generated((PROTO_PATH.parent / name).read_text()), (
+            f"regenerate {name} from worker.proto"
+        )
+
+
+def _generated(code: str) -> list[str]:
+    # Another grpcio-tools release stamps other version numbers; the rest must agree.
+    return [
+        line
+        for line in code.splitlines()
+        if not line.startswith("#") and "VERSION" not in line and not re.search(r"\d+,\s*$", line)
+    ]
