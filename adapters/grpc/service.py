@@ -116,7 +116,15 @@ class WorkerService(pb_grpc.WorkerServiceServicer):  # type: ignore[misc]
             if key == "authorization"
         ]
         # The authenticator reads an ASGI-like scope: give it the metadata as headers.
-        scope = {"type": "http", "headers": headers[:1], "query_string": b""}
+        scope = {
+            "type": "http",
+            "scheme": "grpc",
+            "method": "POST",
+            "path": "",
+            "headers": headers[:1],
+            "query_string": b"",
+            "client": None,
+        }
         principal = await self.auth(scope)
         if principal is None:
             await _abort(

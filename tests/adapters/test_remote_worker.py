@@ -243,3 +243,15 @@ async def test_kill_9_mid_job_requeues_it_for_another_worker(
         done = await server_queue.wait(job.id, timeout=30)
     assert done.status is JobStatus.COMPLETED
     assert done.result == {"pid": second.pid, "attempt": 2}
+
+
+@pytest.mark.slow
+async def test_the_worker_command_exits_4_on_a_refused_token(url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
+    argv = [sys.executable, "-m", "asyncjobs", "worker", "remote_app:queue", "--url", url]
+    with anyio.fail_after(40):
+        done = await anyio.run_process(
+            [*argv, "--token", "not-a-known-token"], cwd=HERE, env=env, check=False
+        )
+    assert done.returncode == 4
+    assert b"401" in done.stderr
