@@ -54,6 +54,8 @@ MAX_LEASE: Final = 3600.0
 MAX_CLAIM: Final = 100
 #: The longest long-poll of a claim, in seconds.
 MAX_POLL: Final = 60.0
+#: The longest wait between claims on a store whose wake-ups are edge-triggered.
+EDGE_TRIGGERED_WAIT: Final = 1.0
 #: The longest a single store claim may run once started (it is not cancelled midway).
 CLAIM_DEADLINE: Final = 30.0
 
@@ -161,7 +163,9 @@ class LeaseGateway:
     async def _wait_for_work(self, timeout: float, since: int | None) -> None:
         store: Any = self.queue.store
         if since is None:
-            await store.wait_for_work(timeout)
+            # A store without work_generation() may drop a wake-up that lands between
+            # the empty claim and this wait; claim again at least this often.
+            await store.wait_for_work(min(timeout, EDGE_TRIGGERED_WAIT))
         else:
             await store.wait_for_work(timeout, since=since)
 
