@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from typing import Any, final
 import anyio
 import attrs
 
+from . import joblog
 from ._ulid import new_ulid
 from .context import JobContext, ThreadJobContext
 from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
@@ -226,6 +228,8 @@ class Worker:
         job = running.job
         job_type = self.registry.get(job.type)
         outcome: Outcome | None = None
+        joblog.attempt_started(job)
+        began = time.monotonic()
         try:
             with running.scope:
                 outcome = await self._attempt(job_type, running)
@@ -246,6 +250,7 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 if outcome is not None:
                     await self._finish(running, outcome)
+                joblog.attempt_ended(job, outcome, time.monotonic() - began)
                 del self._running[job.id]
                 self._poke()
 
