@@ -143,7 +143,11 @@ def _serve(queue: Queue, args: argparse.Namespace, banner: str) -> int:
         except Exception as exc:  # the CLI boundary: any driver's connect error
             raise _store_error(queue, exc) from None
         try:
-            print(f"{banner} http://{host}:{port}{args.root_path}/", file=sys.stderr, flush=True)
+            line = f"{banner} http://{host}:{port}{args.root_path}/"
+            if args.log_format == "json":
+                log.warning(line, extra={"url": f"http://{host}:{port}{args.root_path}/"})
+            else:
+                print(line, file=sys.stderr, flush=True)
             await server.serve(sockets=[sock])
         finally:
             await queue.aclose()
