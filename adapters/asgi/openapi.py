@@ -538,6 +538,31 @@ def _paths(dashboard: bool) -> dict[str, Any]:
     return paths
 
 
+_DESCRIPTION: Final = """Submit, watch, cancel and clear jobs. Live updates come from the SSE
+routes below and from the WebSocket.
+
+## WebSocket `/ws`
+
+`ws(s)://<host><mount>/ws` (a browser that cannot set headers passes
+`?access_token=<token>`). OpenAPI cannot describe a WebSocket, so here is the protocol:
+
+- On connect the server sends **`queue_state`** first:
+  `{"type": "queue_state", "jobs": [Job...], "stats": Stats, "job_types": [JobType...]}`
+  (and `"workers": [...]` where the store registers workers).
+- Then every **JobEvent** as it happens: `{"type": "job_created" | "job_started" |
+  "job_progress" | "job_retrying" | "job_completed" | "job_failed" | "job_cancelled" |
+  "job_deleted", "seq", "at", "job": Job}`.
+- The client may send (each gets a reply; a malformed one gets `{"type": "error", ...}`):
+  - `{"type": "create_job", "job_type": "...", "params": {...}, "priority"?, "delay"?}`
+  - `{"type": "cancel_job", "job_id": "..."}`
+  - `{"type": "clear_completed"}`
+  - `{"type": "get_state"}` (a fresh `queue_state`)
+  - `{"type": "subscribe", "job_id"?: "...", "job_type"?: "..."}` (narrow the events)
+
+The `Job`, `JobEvent`, `Stats` and `JobType` schemas are in the Schemas section below.
+"""
+
+
 def openapi_document(
     *,
     root_path: str = "",
@@ -559,8 +584,7 @@ def openapi_document(
         "info": {
             "title": "asyncjobs",
             "version": "1",
-            "description": "Submit, watch, cancel and clear jobs. Live updates: the SSE "
-            "routes here, and a WebSocket at `ws(s)://<host><mount>/ws` (see the docs).",
+            "description": _DESCRIPTION,
         },
         "servers": [{"url": root_path or "/"}],
         "paths": _paths(dashboard),
