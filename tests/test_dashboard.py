@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -546,3 +549,63 @@ def test_workers_panel_appears_only_with_worker_data(
     entry = pg.locator('#worker-list li[data-id="web-1:4242:ABCDEFGH"]').inner_text()
     assert "1/4 busy" in entry and "web-1 pid 4242" in entry and "countdown, echo" in entry
     assert "1 · 1/4 slots busy" in pg.locator("#workers-count").inner_text()
+
+
+CSP_HOST = textwrap.dedent(
+    """
+    from asyncjobs.adapters.asgi import JobsApp
+    from asyncjobs.demo import build_demo_queue
+
+    queue = build_demo_queue()
+    jobs = JobsApp(queue)
+    POLICY = b"default-src 'self'; frame-ancestors 'none'"  # no inline script or style
+
+    async def app(scope, receive, send):
+        async def with_policy(message):
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"content-security-policy", POLICY)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await jobs(scope, receive, with_policy if scope["type"] == "http" else send)
+    """
+)
+
+
+def test_dashboard_runs_under_a_strict_content_security_policy(
+    browser: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "csphost.py").write_text(CSP_HOST)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "csphost:app", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = f"http://127.0.0.1:{port}/"
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    console = Console(pg)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(server + "health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert "default-src" in httpx.get(server).headers["content-security-policy"]
+        job_id = rest_submit(server, {"type": "echo", "params": {"delay": 0}})
+        open_dashboard(pg, server)
+        row(pg, job_id).click()
+        pg.wait_for_selector('#timeline li[data-kind="job_completed"]')
+        dot = pg.locator('.counter[data-status="completed"] .dot')
+        assert dot.evaluate("n => getComputedStyle(n).backgroundColor") != "rgba(0, 0, 0, 0)"
+    finally:
+        context.close()
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert console.unexpected() == []

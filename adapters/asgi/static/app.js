@@ -751,7 +751,7 @@
       for (const s of [...STATUSES, "total"]) {
         const b = el("b", { text: "0" });
         const node = el("button", { type: "button", className: "counter", dataset: { status: s } },
-          s === "total" ? null : el("span", { className: "dot", style: `background: var(--s-${s})` }),
+          s === "total" ? null : el("span", { className: "dot", dataset: { status: s } }),
           el("span", { text: s }), b);
         node.addEventListener("click", () => {
           const status = s === "total" ? "" : s;
