@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from datetime import datetime, timedelta, timezone
@@ -18,7 +19,7 @@ from .janitor import Janitor, JanitorConfig
 from .job import TERMINAL, Job, JobStatus
 from .registry import Handler, JobRegistry
 from .stores import open_store
-from .stores.protocol import Page, Stats, Store
+from .stores.protocol import Page, Stats, Store, WorkerInfo
 from .subscription import Subscription
 from .worker import Worker, WorkerConfig
 
@@ -119,6 +120,8 @@ class Queue:
             if self._owns_store:
                 stack.push_async_callback(self.store.close)
             stack.callback(self.store.add_listener(self._on_event))
+            # Events may have been lost (a reconnect, a gap): subscriptions re-read.
+            stack.callback(self.store.add_resync_listener(self.bus.resync))
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)  # runs before the task group exits
             if self.janitor_config.enabled:
@@ -301,6 +304,12 @@ class Queue:
         """Counts per status, overall and per type."""
         self._require_open()
         return await self.store.stats()
+
+    async def workers(self) -> builtins.list[WorkerInfo]:
+        """The live workers of every process attached to the store, by id (a worker
+        that died disappears once its lease has passed without a heartbeat)."""
+        self._require_open()
+        return await self.store.list_workers(now=self.clock())
 
     def subscribe(
         self, job_id: str | None = None, type: str | None = None, *, snapshot: bool = True

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
+from .errors import JobNotFound
 from .job import EventType, Job, JobEvent, JobStatus
 
 if TYPE_CHECKING:
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
 __all__ = ["Subscription"]
 
 _LIVE = [JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RUNNING]
+_END_EVENTS = {
+    JobStatus.COMPLETED: EventType.COMPLETED,
+    JobStatus.FAILED: EventType.FAILED,
+    JobStatus.CANCELLED: EventType.CANCELLED,
+}
 
 
 @final
@@ -26,9 +32,24 @@ class Subscription:
     The subscriber is registered before the snapshots are read, so no change falls in
     between; events whose version the subscription has already shown are dropped.
     Iterating registers lazily; leaving ``async with`` or :meth:`aclose` unregisters.
+
+    When the store says it may have missed events (resync), the subscription re-reads
+    the jobs it shows and sends what changed, with ``seq`` 0: a job that finished
+    meanwhile as its final event (``job_completed``, ...), one that was deleted as
+    ``job_deleted``, a live one that moved on as a ``job_snapshot``.
     """
 
-    __slots__ = ("_done", "_job_id", "_queue", "_seen", "_snapshot", "_snapshots", "_sub", "_type")
+    __slots__ = (
+        "_done",
+        "_found",
+        "_job_id",
+        "_queue",
+        "_seen",
+        "_snapshot",
+        "_snapshots",
+        "_sub",
+        "_type",
+    )
 
     def __init__(
         self, queue: Queue, *, job_id: str | None, type: str | None, snapshot: bool
@@ -39,7 +60,8 @@ class Subscription:
         self._snapshot = snapshot
         self._sub: Subscriber | None = None
         self._snapshots: list[JobEvent] = []
-        self._seen: dict[str, int] = {}
+        self._found: list[JobEvent] = []
+        self._seen: dict[str, Job] = {}  # the newest snapshot shown, per job
         self._done = False
 
     async def __aenter__(self) -> Subscription:
@@ -86,7 +108,7 @@ class Subscription:
             raise
         now = queue.clock()
         for job in jobs:
-            self._seen[job.id] = job.version
+            self._seen[job.id] = job
             if self._snapshot or self._job_id is not None:
                 self._snapshots.append(JobEvent(EventType.SNAPSHOT, 0, now, job))
         self._snapshots.reverse()  # popped from the end: oldest first
@@ -114,20 +136,58 @@ class Subscription:
             return event
         assert self._sub is not None
         while not self._done:
-            try:
-                event = await self._sub.get()
-            except anyio.EndOfStream:
-                break
+            if self._found:  # what a resync found changed
+                event = self._found.pop()
+            else:
+                try:
+                    got = await self._sub.get()
+                except anyio.EndOfStream:
+                    break
+                if got is None:
+                    await self._resync()
+                    continue
+                event = got
             job = event.job
+            seen = self._seen.get(job.id)
             if event.type is EventType.DELETED:
                 self._seen.pop(job.id, None)
-            elif job.version <= self._seen.get(job.id, 0):
+            elif seen is not None and job.version <= seen.version:
                 continue  # shown already (in the snapshot or a newer coalesced event)
             elif event.type.is_final and self._job_id is None:
                 self._seen.pop(job.id, None)  # bounded memory on whole-queue streams
             else:
-                self._seen[job.id] = job.version
+                self._seen[job.id] = job
             if self._job_id is not None and event.type.is_final:
                 await self.aclose()
             return event
         raise StopAsyncIteration
+
+    async def _resync(self) -> None:
+        """Re-read the jobs this subscription shows; queue what changed as events."""
+        queue = self._queue
+        now = queue.clock()
+        found: list[JobEvent] = []
+        if self._job_id is not None:
+            ids = [self._job_id]
+            current: dict[str, Job] = {}
+        else:
+            live = await self._live_jobs()
+            current = {job.id: job for job in live}
+            ids = [i for i in self._seen if i not in current]
+            for job in live:  # jobs that started or moved on while events were lost
+                seen = self._seen.get(job.id)
+                if seen is None or job.version > seen.version:
+                    found.append(JobEvent(EventType.SNAPSHOT, 0, now, job))
+        for job_id in ids:  # jobs shown as live that are no longer: how they ended
+            last = self._seen.get(job_id)
+            try:
+                job = await queue.store.get(job_id)
+            except JobNotFound:
+                if last is not None:
+                    found.append(JobEvent(EventType.DELETED, 0, now, last))
+                continue
+            if last is None or job.version > last.version:
+                found.append(JobEvent(_END_EVENTS.get(job.status, EventType.SNAPSHOT), 0, now, job))
+        found.sort(key=lambda e: e.job.id)
+        found.reverse()  # popped from the end: oldest first
+        self._found.extend(found)

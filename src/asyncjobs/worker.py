@@ -20,7 +20,7 @@ from .context import JobContext, ThreadJobContext
 from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
 from .job import EventType, Job, JobError, JobEvent, JobStatus
 from .registry import JobRegistry, JobType
-from .stores.protocol import Outcome, Store
+from .stores.protocol import Outcome, Store, WorkerInfo
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -96,7 +96,9 @@ class Worker:
         self.registry = registry
         self.config = config
         self.clock = clock
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
+        self.host = socket.gethostname()
+        self.id = f"{self.host}:{os.getpid()}:{new_ulid()[-8:]}"
+        self.started_at = clock()
         self._running: dict[str, _Running] = {}
         self._stopping = False
         self._changed = anyio.Event()  # a slot freed up or stop() was called
@@ -153,6 +155,7 @@ class Worker:
 
     async def _run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         cfg = self.config
+        await self._register()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeat_loop)
             task_status.started()
@@ -162,6 +165,9 @@ class Worker:
                 if free <= 0:
                     await self._wait_changed()
                     continue
+                # Read before the claim: a wake-up that lands while the claim is on its
+                # way back moves the generation on, and the wait below returns at once.
+                generation = self.store.work_generation()
                 jobs = await self.store.claim(
                     self.id,
                     types=types,
@@ -176,12 +182,43 @@ class Worker:
                     running = _Running(job, job.lease.token, ctx)
                     self._running[job.id] = running
                     tg.start_soon(self._run_job, running)
-                if not jobs:
+                if not jobs and not self._stopping:  # stop() during the claim: no wait
                     with anyio.CancelScope() as self._idle_scope:
-                        await self.store.wait_for_work(cfg.idle_wait)
+                        await self.store.wait_for_work(cfg.idle_wait, since=generation)
                     self._idle_scope = None
             await self._drain()
             tg.cancel_scope.cancel()
+        with anyio.move_on_after(self.config.shutdown_grace + 5, shield=True):
+            await self._unregister()
+
+    def info(self) -> WorkerInfo:
+        """This worker's registry record as of now."""
+        now = self.clock()
+        return WorkerInfo(
+            id=self.id,
+            host=self.host,
+            pid=os.getpid(),
+            types=tuple(self.registry.names()),
+            slots=self.config.concurrency,
+            running=tuple(self._running),
+            started_at=self.started_at,
+            last_heartbeat=now,
+            expires_at=now + timedelta(seconds=self.config.lease),
+        )
+
+    async def _register(self) -> None:
+        # The registry is for operators to look at: a failure to refresh it must never
+        # stop jobs from running, so it is logged and retried with the next heartbeat.
+        try:
+            await self.store.register_worker(self.info())
+        except Exception:  # the registry's edge: any store error
+            logger.warning("could not refresh worker %s in the registry", self.id, exc_info=True)
+
+    async def _unregister(self) -> None:
+        try:
+            await self.store.remove_worker(self.id)
+        except Exception:  # the registry's edge: the record then expires with its lease
+            logger.warning("could not remove worker %s from the registry", self.id, exc_info=True)
 
     async def wait_stopped(self) -> None:
         """Wait until :meth:`run` has drained and returned."""
@@ -206,6 +243,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await anyio.sleep(self.config.heartbeat_interval)
+            await self._register()
             for running in list(self._running.values()):
                 if running.stop is not None or running.finishing:
                     continue

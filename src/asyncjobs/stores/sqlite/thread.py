@@ -12,15 +12,23 @@ import asyncio
 import concurrent.futures
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar, final
 
 import anyio
 
+from ...codec import dumps, event_to_record
 from ...errors import ConfigurationError
 from ...job import EventType, Job, JobEvent
 from .schema import migrate
+
+#: Events kept for other processes to tail: anything younger than this stays; a process
+#: that falls further behind sees a gap in the sequence and resyncs.
+EVENT_KEEP_SECONDS = 60.0
+#: Trim the events table once per this many writes that emitted events.
+_TRIM_EVERY = 256
 
 __all__ = ["Changes", "SqliteThread"]
 
@@ -54,9 +62,18 @@ class SqliteThread:
     """
 
     def __init__(
-        self, path: str, busy_timeout: float, publish: Callable[[Changes], None], name: str
+        self,
+        path: str,
+        busy_timeout: float,
+        publish: Callable[[Changes], None],
+        name: str,
+        src: str = "",
     ) -> None:
         self.path = path
+        self.src = src  # this store instance's id, written with each event
+        self._writes = 0
+        #: The last event seq this connection wrote (read on the thread by the tail).
+        self.last_seq = 0
         self.busy_timeout = busy_timeout
         self._publish = publish
         self._name = name
@@ -167,6 +184,16 @@ class SqliteThread:
                     JobEvent(type=type_, seq=last + n, at=at, job=job)
                     for n, (type_, job, at) in enumerate(changes.pending, start=1)
                 ]
+                stamp = int(time.time() * 1e6)
+                conn.executemany(
+                    "INSERT INTO events (seq, src, stamp, record) VALUES (?, ?, ?, ?)",
+                    [(e.seq, self.src, stamp, dumps(event_to_record(e))) for e in changes.events],
+                )
+                self.last_seq = changes.events[-1].seq
+                self._writes += 1
+                if self._writes % _TRIM_EVERY == 0:
+                    cutoff = stamp - int(EVENT_KEEP_SECONDS * 1e6)
+                    conn.execute("DELETE FROM events WHERE seq <= ? AND stamp < ?", (last, cutoff))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

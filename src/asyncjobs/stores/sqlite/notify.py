@@ -1,0 +1,117 @@
+"""Events and wake-ups between the processes that share one SQLite file.
+
+Each write transaction appends its events to the ``events`` table (thread.py). Every
+store instance tails that table for rows other instances wrote: ``PRAGMA
+data_version`` changes exactly when another connection has committed, so an idle poll
+is one cheap pragma on the store's thread (every :data:`POLL_INTERVAL` seconds), and
+the table is read only after a foreign commit. Rows carry the writing instance's id,
+so an instance skips its own events (it delivered them at commit already).
+
+The sequence has no holes (it is drawn inside the write transactions, which SQLite
+serializes), so a tail that finds the next row missing knows it fell behind the
+table's trimming: it delivers what is there and calls ``resync``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from typing import final
+
+import anyio
+
+from ...codec import event_from_record
+from ...job import JobEvent
+from ..listeners import LocalNotifier
+from .thread import SqliteThread
+
+__all__ = ["POLL_INTERVAL", "EventTail"]
+
+logger = logging.getLogger("asyncjobs.store.sqlite")
+
+#: Seconds between checks for another process's commits.
+POLL_INTERVAL = 0.025
+#: Rows read per poll; a longer backlog is read on the next polls without waiting.
+_BATCH = 2000
+
+
+@final
+class EventTail:
+    """Tails the ``events`` table of one store instance; see the module docstring."""
+
+    def __init__(
+        self, thread: SqliteThread, notifier: LocalNotifier, *, interval: float = POLL_INTERVAL
+    ) -> None:
+        self._thread = thread
+        self._notifier = notifier
+        self._interval = interval
+        self._version: int | None = None
+        self._seq = 0
+        #: Times the tail found a gap and resynced (tests and diagnostics read it).
+        self.gaps = 0
+
+    async def start(self) -> None:
+        """Start after the events that exist now (call once the store is open)."""
+
+        def body(conn: sqlite3.Connection) -> tuple[int, int]:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+            (seq,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+            return int(version), int(seq)
+
+        self._version, self._seq = await self._thread.read(body)
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        backoff = self._interval
+        while True:
+            try:
+                more = await self.poll()
+            except sqlite3.Error as exc:  # e.g. disk I/O: log, back off, try again
+                logger.warning("tailing SQLite events failed (%s); retrying", exc)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = self._interval
+            if not more:
+                await anyio.sleep(self._interval)
+
+    async def poll(self) -> bool:
+        """Deliver what other instances wrote since the last poll; True if more wait."""
+        events, gap, more = await self._thread.read(self._read)
+        if events:
+            self._notifier.emit(events)
+        if gap:
+            self.gaps += 1
+            self._notifier.resync()
+        return more
+
+    def _read(self, conn: sqlite3.Connection) -> tuple[list[JobEvent], bool, bool]:
+        # On the store's thread, serialized with its writes.
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        if version == self._version:
+            # Nobody else committed since the last poll: rows past our position are all
+            # our own (delivered at commit), so skip them without reading.
+            self._seq = max(self._seq, self._thread.last_seq)
+            return [], False, False
+        rows = conn.execute(
+            "SELECT seq, src, record FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (self._seq, _BATCH),
+        ).fetchall()
+        more = len(rows) == _BATCH
+        if not more:
+            self._version = version  # read the version first: later commits show next time
+        gap = False
+        if rows:
+            gap = rows[0][0] > self._seq + 1
+        else:
+            (last,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+            gap = last > self._seq
+            self._seq = max(self._seq, last)
+        src = self._thread.src
+        events: list[JobEvent] = []
+        for seq, origin, record in rows:
+            self._seq = seq
+            if origin != src:
+                events.append(event_from_record(json.loads(record)))
+        return events, gap, more
