@@ -308,12 +308,15 @@ class MemoryStore:
     # -- worker registry -----------------------------------------------------------
 
     async def register_worker(self, info: WorkerInfo) -> None:
+        # Records of dead workers go here (as in the SQL stores): listing only reads.
+        beat = info.last_heartbeat
+        for worker_id in [w.id for w in self._workers.values() if w.expires_at <= beat]:
+            del self._workers[worker_id]
         self._workers[info.id] = info
 
     async def list_workers(self, *, now: datetime) -> builtins.list[WorkerInfo]:
-        for worker_id in [w.id for w in self._workers.values() if w.expires_at <= now]:
-            del self._workers[worker_id]
-        return sorted(self._workers.values(), key=lambda w: w.id)
+        alive = (w for w in self._workers.values() if w.expires_at > now)
+        return sorted(alive, key=lambda w: w.id)
 
     async def remove_worker(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
