@@ -94,24 +94,29 @@ class EventTail:
             # our own (delivered at commit), so skip them without reading.
             self._seq = max(self._seq, self._thread.last_seq)
             return [], False, False
-        rows = conn.execute(
-            "SELECT seq, src, record FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (self._seq, _BATCH),
-        ).fetchall()
+        conn.execute("BEGIN")  # one snapshot for the rows and the sequence
+        try:
+            rows = conn.execute(
+                "SELECT seq, src, record FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (self._seq, _BATCH),
+            ).fetchall()
+            (last,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        finally:
+            conn.execute("COMMIT")
         more = len(rows) == _BATCH
         if not more:
             self._version = version  # read the version first: later commits show next time
-        gap = False
-        if rows:
-            gap = rows[0][0] > self._seq + 1
-        else:
-            (last,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
-            gap = last > self._seq
-            self._seq = max(self._seq, last)
+        # No holes but trimmed ones: a first row past the next seq, or a sequence past
+        # the last row, means events were trimmed before this instance read them.
+        gap = bool(rows) and rows[0][0] > self._seq + 1
+        if not more and last > (rows[-1][0] if rows else self._seq):
+            gap = True
         src = self._thread.src
         events: list[JobEvent] = []
         for seq, origin, record in rows:
             self._seq = seq
             if origin != src:
                 events.append(event_from_record(json.loads(record)))
+        if not more:
+            self._seq = max(self._seq, last)
         return events, gap, more
