@@ -221,3 +221,91 @@ async def test_web_and_workers_in_separate_processes_are_live(
             )
             assert result.returncode == 0, result.stdout + result.stderr
             assert "completed" in (result.stdout + result.stderr)
+
+
+@contextmanager
+def uvicorn_workers(url: str, tmp_path: Path, count: int) -> Iterator[str]:
+    """``uvicorn mp_web_app:app --workers count`` on a free port; yields its URL."""
+    from cli_server import free_port
+
+    port = free_port()
+    log = (tmp_path / "uvicorn.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "mp_web_app:app", "--workers", str(count)]
+        + ["--port", str(port), "--lifespan", "on", "--timeout-graceful-shutdown", "2"],
+        cwd=TESTS,
+        env={**os.environ, **_env(url, 0)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "uvicorn.log").read_text()
+            try:
+                if httpx.get(base + "health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_every_web_process_streams_every_event(store_url: str, tmp_path: Path) -> None:
+    """``uvicorn --workers 2`` in front of the store: each web process's /events stream
+    sees the end of every job, whichever process took the submit."""
+    with cluster(store_url, tmp_path, web=0), uvicorn_workers(store_url, tmp_path, 2) as base:
+        limits = httpx.Limits(max_connections=40, max_keepalive_connections=0)
+        async with httpx.AsyncClient(
+            base_url=base, timeout=httpx.Timeout(60.0), limits=limits
+        ) as client:
+            seen: dict[str, set[str]] = {}  # stream key -> ids of completed jobs
+            pids: dict[str, str] = {}
+            ready = anyio.Event()
+            opened = 0
+
+            async def stream(key: str) -> None:
+                nonlocal opened
+                async with aconnect_sse(client, "GET", "events") as source:
+                    pids[key] = source.response.headers["x-served-by"]
+                    seen[key] = set()
+                    opened += 1
+                    if len(set(pids.values())) >= 2:
+                        ready.set()
+                    async for sse in source.aiter_sse():
+                        if sse.data:
+                            event = json.loads(sse.data)
+                            if event["type"] == "job_completed":
+                                seen[key].add(event["job"]["id"])
+
+            async with anyio.create_task_group() as tg:
+                # New connections land on either process; open streams until both have.
+                with anyio.fail_after(60):
+                    for i in range(30):
+                        tg.start_soon(stream, f"s{i}")
+                        await anyio.sleep(0.1)
+                        if ready.is_set():
+                            break
+                    await ready.wait()
+                await anyio.sleep(0.5)  # every open stream is subscribed
+                ids = []
+                for _ in range(6):
+                    reply = await client.post(
+                        "jobs", json={"type": "steps", "params": {"steps": 1, "pause": 0.05}}
+                    )
+                    ids.append(reply.json()["id"])
+                with anyio.fail_after(60):
+                    while not all(set(ids) <= got for got in seen.values()):
+                        await anyio.sleep(0.1)
+                tg.cancel_scope.cancel()
+            assert len(set(pids.values())) == 2
