@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pg_worker_app import build
-
 from asyncjobs.adapters.asgi import JobsApp
+
+from pg_worker_app import build
 
 _jobs = JobsApp(build(concurrency=0))
 _PID = str(os.getpid()).encode()

@@ -28,7 +28,6 @@ import websockets
 from httpx_sse import aconnect_sse
 
 from asyncjobs import JanitorConfig, Queue
-
 from cli_server import cli_server, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -40,7 +39,10 @@ LEASE = 30.0
 
 
 @pytest.fixture(
-    params=[pytest.param("sqlite", id="sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
 )
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
@@ -231,8 +233,10 @@ def uvicorn_workers(url: str, tmp_path: Path, count: int) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "uvicorn.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "mp_web_app:app", "--workers", str(count)]
-        + ["--port", str(port), "--lifespan", "on", "--timeout-graceful-shutdown", "2"],
+        [
+            *(sys.executable, "-m", "uvicorn", "mp_web_app:app", "--workers", str(count)),
+            *("--port", str(port), "--lifespan", "on", "--timeout-graceful-shutdown", "2"),
+        ],
         cwd=TESTS,
         env={**os.environ, **_env(url, 0)},
         stdout=log,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 __all__ = ["Subscription"]
 
 _LIVE = [JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RUNNING]
+#: Pages of 500 finished jobs a resumed stream looks through (newest first).
+_FINISHED_PAGES = 4
 _END_EVENTS = {
     JobStatus.COMPLETED: EventType.COMPLETED,
     JobStatus.FAILED: EventType.FAILED,
@@ -40,6 +43,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "_after_seq",
         "_done",
         "_found",
         "_job_id",
@@ -52,9 +56,16 @@ class Subscription:
     )
 
     def __init__(
-        self, queue: Queue, *, job_id: str | None, type: str | None, snapshot: bool
+        self,
+        queue: Queue,
+        *,
+        job_id: str | None,
+        type: str | None,
+        snapshot: bool,
+        after_seq: int | None = None,
     ) -> None:
         self._queue = queue
+        self._after_seq = after_seq
         self._job_id = job_id
         self._type = type
         self._snapshot = snapshot
@@ -111,6 +122,11 @@ class Subscription:
             self._seen[job.id] = job
             if self._snapshot or self._job_id is not None:
                 self._snapshots.append(JobEvent(EventType.SNAPSHOT, 0, now, job))
+        if self._after_seq is not None and self._job_id is None and self._snapshot:
+            since = queue.seq_time(self._after_seq)
+            if since is not None:
+                for job in await self._finished_since(since):
+                    self._snapshots.append(JobEvent(_END_EVENTS[job.status], 0, now, job))
         self._snapshots.reverse()  # popped from the end: oldest first
 
     async def _live_jobs(self) -> list[Job]:
@@ -126,6 +142,22 @@ class Subscription:
             cursor = page.next_cursor
         jobs.reverse()
         return jobs
+
+    async def _finished_since(self, since: datetime) -> list[Job]:
+        """Finished jobs (of this type) that ended at or after ``since``, oldest first."""
+        types = None if self._type is None else [self._type]
+        found: list[Job] = []
+        cursor: str | None = None
+        for _ in range(_FINISHED_PAGES):
+            page = await self._queue.store.list(
+                statuses=list(_END_EVENTS), types=types, cursor=cursor, limit=500
+            )
+            found += [j for j in page.jobs if j.finished_at is not None and j.finished_at >= since]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        found.sort(key=lambda j: (j.finished_at, j.id))
+        return found
 
     async def __anext__(self) -> JobEvent:
         await self._start()

@@ -8,14 +8,13 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
-import pytest
 
 from asyncjobs import Queue
 from asyncjobs.stores import Store, WorkerInfo
 from asyncjobs.worker import WorkerConfig
 
 from .conftest import Backend, StoreFactory
-from .test_conformance import EventLog, add, at, claim_one, make_job
+from .test_conformance import EventLog, add, at, make_job
 
 E_DONE = "job_completed"
 
@@ -120,7 +119,9 @@ async def test_a_notifier_that_missed_events_resyncs(
 # -- worker registry -----------------------------------------------------------
 
 
-def _info(worker_id: str, *, beat: float, ttl: float = 30.0, running: tuple[str, ...] = ()) -> WorkerInfo:
+def _info(
+    worker_id: str, *, beat: float, ttl: float = 30.0, running: tuple[str, ...] = ()
+) -> WorkerInfo:
     return WorkerInfo(
         id=worker_id,
         host="h",
