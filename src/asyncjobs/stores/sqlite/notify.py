@@ -10,6 +10,11 @@ so an instance skips its own events (it delivered them at commit already).
 The sequence has no holes (it is drawn inside the write transactions, which SQLite
 serializes), so a tail that finds the next row missing knows it fell behind the
 table's trimming: it delivers what is there and calls ``resync``.
+
+One process alone on a file pays nothing for this: each instance announces itself in
+the ``peers`` table every :data:`PEER_REFRESH` seconds, and writers append events only
+while another instance is there. A newcomer's first seconds (before the writers have
+seen it) show up to it as a gap in the sequence, so it resyncs then.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 from typing import final
 
 import anyio
@@ -34,6 +40,10 @@ logger = logging.getLogger("asyncjobs.store.sqlite")
 POLL_INTERVAL = 0.025
 #: Rows read per poll; a longer backlog is read on the next polls without waiting.
 _BATCH = 2000
+#: Seconds between refreshes of this instance's row in ``peers``.
+PEER_REFRESH = 1.0
+#: Seconds a row in ``peers`` lasts without a refresh (a crashed process's row goes).
+PEER_TTL = 5.0
 
 
 @final
@@ -52,7 +62,10 @@ class EventTail:
         self.gaps = 0
 
     async def start(self) -> None:
-        """Start after the events that exist now (call once the store is open)."""
+        """Start after the events that exist now (call once the store is open).
+
+        When other instances tail the file, wait a few poll intervals: by then they
+        have seen this one and append their events for it."""
 
         def body(conn: sqlite3.Connection) -> tuple[int, int]:
             (version,) = conn.execute("PRAGMA data_version").fetchone()
@@ -60,12 +73,45 @@ class EventTail:
             return int(version), int(seq)
 
         self._version, self._seq = await self._thread.read(body)
+        await self.refresh_peers()
+        if self._thread.peers_present:
+            await anyio.sleep(3 * self._interval)
+
+    async def refresh_peers(self) -> None:
+        """Announce this instance; learn whether another one tails the file."""
+        src = self._thread.src
+        thread = self._thread
+
+        def body(conn: sqlite3.Connection, changes: object) -> None:
+            now = int(time.time() * 1e6)
+            conn.execute("DELETE FROM peers WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT OR REPLACE INTO peers (src, expires_at) VALUES (?, ?)",
+                (src, now + int(PEER_TTL * 1e6)),
+            )
+            (others,) = conn.execute("SELECT COUNT(*) FROM peers WHERE src != ?", (src,)).fetchone()
+            thread.peers_present = others > 0
+
+        await thread.write(body)
+
+    async def leave(self) -> None:
+        """Remove this instance's row (on close; a crash leaves it to expire)."""
+        src = self._thread.src
+
+        def body(conn: sqlite3.Connection, changes: object) -> None:
+            conn.execute("DELETE FROM peers WHERE src = ?", (src,))
+
+        await self._thread.write(body)
 
     async def run(self) -> None:
         """Poll until cancelled."""
         backoff = self._interval
+        refreshed = time.monotonic()
         while True:
             try:
+                if time.monotonic() - refreshed >= PEER_REFRESH:
+                    refreshed = time.monotonic()
+                    await self.refresh_peers()
                 more = await self.poll()
             except sqlite3.Error as exc:  # e.g. disk I/O: log, back off, try again
                 logger.warning("tailing SQLite events failed (%s); retrying", exc)
@@ -101,6 +147,13 @@ class EventTail:
                 (self._seq, _BATCH),
             ).fetchall()
             (last,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+            # A newcomer announces itself with a commit, so writers learn of it here,
+            # within a poll, not only at their next refresh.
+            (others,) = conn.execute(
+                "SELECT COUNT(*) FROM peers WHERE src != ? AND expires_at > ?",
+                (self._thread.src, int(time.time() * 1e6)),
+            ).fetchone()
+            self._thread.peers_present = others > 0
         finally:
             conn.execute("COMMIT")
         more = len(rows) == _BATCH

@@ -68,6 +68,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             record TEXT NOT NULL
         )
         """,
+        # Store instances tailing the events table, each refreshed every second: a
+        # writer appends events only while another instance is there to read them.
+        """
+        CREATE TABLE peers (
+            src        TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
         # The worker registry: one row per live worker, refreshed with its heartbeat.
         """
         CREATE TABLE workers (

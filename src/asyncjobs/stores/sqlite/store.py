@@ -15,6 +15,7 @@ poll interval (25 ms) without reading the jobs table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -153,8 +154,11 @@ class SqliteStore:
             self._tail_task = self._tasks.start_soon(self._tail.run, "sqlite-events-tail")
 
     async def close(self) -> None:
-        self._tail_task = None
+        tailing, self._tail_task = self._tail_task, None
         await self._tasks.aclose()
+        if tailing is not None and self._thread.is_open:
+            with contextlib.suppress(sqlite3.Error):  # the row expires by itself anyway
+                await self._tail.leave()
         await self._thread.close()
 
     @property

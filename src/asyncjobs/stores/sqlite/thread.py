@@ -74,6 +74,9 @@ class SqliteThread:
         self._writes = 0
         #: The last event seq this connection wrote (read on the thread by the tail).
         self.last_seq = 0
+        #: Whether another store instance tails this file (set on the thread by the
+        #: tail); only then are events appended to the events table.
+        self.peers_present = False
         self.busy_timeout = busy_timeout
         self._publish = publish
         self._name = name
@@ -184,22 +187,28 @@ class SqliteThread:
                     JobEvent(type=type_, seq=last + n, at=at, job=job)
                     for n, (type_, job, at) in enumerate(changes.pending, start=1)
                 ]
-                stamp = int(time.time() * 1e6)
-                conn.executemany(
-                    "INSERT INTO events (seq, src, stamp, record) VALUES (?, ?, ?, ?)",
-                    [(e.seq, self.src, stamp, dumps(event_to_record(e))) for e in changes.events],
-                )
                 self.last_seq = changes.events[-1].seq
-                self._writes += 1
-                if self._writes % _TRIM_EVERY == 0:
-                    cutoff = stamp - int(EVENT_KEEP_SECONDS * 1e6)
-                    conn.execute("DELETE FROM events WHERE seq <= ? AND stamp < ?", (last, cutoff))
+                if self.peers_present:
+                    self._append_events(conn, changes.events, last)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return value, changes
+
+    def _append_events(
+        self, conn: sqlite3.Connection, events: list[JobEvent], last: int
+    ) -> None:  # store thread, inside the write transaction
+        stamp = int(time.time() * 1e6)
+        conn.executemany(
+            "INSERT INTO events (seq, src, stamp, record) VALUES (?, ?, ?, ?)",
+            [(e.seq, self.src, stamp, dumps(event_to_record(e))) for e in events],
+        )
+        self._writes += 1
+        if self._writes % _TRIM_EVERY == 0:
+            cutoff = stamp - int(EVENT_KEEP_SECONDS * 1e6)
+            conn.execute("DELETE FROM events WHERE seq <= ? AND stamp < ?", (last, cutoff))
 
     def _publish_from_thread(self, future: concurrent.futures.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None or self._loop is None:
