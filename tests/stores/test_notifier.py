@@ -295,3 +295,44 @@ async def test_queue_wait_survives_a_resync(store_factory: StoreFactory, backend
                 release.set()
         assert result[0].status.value == "completed"
         del log
+
+
+async def test_the_remote_events_inbox_is_bounded_and_resyncs_after_dropping() -> None:
+    """A flood of notifications beyond the inbox is dropped, then the store resyncs."""
+    import json as _json
+
+    from asyncjobs.codec import event_to_record
+    from asyncjobs.job import EventType, JobEvent
+    from asyncjobs.stores.postgres.events import RemoteEvents
+    from asyncjobs.stores.tasks import BackgroundTasks
+
+    delivered: list[JobEvent] = []
+    resyncs: list[int] = []
+    inbox = RemoteEvents(
+        "me",
+        deliver=delivered.extend,
+        wake=lambda: None,
+        fetch=lambda job_id: None,  # type: ignore[arg-type, return-value]
+        wanted=lambda: True,
+        resync=lambda: resyncs.append(1),
+        inbox_max=3,
+    )
+    tasks = BackgroundTasks("test")
+    await tasks.start()
+    try:
+        inbox.start(tasks)
+        job = make_job()
+        for seq in range(1, 9):  # all at once, before the consumer runs: 5 are dropped
+            record = {
+                "src": "other",
+                **event_to_record(JobEvent(EventType.CREATED, seq, at(0), job)),
+            }
+            inbox.on_payload(_json.dumps(record))
+        with anyio.fail_after(5):
+            while not resyncs:
+                await anyio.sleep(0.01)
+        assert [e.seq for e in delivered] == [1, 2, 3]
+        assert inbox.dropped_total == 5 and resyncs == [1]
+    finally:
+        await inbox.stop()
+        await tasks.aclose()
