@@ -101,6 +101,8 @@ async def _ends_survive(url: str, cut: Callable[[PostgresStore], Awaitable[None]
             assert {e.job.status.value for e in ends.values()} == {"completed"}
             assert {j.status.value for j in waited.values()} == {"completed"}
     finally:
+        await worker_store.close()  # a Queue closes only the stores it built from a URL
+        await web_store.close()
         await _drop(url, schema)
 
 
