@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cattrs
 
 from .job import EventType, Job, JobEvent, JobStatus
 from .stores.protocol import WorkerInfo
+
+if TYPE_CHECKING:
+    from .supervision import Problem
 
 __all__ = [
     "dumps",
@@ -28,6 +31,7 @@ __all__ = [
     "job_to_record",
     "job_to_wire",
     "parse_time",
+    "problem_to_wire",
 ]
 
 _WIRE_HIDDEN = frozenset({"lease", "idempotency_key", "owner", "retention"})
@@ -122,3 +126,13 @@ def worker_from_record(record: dict[str, Any]) -> WorkerInfo:
 def dumps(value: Any) -> str:
     """Compact JSON, as used on the wire and in stores."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def problem_to_wire(problem: Problem) -> dict[str, Any]:
+    """A failing loop as ``GET /health`` shows it: ``{loop, reason, since, failures}``."""
+    return {
+        "loop": problem.loop,
+        "reason": problem.reason,
+        "since": format_time(problem.since),
+        "failures": problem.failures,
+    }

@@ -224,7 +224,9 @@ async def test_workers_register_and_leave(store: Store) -> None:
 
     async with queue:
         assert queue.worker is not None
-        workers = await queue.workers()
+        with anyio.fail_after(10):  # registered by the worker's first heartbeat step
+            while not (workers := await queue.workers()):
+                await anyio.sleep(0.01)
         assert [w.id for w in workers] == [queue.worker.id]
         (me,) = workers
         assert me.types == ("t",) and me.slots == 2 and me.pid > 0 and me.host
