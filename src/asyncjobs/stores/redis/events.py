@@ -53,7 +53,8 @@ def materialize(
     worker_s, token_s, expires_s = _text(worker), _text(token), _text(expires)
     claimed = _text(claimed_at)
     if claimed:
-        assert worker_s is not None and token_s is not None
+        assert worker_s is not None
+        assert token_s is not None
         job = claim_step(job, worker_s, token_s, 0.0, parse_time(claimed))
     if token_s and worker_s is not None and expires_s is not None:
         lease = Lease(worker_s, token_s, parse_time(expires_s))
@@ -111,6 +112,7 @@ class StreamTail:
         self._retry_cap = retry_cap
         self._last_id = b"0-0"
         self._seq = 0
+        self._positioned = False
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -118,9 +120,14 @@ class StreamTail:
     async def start(self) -> None:
         """Note where the stream ends now (what came before is history), then tail it."""
         self._client = self._connect()
-        await self._position()
+        self._stopping = False
+        if not self._positioned:  # a restart after stop() goes on from where it stopped
+            await self._position()
+            self._positioned = True
         self.connected.set()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="asyncjobs-redis-tail")
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="asyncjobs-redis-tail"
+        )
 
     async def _position(self) -> None:
         last = await self._client.xrevrange(self._key, count=1)
@@ -186,7 +193,7 @@ class StreamTail:
     def _take(self, entry_id: bytes, fields: _Fields) -> None:
         self._last_id = entry_id
         seq = int(fields[b"q"])
-        if seq != self._seq + 1 and self._seq:
+        if seq != self._seq + 1:
             logger.warning("redis event stream: seq %d after %d; resyncing", seq, self._seq)
             self._signal_resync()
         self._seq = seq

@@ -152,7 +152,9 @@ class RedisStore:
         from redis.exceptions import ConnectionError, TimeoutError
 
         cap = 0.5
-        retry = Retry(ExponentialBackoff(cap=cap, base=0.02), int(self._reconnect_timeout / cap) + 5)
+        retry = Retry(
+            ExponentialBackoff(cap=cap, base=0.02), int(self._reconnect_timeout / cap) + 5
+        )
         kwargs: dict[str, Any] = {
             "retry": retry,
             "retry_on_error": [ConnectionError, TimeoutError, OSError],
@@ -228,7 +230,7 @@ class RedisStore:
                 break
             self._sha[name] = await client.script_load(_SOURCES[name])
             # Only the calls that found no script ran nowhere; the others stand.
-            redo = [c for c, r in zip(calls, results) if isinstance(r, NoScriptError)]
+            redo = [c for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
             again = await self._eval_many(name, redo)
             it = iter(again)
             results = [next(it) if isinstance(r, NoScriptError) else r for r in results]
@@ -403,7 +405,13 @@ class RedisStore:
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
         expires = now + timedelta(seconds=lease)
         reply = await self._eval(
-            "renew", self._key(job_id), self._p, job_id, token, format_time(expires), _score(expires)
+            "renew",
+            self._key(job_id),
+            self._p,
+            job_id,
+            token,
+            format_time(expires),
+            _score(expires),
         )
         if reply[0] == -1:
             self._held.pop(job_id, None)
@@ -540,7 +548,7 @@ class RedisStore:
             replies = await self._eval_many("commit", calls)
             events = [
                 JobEvent(type_, int(reply[1]), now, nxt)
-                for (nxt, type_), reply in zip(pending, replies)
+                for (nxt, type_), reply in zip(pending, replies, strict=True)
                 if reply[0] == 1
             ]
             for event in events:
@@ -592,18 +600,18 @@ class RedisStore:
             upper = repr(finished_before.timestamp() + 0.001)
 
         def doomed(job: Job) -> bool:
-            if job.status not in chosen or (wanted_types is not None and job.type not in wanted_types):
+            if job.status not in chosen or (
+                wanted_types is not None and job.type not in wanted_types
+            ):
                 return False
             finished = job.finished_at
             if finished_before is not None and (finished is None or finished >= finished_before):
                 return False
-            if expired and (
-                job.retention is None
-                or finished is None
-                or finished + timedelta(seconds=job.retention) > now
-            ):
-                return False
-            return True
+            return not expired or (
+                job.retention is not None
+                and finished is not None
+                and finished + timedelta(seconds=job.retention) <= now
+            )
 
         client = self._redis()
         total, offset = 0, 0
@@ -620,8 +628,10 @@ class RedisStore:
             gone: builtins.list[Job] = []
             kept = 0
             for job in await self._read(ids):
-                if job is None or not doomed(job) or (
-                    limit is not None and total + len(gone) >= limit
+                if (
+                    job is None
+                    or not doomed(job)
+                    or (limit is not None and total + len(gone) >= limit)
                 ):
                     kept += 1
                     continue
@@ -631,7 +641,7 @@ class RedisStore:
             replies = await self._eval_many("commit", calls)
             events = [
                 JobEvent(EventType.DELETED, int(reply[1]), now, job)
-                for job, reply in zip(gone, replies)
+                for job, reply in zip(gone, replies, strict=True)
                 if reply[0] == 1
             ]
             self._emit(events)
