@@ -221,3 +221,18 @@ async def queue_event(store: RedisStore) -> Job:
     queue.registry.job_type("t")(_noop)
     async with queue:
         return await queue.submit("t", {})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_demo_runs_on_redis(url: str) -> None:
+    with cli_server(["demo", "--store", url]) as base:
+        reply = httpx.post(
+            base + "jobs?wait=20", json={"type": "echo", "params": {"message": "hi"}}
+        )
+        assert reply.status_code in (200, 201, 202), reply.text
+        job = reply.json()
+        assert job["status"] == "completed", job
+        # The job is in Redis under the URL's prefix, not in memory.
+        stats = httpx.get(base + "stats").json()
+        assert stats["counts"]["completed"] >= 1, stats
