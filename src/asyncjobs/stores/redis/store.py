@@ -162,9 +162,12 @@ class RedisStore:
         }
         if single:
             kwargs.update(single_connection_client=True, socket_timeout=15.0)
-        else:
-            kwargs.update(max_connections=self._max_connections)
-        return aioredis.Redis.from_url(self.redis_url, **kwargs)
+            return aioredis.Redis.from_url(self.redis_url, **kwargs)
+        # Blocking: a burst of calls beyond the pool waits for a connection, not fails.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=self._max_connections, timeout=None, **kwargs
+        )
+        return aioredis.Redis.from_pool(pool)
 
     async def open(self) -> None:
         if self._client is not None:
