@@ -156,7 +156,10 @@ async def asyncjobs_latency(n: int) -> dict[str, Any]:
                 tasks.append(asyncio.create_task(one()))
                 await asyncio.sleep(0.010)
             times = sorted((await asyncio.gather(*tasks))[20:])
-        return {"p50_ms": times[len(times) // 2] * 1000, "p95_ms": times[int(len(times) * 0.95)] * 1000}
+        return {
+            "p50_ms": times[len(times) // 2] * 1000,
+            "p95_ms": times[int(len(times) * 0.95)] * 1000,
+        }
     finally:
         await _destroy(REDIS_URL, "{" + prefix + "}:*")
 
@@ -172,7 +175,12 @@ async def child(case: str, system: str, n: int) -> dict[str, Any]:
 
 # -- the driver --------------------------------------------------------------------------
 
-_PEERS = {"saq": "peer_saq.py", "arq": "peer_arq.py", "taskiq": "peer_taskiq.py", "streaq": "peer_streaq.py"}
+_PEERS = {
+    "saq": "peer_saq.py",
+    "arq": "peer_arq.py",
+    "taskiq": "peer_taskiq.py",
+    "streaq": "peer_streaq.py",
+}
 
 
 def _peer_argv(python: str, peer: str, case: str, n: int) -> list[str] | None:
@@ -195,14 +203,16 @@ def _peer_argv(python: str, peer: str, case: str, n: int) -> list[str] | None:
 def _run(argv: list[str], timeout: float) -> dict[str, Any] | str:
     env = {**os.environ, "BENCH_REDIS_URL": REDIS_URL}
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE
+        )
     except subprocess.TimeoutExpired:
         return "timed out"
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["failed"])[-1]
         return f"failed: {last[:80]}"
     line = done.stdout.strip().splitlines()[-1]
-    data: dict[str, Any] = json.loads(line)
+    data: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
     return data
 
 
@@ -220,14 +230,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--peer-python", default=None, help="a python that imports the peers")
-    parser.add_argument("--peers", default="saq,streaq,arq,taskiq")
+    parser.add_argument("--peers", default="saq,arq,taskiq,streaq")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "SYSTEM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(asyncio.run(child(args.child[0], args.child[1], args.n))))
         return
     cases = ["drain_c10", "drain_c50", "enqueue", "latency"]
-    systems = ["asyncjobs", "raw"] + ([p for p in args.peers.split(",") if p] if args.peer_python else [])
+    systems = ["asyncjobs", "raw"] + (
+        [p for p in args.peers.split(",") if p] if args.peer_python else []
+    )
     table: dict[tuple[str, str], str] = {}
     medians: dict[tuple[str, str], float] = {}
     for case in cases:
@@ -235,7 +247,15 @@ def main() -> None:
             if system == "raw" and not case.startswith("drain"):
                 continue
             if system in ("asyncjobs", "raw"):
-                argv: list[str] | None = [sys.executable, __file__, "--n", str(args.n), "--child", case, system]
+                argv: list[str] | None = [
+                    sys.executable,
+                    __file__,
+                    "--n",
+                    str(args.n),
+                    "--child",
+                    case,
+                    system,
+                ]
             else:
                 argv = _peer_argv(args.peer_python, system, case, args.n)
             if argv is None:
@@ -257,8 +277,10 @@ def main() -> None:
             else:
                 table[(case, system)] = note or "n/a"
             print(f"{case:10} {system:10} {table[(case, system)]}", file=sys.stderr, flush=True)
-    print(f"\nN={args.n}, medians of {args.runs}; drain/enqueue in jobs/s, latency p50 in ms;"
-          f" load {os.getloadavg()[0]:.2f}\n")
+    print(
+        f"\nN={args.n}, medians of {args.runs}; drain/enqueue in jobs/s, latency p50 in ms;"
+        f" load {os.getloadavg()[0]:.2f}\n"
+    )
     print("| case | " + " | ".join(systems) + " |")
     print("| --- |" + " --- |" * len(systems))
     for case in cases:
