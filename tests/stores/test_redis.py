@@ -236,3 +236,31 @@ def test_demo_runs_on_redis(url: str) -> None:
         # The job is in Redis under the URL's prefix, not in memory.
         stats = httpx.get(base + "stats").json()
         assert stats["counts"]["completed"] >= 1, stats
+
+
+async def test_idempotency_keys_are_unique_per_owner(redis_url: str) -> None:
+    from datetime import datetime, timezone
+
+    from asyncjobs._ulid import new_ulid
+
+    prefix = f"aj_idem_{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix)
+    now = datetime.now(timezone.utc)
+
+    def job(owner: str) -> Job:
+        return Job(
+            id=new_ulid(), type="t", params={}, status=JobStatus.QUEUED, created_at=now,
+            run_at=now, idempotency_key="same", owner=owner,
+        )  # fmt: skip
+
+    try:
+        await store.open()
+        a, created_a = await store.add(job("ann"))
+        b, created_b = await store.add(job("bob"))
+        again, created_again = await store.add(job("ann"))
+        assert (created_a, created_b, created_again) == (True, True, False)
+        assert b.id != a.id
+        assert again.id == a.id
+    finally:
+        await store.close()
+        await destroy_redis_prefix(redis_url, prefix)
