@@ -43,6 +43,7 @@ from ..steps import (
     progress_step,
     promote_step,
 )
+from .batch import CommitBatcher
 from .events import StreamTail, materialize
 from .scripts import CLAIM, COMMIT, RENEW
 
@@ -129,6 +130,9 @@ class RedisStore:
         self._generation = 0
         self._wake = anyio.Event()
         self._held: OrderedDict[str, Job] = OrderedDict()
+        self._finishes = CommitBatcher(
+            lambda calls: self._eval_many("commit", calls, raise_errors=False)
+        )
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
@@ -194,6 +198,7 @@ class RedisStore:
         client, self._client = self._client, None
         tail, self._tail = self._tail, None
         self._held.clear()
+        await self._finishes.stop()
         if tail is not None:
             await tail.stop()
         if client is not None:
@@ -216,9 +221,12 @@ class RedisStore:
             self._sha[name] = await client.script_load(_SOURCES[name])
             return await client.evalsha(self._sha[name], 1, key, *args)
 
-    async def _eval_many(self, name: str, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
+    async def _eval_many(
+        self, name: str, calls: Sequence[tuple[str, Sequence[Any]]], *, raise_errors: bool = True
+    ) -> list[Any]:
         """Run one script for many keys in one pipeline (not a transaction: each call is
-        atomic on its own)."""
+        atomic on its own). With ``raise_errors=False`` a failed call's exception takes
+        its reply's place."""
         from redis.exceptions import NoScriptError
 
         if not calls:
@@ -234,13 +242,14 @@ class RedisStore:
             self._sha[name] = await client.script_load(_SOURCES[name])
             # Only the calls that found no script ran nowhere; the others stand.
             redo = [c for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
-            again = await self._eval_many(name, redo)
+            again = await self._eval_many(name, redo, raise_errors=False)
             it = iter(again)
             results = [next(it) if isinstance(r, NoScriptError) else r for r in results]
             break
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+        if raise_errors:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
         return results
 
     def _key(self, job_id: str) -> str:
@@ -466,7 +475,13 @@ class RedisStore:
                 return job
             nxt, type_ = result
             args = self._commit_args(job.version, nxt, type_, now)
-            reply = await self._eval("commit", self._key(job_id), *args)
+            if token is not None and nxt.status is not JobStatus.RUNNING:
+                # A worker's finish: sent with the other finishes of the moment.
+                reply = await self._finishes.call(self._key(job_id), args)
+                if isinstance(reply, Exception):
+                    raise reply
+            else:
+                reply = await self._eval("commit", self._key(job_id), *args)
             if reply[0] == 1:
                 if nxt.status is JobStatus.RUNNING and (token is not None or job_id in held):
                     self._hold([nxt])
