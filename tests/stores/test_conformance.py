@@ -8,6 +8,7 @@ and wake-ups that a server-backed store delivers asynchronously.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -1012,3 +1013,47 @@ async def test_wait_for_work_wakes_up_across_instances(
     store_factory: StoreFactory, backend: Backend, trigger: str
 ) -> None:
     await _wake_with(trigger, await store_factory(), await store_factory())
+
+
+# -- the protocol's surface ----------------------------------------------------------
+
+
+def _protocol_members() -> dict[str, Any]:
+    """Every method the Store protocol declares (``isinstance`` on a runtime-checkable
+    protocol checks names only, and not at all for a class that misses an async one
+    behind ``__getattr__``: compare the class itself)."""
+    members: dict[str, Any] = {}
+    for cls in Store.__mro__:
+        if not getattr(cls, "_is_protocol", False) or cls.__module__ == "typing":
+            continue
+        for name, value in vars(cls).items():
+            if not name.startswith("_") and callable(value):
+                members.setdefault(name, value)
+    return members
+
+
+def test_protocol_members_are_known() -> None:
+    # Guards the helper: it finds both halves of the seam.
+    names = set(_protocol_members())
+    assert {"add", "claim", "register_worker", "list_workers", "remove_worker"} <= names
+    assert {"add_listener", "add_resync_listener", "work_generation", "wait_for_work"} <= names
+
+
+async def test_store_has_every_protocol_method(store: Store) -> None:
+    cls = type(store)
+    missing, wrong = [], []
+    for name, declared in sorted(_protocol_members().items()):
+        impl = getattr(cls, name, None)
+        if impl is None or not callable(impl):
+            missing.append(name)
+            continue
+        if inspect.iscoroutinefunction(declared) != inspect.iscoroutinefunction(impl):
+            wrong.append(f"{name}: async/sync differs")
+            continue
+        have = inspect.signature(impl).parameters
+        for param in inspect.signature(declared).parameters.values():
+            got = have.get(param.name)
+            if got is None or got.kind != param.kind:
+                wrong.append(f"{name}({param.name})")
+    assert missing == [], f"{cls.__name__} lacks {missing}"
+    assert wrong == [], f"{cls.__name__} differs from the protocol: {wrong}"

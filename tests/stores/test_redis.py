@@ -264,3 +264,38 @@ async def test_idempotency_keys_are_unique_per_owner(redis_url: str) -> None:
     finally:
         await store.close()
         await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_dead_worker_records_leave_redis_on_the_next_heartbeat(redis_url: str) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    import redis.asyncio as aioredis
+
+    from asyncjobs.stores import WorkerInfo
+
+    prefix = f"aj_reg_{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def info(worker_id: str, beat: float) -> WorkerInfo:
+        at = t0 + timedelta(seconds=beat)
+        return WorkerInfo(
+            id=worker_id, host="h", pid=1, types=("t",), slots=1, running=(),
+            started_at=t0, last_heartbeat=at, expires_at=at + timedelta(seconds=10),
+        )  # fmt: skip
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await store.open()
+        await store.register_worker(info("dead", 0))
+        await store.register_worker(info("alive", 0))
+        await store.register_worker(info("alive", 20))  # "dead" expired at 10
+        records = "{" + prefix + "}:workers"
+        assert sorted(await client.hkeys(records)) == [b"alive"]
+        assert await client.zrange(records + ":exp", 0, -1) == [b"alive"]
+        await store.remove_worker("alive")
+        assert await client.exists(records, records + ":exp") == 0
+    finally:
+        await client.aclose()
+        await store.close()
+        await destroy_redis_prefix(redis_url, prefix)

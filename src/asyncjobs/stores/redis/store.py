@@ -32,7 +32,7 @@ from ...codec import dumps, format_time, job_to_record
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ..listeners import Listeners
-from ..protocol import EventListener, Outcome, Page, Stats
+from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
     check_purge_statuses,
@@ -46,6 +46,7 @@ from ..steps import (
 from .batch import CommitBatcher
 from .events import StreamTail, materialize
 from .scripts import CLAIM, COMMIT, RENEW
+from .workers import WorkerRegistry
 
 __all__ = ["RedisStore"]
 
@@ -130,6 +131,7 @@ class RedisStore:
         self._generation = 0
         self._wake = anyio.Event()
         self._held: OrderedDict[str, Job] = OrderedDict()
+        self._workers = WorkerRegistry(self._redis, self._p)
         self._finishes = CommitBatcher(
             lambda calls: self._eval_many("commit", calls, raise_errors=False)
         )
@@ -668,6 +670,19 @@ class RedisStore:
             if len(ids) < _BATCH:
                 break
         return total
+
+    # -- worker registry -----------------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        await self._workers.register(info)
+
+    async def list_workers(self, *, now: datetime) -> builtins.list[WorkerInfo]:
+        return await self._workers.list(now=now)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._workers.remove(worker_id)
+
+    # -- notifier ----------------------------------------------------------------
 
     def add_listener(self, listener: EventListener) -> Callable[[], None]:
         return self._listeners.add(listener)
