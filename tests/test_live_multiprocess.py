@@ -1,10 +1,11 @@
-"""Web and worker processes on one store behave live, on SQLite exactly as on PostgreSQL.
+"""Web and worker processes on one store behave live, on every store that crosses processes.
 
 An ``asyncjobs serve`` process with concurrency 0 (the web process) and two ``asyncjobs
 worker`` processes share one store; the test drives the web process over HTTP, SSE and
 WebSocket, runs ``asyncjobs watch`` against it, and observes with a ``Queue`` of its own
 (a fourth process on the store). Nothing here polls the jobs table: every live view
-rides on the store's notifier (SQLite: the events table each process tails).
+rides on the store's notifier (SQLite: the events table each process tails; PostgreSQL:
+LISTEN/NOTIFY; Redis: the events stream).
 """
 
 from __future__ import annotations
@@ -42,11 +43,20 @@ LEASE = 30.0
     params=[
         pytest.param("sqlite", id="sqlite"),
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
     ]
 )
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
+        return
+    if request.param == "redis":
+        from stores.conftest import destroy_redis_prefix
+
+        redis_url: str = request.getfixturevalue("redis_url")
+        prefix = f"aj_live_{uuid.uuid4().hex[:16]}"
+        yield f"{redis_url}?prefix={prefix}"
+        await destroy_redis_prefix(redis_url, prefix)  # SCAN + DEL of this prefix only
         return
     import asyncpg
 
