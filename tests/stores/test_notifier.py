@@ -88,6 +88,25 @@ async def _force_gap(backend: Backend, store: Store) -> bool:
         finally:
             await conn.close()
         return True
+    if backend.kind == "redis":
+        import redis.asyncio as aioredis
+
+        from asyncjobs.stores.redis import RedisStore
+
+        assert isinstance(store, RedisStore)
+        # The server "restarts" without persistence: the tail's connection drops and
+        # the event stream comes back empty.
+        client = aioredis.Redis.from_url(store.redis_url)
+        try:
+            name = store.tail_client_name
+            ids = [c["id"] for c in await client.client_list() if c.get("name") == name]
+            assert ids, f"no connection named {name}"
+            await client.xtrim("{" + store.prefix + "}:events", maxlen=0, approximate=False)
+            for client_id in ids:
+                await client.client_kill_filter(_id=client_id)
+        finally:
+            await client.aclose()
+        return True
     return False
 
 
@@ -289,7 +308,7 @@ async def test_queue_wait_survives_a_resync(store_factory: StoreFactory, backend
                 # Cut LISTEN, finish the job while nobody listens: its NOTIFY is lost.
                 await _force_gap(backend, web_store)
                 release.set()
-            elif backend.kind == "sqlite":
+            elif backend.kind in ("sqlite", "redis"):
                 release.set()
                 await worker.wait(job.id, timeout=10)
                 await _force_gap(backend, web_store)  # ...and the tail misses its end

@@ -149,12 +149,17 @@ class RedisStore:
                 rest.append((name, value))
         return cls(urlunsplit(parts._replace(query=urlencode(rest))), **kwargs)
 
+    @property
+    def tail_client_name(self) -> str:
+        """The name (``CLIENT LIST``) of the connection that tails the event stream."""
+        return f"asyncjobs-tail-{self._instance}"
+
     # -- lifecycle ---------------------------------------------------------------
 
     def _make_client(self, *, single: bool = False) -> Any:
         aioredis = _import_redis()
         from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialBackoff
+        from redis.backoff import ExponentialBackoff, NoBackoff
         from redis.exceptions import ConnectionError, TimeoutError
 
         cap = 0.5
@@ -167,7 +172,15 @@ class RedisStore:
             "socket_keepalive": True,
         }
         if single:
-            kwargs.update(single_connection_client=True, socket_timeout=15.0)
+            # The event tail reconnects by itself (see StreamTail): a connection error
+            # must reach it, so that it checks what the server kept, not be retried away.
+            kwargs.update(
+                retry=Retry(NoBackoff(), 0),
+                retry_on_error=[],
+                single_connection_client=True,
+                socket_timeout=15.0,
+                client_name=self.tail_client_name,
+            )
             return aioredis.Redis.from_url(self.redis_url, **kwargs)
         # Blocking: a burst of calls beyond the pool waits for a connection, not fails.
         pool = aioredis.BlockingConnectionPool.from_url(
