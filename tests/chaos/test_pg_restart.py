@@ -45,6 +45,7 @@ class Submit:
     tries: int = 0
     errors: list[str] = attrs.field(factory=list)
     job_id: str | None = None  # set once a try got 202: the job is accepted
+    began: float = 0.0  # when the try that got 202 began
 
 
 async def all_jobs(store: PostgresStore) -> list[Job]:
@@ -92,6 +93,7 @@ async def test_a_postgres_restart_under_web_workers_and_clients_loses_no_accepte
                         with anyio.move_on_after(SUBMIT_DEADLINE):
                             while True:
                                 sub.tries += 1
+                                sub.began = time.time()
                                 try:
                                     reply = await client.post("jobs", json=body)
                                 except httpx.TransportError as exc:
@@ -149,9 +151,15 @@ async def test_a_postgres_restart_under_web_workers_and_clients_loses_no_accepte
     )
     errors = sum(len(s.errors) for s in submits.values())
     retried = sum(1 for s in submits.values() if s.errors and s.job_id)
+    # Jobs made by a try whose reply was lost: the retry that got 202 found them by key.
+    created = {job.id: job.created_at.timestamp() for job in stored}
+    deduplicated = sum(
+        1 for s in submits.values() if s.errors and s.job_id and created[s.job_id] < s.began
+    )
     print(
         f"chaos postgres restart: outage={outage[1] - outage[0]:.1f}s submits={KEYS} "
-        f"http_errors={errors} retried_keys={retried} duplicates={duplicates} "
+        f"http_errors={errors} retried_keys={retried} made_by_a_failed_try={deduplicated} "
+        f"duplicates={duplicates} "
         f"{figures.line()}"
     )
     assert len(outage) == 2
