@@ -117,18 +117,19 @@ class Workers:
         finally:
             victim.send_signal(signal.SIGCONT)
 
-    def replace_crashed(self) -> None:
-        """Note and replace any worker that exited on its own."""
+    def replace_crashed(self, *, respawn: bool = True) -> None:
+        """Note (and replace) any worker that exited on its own."""
         for proc in list(self.procs):
             if proc.poll() is not None:
                 self.crashed[proc.pid] = time.time()
                 self.exit_codes[proc.pid] = proc.returncode
                 self.procs.remove(proc)
-                self._spawn()
+                if respawn:
+                    self._spawn()
 
     def stop(self) -> None:
         """SIGTERM every worker (a graceful drain), SIGKILL what is left after 15 s."""
-        self.replace_crashed()
+        self.replace_crashed(respawn=False)
         for proc in self.procs:
             proc.send_signal(signal.SIGCONT)
             proc.terminate()
@@ -150,9 +151,10 @@ class Workers:
 
 
 def holder_pid(job: Job) -> int:
-    """The pid of the worker process holding a running job (worker ids: host:pid:suffix)."""
-    assert job.lease is not None
-    return int(job.lease.worker_id.split(":")[-2])
+    """The pid of the worker process holding a running job (worker ids: host:pid:suffix);
+    -1 if the id does not say."""
+    parts = job.lease.worker_id.split(":") if job.lease is not None else []
+    return int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else -1
 
 
 def read_journal(directory: Path) -> list[dict[str, Any]]:
@@ -227,23 +229,20 @@ def analyse(
     accepted = list(accepted)
     execs: dict[str, Execution] = {}
     finishes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    renewals: list[dict[str, Any]] = []
-    for rec in sorted(records, key=lambda r: r["t"]):
-        kind = rec["e"]
-        if kind == "start":
+    records = list(records)
+    for rec in records:
+        if rec["e"] == "start":
             execs[rec["token"]] = Execution(
                 rec["job"], rec["token"], rec["attempt"], rec["pid"], rec["t"], rec["expires"]
             )
-        elif kind == "end":
-            execs[rec["token"]].end, execs[rec["token"]].how = rec["t"], rec["how"]
+    for rec in records:
+        kind, ex = rec["e"], execs.get(rec.get("token", ""))
+        if kind == "end" and ex is not None:
+            ex.end, ex.how = rec["t"], rec["how"]
+        elif kind == "renew" and ex is not None:
+            ex.expires = max(ex.expires, rec["expires"])
         elif kind == "finish":
             finishes[rec["job"]].append(rec)
-        elif kind == "renew":
-            renewals.append(rec)
-    for rec in renewals:
-        if rec["token"] in execs:
-            ex = execs[rec["token"]]
-            ex.expires = max(ex.expires, rec["expires"])
     by_job: dict[str, list[Execution]] = defaultdict(list)
     for ex in execs.values():
         by_job[ex.job].append(ex)
