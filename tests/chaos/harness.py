@@ -83,6 +83,16 @@ class Workers:
         self.procs.append(proc)
         return proc
 
+    async def wait_ready(self, journal: Path, *, within: float = 60.0) -> None:
+        """Wait until every live worker has opened its store (its journal says so)."""
+        with anyio.fail_after(within):
+            while True:
+                opened = {r["pid"] for r in read_journal(journal) if r["e"] == "open"}
+                if opened.issuperset(p.pid for p in self.procs):
+                    return
+                self.replace_crashed()
+                await anyio.sleep(0.1)
+
     def kill_random(self, rng: random.Random) -> int:
         """SIGKILL one live worker at random, start its replacement; return its pid."""
         victim = rng.choice(self.procs)
@@ -311,13 +321,16 @@ def _stale(job: Job, runs: list[Execution], finishes: list[dict[str, Any]]) -> s
     """Why the completion of ``job`` was not written by its current lease holder, if so.
 
     The result names the execution whose finish the store accepted; it must be the last
-    claim (the job's final attempt count). Every finish the store accepted must have been
-    called before any later attempt had begun, and at most one may complete the job.
+    claim. Claims are ordered by attempt, then start: a requeue after a graceful stop
+    gives the attempt back, so two claims may share an attempt number. Every finish the
+    store accepted must have been called before any later claim had begun, and at most
+    one may complete the job.
     """
     result = job.result
-    latest = max(runs, key=lambda ex: ex.attempt, default=None)
-    if latest is None or latest.attempt != job.attempts:
+    claims = sorted(runs, key=lambda ex: (ex.attempt, ex.start))
+    if not claims or claims[-1].attempt != job.attempts:
         return f"no journal record of its last attempt ({job.attempts})"
+    latest = claims[-1]
     if result["token"] != latest.token or result["attempt"] != job.attempts:
         return (
             f"completed by attempt {result['attempt']} (token {result['token']}) while "
@@ -326,11 +339,13 @@ def _stale(job: Job, runs: list[Execution], finishes: list[dict[str, Any]]) -> s
     completions = [f for f in finishes if f["ok"] and f["status"] == JobStatus.COMPLETED.value]
     if len(completions) > 1:
         return f"completed {len(completions)} times"
+    order = {ex.token: i for i, ex in enumerate(claims)}
     for fin in finishes:
         if not fin["ok"]:
             continue
-        attempt = next((ex.attempt for ex in runs if ex.token == fin["token"]), None)
-        later = [ex for ex in runs if attempt is not None and ex.attempt > attempt]
-        if attempt is None or any(ex.start < fin["began"] for ex in later):
+        if fin["token"] not in order:
+            return f"a finish by {fin['token']}, a token it never ran under, was accepted"
+        later = claims[order[fin["token"]] + 1 :]
+        if any(ex.start < fin["began"] for ex in later):
             return f"a finish ({fin['status']}) by {fin['token']} was accepted after a later claim"
     return None

@@ -92,3 +92,13 @@ def test_a_second_run_inside_a_live_holders_lease_is_a_problem() -> None:
     records = [start("a", 1, 0.0, lease=0.5), end("a", 2.5), start("b", 2, 2.0, pid=2)]
     records += [end("b", 3.0), {"e": "renew", "job": "j", "token": "a", "t": 0.9, "expires": 2.4}]
     assert judge(done_by("b", 2), records, {}).run_twice_in_lease == 1
+
+
+def test_an_attempt_given_back_by_a_graceful_stop_is_not_a_stale_finish() -> None:
+    # A worker drained on shutdown requeues its job with the attempt given back, so
+    # the next claim runs as attempt 1 again: the later claim is the current holder.
+    records = [start("a", 1, 0.0), end("a", 0.5, "cancelled"), start("b", 1, 1.0, pid=2)]
+    records += [end("b", 2.0), finish("b", 2.0)]
+    records.append({**finish("a", 0.5), "status": "queued"})
+    assert judge(done_by("b", 1), records, {}).problems == ()
+    assert judge(done_by("a", 1), records, {}).stale_finish == 1

@@ -117,7 +117,10 @@ async def test_a_postgres_restart_under_web_workers_and_clients_loses_no_accepte
                             tg.start_soon(submit, sub, job_params(rng))
                             await anyio.sleep(rng.uniform(0.02, 0.12))
                             if i == KEYS // 3:
-                                with anyio.fail_after(60):  # the workers are busy
+                                # Every worker is up (a process still starting when the
+                                # server goes down may exit: that is not what this tests).
+                                await workers.wait_ready(journal)
+                                with anyio.fail_after(60):  # and they are busy
                                     while (await observer.stats()).counts[JobStatus.RUNNING] < 2:
                                         await anyio.sleep(0.05)
                                 tg.start_soon(restart)
