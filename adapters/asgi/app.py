@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 from asyncjobs.errors import AsyncJobsError
 
 from .auth import Authenticator
+from .docs import docs_routes
 from .errors import ApiError, handle_exception
 from .http import MAX_WAIT, HttpApi
 from .metrics import QueueMetrics
@@ -127,6 +128,7 @@ class JobsApp:
         routes = self.api.routes() + self.workers.routes()
         routes += [
             Route("/openapi.json", self._openapi, methods=["GET"]),
+            *docs_routes(STATIC_DIR),
             WebSocketRoute("/ws", self._websocket),
             Route("/", self._index, methods=["GET"]),
         ]
@@ -200,6 +202,7 @@ class JobsApp:
                             ("health", "/health"),
                             ("metrics", "/metrics"),
                             ("openapi", "/openapi.json"),
+                            ("docs", "/docs"),
                             ("websocket", "/ws"),
                         ]
                     },

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from typing import Any, final
 import anyio
 import attrs
 
+from . import joblog
 from ._ulid import new_ulid
 from .context import JobContext
 from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
@@ -305,6 +307,8 @@ class Worker:
         job = running.job
         job_type = self.registry.get(job.type)
         outcome: Outcome | None = None
+        joblog.attempt_started(job)
+        began = time.monotonic()
         try:
             with running.scope:
                 outcome = await self._attempt(job_type, running)
@@ -325,6 +329,7 @@ class Worker:
             try:
                 if outcome is not None:
                     await self._finish(running, outcome)
+                joblog.attempt_ended(job, outcome, time.monotonic() - began)
             finally:
                 if self._running.get(job.id) is running:  # not a later claim's entry
                     del self._running[job.id]
