@@ -484,6 +484,26 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 },
             },
         },
+        "/workers": {
+            "get": {
+                "operationId": "listWorkers",
+                "summary": "Live workers of every process (the worker registry).",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["workers"],
+                            "properties": {
+                                "workers": {"type": "array", "items": {"type": "object"}}
+                            },
+                        },
+                        "Each worker: id, host, pid, types, slots, running, started_at, "
+                        "last_heartbeat, expires_at.",
+                    ),
+                    **_UNAUTHORIZED,
+                },
+            },
+        },
         "/health": {
             "get": {
                 "operationId": "health",
