@@ -37,10 +37,24 @@ LEASE = 1.5  # app.py's default
 DRAIN = 90.0  # seconds the jobs get to drain after the last kill (a generous deadline)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
+        return
+    if request.param == "redis":
+        from stores.conftest import destroy_redis_prefix
+
+        redis_url: str = request.getfixturevalue("redis_url")
+        prefix = f"aj_chaos_{uuid.uuid4().hex[:12]}"
+        yield f"{redis_url}?prefix={prefix}"
+        await destroy_redis_prefix(redis_url, prefix)  # SCAN + DEL of this prefix only
         return
     postgres_url: str = request.getfixturevalue("postgres_url")
     schema = f"aj_chaos_{uuid.uuid4().hex[:12]}"
