@@ -23,6 +23,7 @@ from .errors import ApiError, handle_exception
 from .http import MAX_WAIT, HttpApi
 from .metrics import QueueMetrics
 from .openapi import openapi_document
+from .ops import OpsApi
 from .websocket import serve_websocket
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class JobsApp:
             metrics=self.metrics,
             max_wait=max_wait,
         )
+        self.ops = OpsApi(queue, auth=auth, max_body=max_body)
         self._warned = False
         # A store listener, not a task: it counts events from now on and needs no lifespan.
         self.metrics.attach()
@@ -122,7 +124,8 @@ class JobsApp:
         self._app = Starlette(routes=self._routes(), exception_handlers=handlers)
 
     def _routes(self) -> list[BaseRoute]:
-        routes = self.api.routes()
+        # The operations routes first: /jobs/batch and /jobs/retry are not job ids.
+        routes = self.ops.routes() + self.api.routes()
         routes += [
             Route("/openapi.json", self._openapi, methods=["GET"]),
             WebSocketRoute("/ws", self._websocket),

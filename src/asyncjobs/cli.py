@@ -263,7 +263,41 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text)
         p.add_argument("id", help="job id")
         _client_options(p)
+    _add_retry(sub)
     return parser
+
+
+def _add_retry(sub: Any) -> None:
+    p = sub.add_parser(
+        "retry", help="re-queue a failed or cancelled job in place (or --all of them)"
+    )
+    p.add_argument("id", nargs="?", help="job id")
+    p.add_argument("--all", action="store_true", help="retry every matching job instead")
+    p.add_argument("--status", action="append", choices=["failed", "cancelled"], help="with --all")
+    p.add_argument("--type", action="append", help="with --all: only this job type (repeat)")
+    _client_options(p)
+    p.set_defaults(func=cmd_retry)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """``asyncjobs retry ID`` or ``asyncjobs retry --all [--status S] [--type T]``."""
+    from ._client import Api
+
+    if (args.id is None) == (not args.all):
+        raise CliError("give a job id, or --all (with --status/--type filters)", EXIT_USAGE)
+    api = Api(args.url, args.token)
+    try:
+        if args.id is not None:
+            job = api.request("POST", f"jobs/{args.id}/retry")
+            print(f"retried {job['id']} (run {len(job.get('history', [])) + 1})")
+        else:
+            query = [("status", s) for s in args.status or ["failed"]]
+            query += [("type", t) for t in args.type or []]
+            body = api.request("POST", "jobs/retry", params=query)
+            print(f"retried {body['retried']} jobs")
+    finally:
+        api.close()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,6 +61,7 @@ def job_to_record(job: Job) -> dict[str, Any]:
     """The full JSON-able record of a job, lease included (for stores)."""
     out: dict[str, Any] = _conv.unstructure(job)
     out["tags"] = list(job.tags)
+    out["history"] = list(out["history"])
     return out
 
 

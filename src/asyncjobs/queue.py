@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import Any, final
@@ -12,17 +13,42 @@ import anyio
 import attrs
 
 from ._ulid import new_ulid
-from .errors import ConfigurationError, FieldError, InvalidSubmission, JobNotFound, WaitTimeout
+from .errors import (
+    ConfigurationError,
+    FieldError,
+    InvalidParams,
+    InvalidSubmission,
+    JobNotFound,
+    UnknownJobType,
+    WaitTimeout,
+)
 from .events import EventBus
 from .janitor import Janitor, JanitorConfig
 from .job import TERMINAL, Job, JobStatus
 from .registry import Handler, JobRegistry
 from .stores import open_store
 from .stores.protocol import Page, Stats, Store
+from .stores.steps import RETRYABLE
 from .subscription import Subscription
 from .worker import Worker, WorkerConfig
 
-__all__ = ["Queue"]
+__all__ = ["SUBMISSION_KEYS", "Queue"]
+
+#: The keys of one submission to :meth:`Queue.submit_many`.
+SUBMISSION_KEYS = frozenset(
+    {
+        "type",
+        "params",
+        "priority",
+        "delay",
+        "run_at",
+        "timeout",
+        "max_attempts",
+        "idempotency_key",
+        "tags",
+        "owner",
+    }
+)
 
 
 def _utcnow() -> datetime:
@@ -211,6 +237,36 @@ class Queue:
             InvalidSubmission: bad options. QueueFull: ``max_queued`` reached.
         """
         self._require_open()
+        job = self._new_job(
+            type,
+            params,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            owner=owner,
+        )
+        stored, _ = await self.store.add(job, max_queued=self.max_queued)
+        return stored
+
+    def _new_job(
+        self,
+        type: str,
+        params: Any = None,
+        *,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        tags: Collection[str] = (),
+        owner: str | None = None,
+    ) -> Job:
+        """Validate a submission and build its job (not stored yet)."""
         job_type = self.registry.get(type)
         if attrs.has(params.__class__):
             params = job_type.converter.unstructure(params)
@@ -232,8 +288,7 @@ class Queue:
             owner=owner,
             tags=tuple(tags),
         )
-        stored, _ = await self.store.add(job, max_queued=self.max_queued)
-        return stored
+        return job
 
     @staticmethod
     def _due_time(
@@ -380,3 +435,86 @@ class Queue:
             types=_names(type),
             finished_before=None if older_than is None else now - older_than,
         )
+
+    # -- operations: batch submit and retry in place ---------------------------------
+
+    async def submit_many(self, submissions: Sequence[Mapping[str, Any]]) -> builtins.list[Job]:
+        """Validate and store many jobs at once, all or nothing, in one store round trip.
+
+        Each submission is a mapping of :meth:`submit`'s arguments: ``{"type": "echo",
+        "params": {...}, "priority": 2, ...}``. Results follow the input order; a
+        submission whose idempotency key is taken gives the job that holds it.
+
+        Raises:
+            InvalidSubmission: one or more submissions are bad; every error's ``loc``
+                starts with the submission's index. Nothing is stored.
+            QueueFull: the batch would pass ``max_queued``. Nothing is stored.
+        """
+        self._require_open()
+        jobs: builtins.list[Job] = []
+        errors: builtins.list[FieldError] = []
+        for index, submission in enumerate(submissions):
+            try:
+                jobs.append(self._batch_job(submission))
+            except InvalidParams as exc:
+                errors += [
+                    {"loc": [index, "params", *e["loc"]], "msg": e["msg"]} for e in exc.errors
+                ]
+            except InvalidSubmission as exc:
+                errors += [{"loc": [index, *e["loc"]], "msg": e["msg"]} for e in exc.errors]
+            except UnknownJobType as exc:
+                errors.append({"loc": [index, "type"], "msg": str(exc)})
+        if errors:
+            raise InvalidSubmission(errors, f"invalid batch: {_batch_summary(errors)}")
+        if not jobs:
+            return []
+        added = await self.store.add_many(jobs, max_queued=self.max_queued)
+        return [job for job, _ in added]
+
+    def _batch_job(self, submission: Mapping[str, Any]) -> Job:
+        if not isinstance(submission, Mapping):
+            raise InvalidSubmission([{"loc": [], "msg": "must be a mapping of submit arguments"}])
+        unknown = sorted(set(submission) - SUBMISSION_KEYS)
+        if unknown:
+            raise InvalidSubmission([{"loc": [k], "msg": "unknown field"} for k in unknown])
+        options = dict(submission)
+        type_ = options.pop("type", None)
+        if not isinstance(type_, str):
+            raise InvalidSubmission([{"loc": ["type"], "msg": "required: a job type's name"}])
+        return self._new_job(type_, **options)
+
+    async def retry(self, job_id: str) -> Job:
+        """Re-queue a failed or cancelled job in place: same id, a fresh set of attempts;
+        the run that ended (its attempts and error) is kept in ``job.history``.
+
+        Raises: IllegalTransition (the job is not failed or cancelled), JobNotFound.
+        """
+        self._require_open()
+        return await self.store.retry(job_id, now=self.clock())
+
+    async def retry_many(
+        self,
+        *,
+        status: JobStatus | str | Iterable[JobStatus | str] = JobStatus.FAILED,
+        type: str | Iterable[str] | None = None,
+        owner: str | None = None,
+    ) -> builtins.list[Job]:
+        """Retry in place every failed (or cancelled, with ``status``) job, optionally
+        of some types only; return the jobs re-queued.
+
+        Raises: InvalidSubmission when ``status`` names anything but failed or cancelled.
+        """
+        self._require_open()
+        statuses = _statuses(status) or [JobStatus.FAILED]
+        other = sorted(s.value for s in statuses if s not in RETRYABLE)
+        if other:
+            raise InvalidSubmission(
+                [{"loc": ["status"], "msg": f"only failed or cancelled jobs retry, not {other}"}]
+            )
+        return await self.store.retry_many(
+            now=self.clock(), statuses=statuses, types=_names(type), owner=owner
+        )
+
+
+def _batch_summary(errors: list[FieldError]) -> str:
+    return "; ".join(f"job {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])

@@ -33,6 +33,7 @@ queued -> running (claim)                      job_started
 set_progress                                   job_progress
 request_cancel of a running job                job_cancel_requested
 running -> scheduled / queued (retry, requeue) job_retrying
+failed / cancelled -> queued (retry in place)  job_retrying
 -> completed / failed / cancelled              job_completed / _failed / _cancelled
 delete, purge                                  job_deleted (snapshot before deletion)
 =============================================  ========================
@@ -41,7 +42,7 @@ delete, purge                                  job_deleted (snapshot before dele
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -221,4 +222,43 @@ class Store(Protocol):
     async def wait_for_work(self, timeout: float) -> None:
         """Return when a job may have become claimable (a job was added, promoted,
         requeued, or a running one ended), or after ``timeout`` seconds."""
+        ...
+
+    # -- operations: batch submit and retry in place ---------------------------------
+
+    async def add_many(
+        self, jobs: Sequence[Job], *, max_queued: int | None = None
+    ) -> builtins.list[tuple[Job, bool]]:
+        """Store new jobs in one atomic step (one round trip on a server-backed store).
+
+        Each result is what :meth:`add` would return for that job, in input order: a job
+        whose ``idempotency_key`` is taken (by a stored job, or by an earlier job of the
+        same batch) gives ``(that_job, False)``. All or nothing: on an error nothing is
+        stored and no event is published.
+
+        Raises:
+            QueueFull: ``max_queued`` is set and the new jobs would pass it.
+        """
+        ...
+
+    async def retry(self, job_id: str, *, now: datetime) -> Job:
+        """Re-queue a failed or cancelled job in place (see :func:`..steps.retry_step`);
+        publish ``job_retrying`` and wake a worker.
+
+        Raises: IllegalTransition (the job is not failed or cancelled), JobNotFound.
+        """
+        ...
+
+    async def retry_many(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = (JobStatus.FAILED,),
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+    ) -> builtins.list[Job]:
+        """Retry in place every job matching the filters; return them, oldest first.
+
+        ``statuses`` must be failed and/or cancelled (ValueError otherwise).
+        """
         ...

@@ -11,7 +11,7 @@ import bisect
 import builtins
 import heapq
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import final
 
@@ -24,6 +24,7 @@ from ..protocol import EventListener, Outcome, Page, Stats
 from ..steps import (
     cancel_step,
     check_purge_statuses,
+    check_retry_statuses,
     claim_step,
     expire_step,
     finish_step,
@@ -31,6 +32,7 @@ from ..steps import (
     progress_step,
     promote_step,
     renew_step,
+    retry_step,
 )
 
 __all__ = ["MemoryStore"]
@@ -321,3 +323,79 @@ class MemoryStore:
             self._wake = anyio.Event()
         with anyio.move_on_after(timeout):
             await self._wake.wait()
+
+    # -- operations: batch submit and retry in place -------------------------------
+
+    async def add_many(
+        self, jobs: Sequence[Job], *, max_queued: int | None = None
+    ) -> builtins.list[tuple[Job, bool]]:
+        # Decide everything before changing anything: all or nothing.
+        results: builtins.list[tuple[Job, bool]] = []
+        keys: dict[str, Job] = {}
+        ids: set[str] = set()
+        for job in jobs:
+            key = job.idempotency_key
+            if key is not None:
+                existing = self._idempotency.get(key)
+                if existing is not None:
+                    results.append((self._jobs[existing], False))
+                    continue
+                if key in keys:
+                    results.append((keys[key], False))
+                    continue
+                keys[key] = job
+            if job.id in self._jobs or job.id in ids:
+                raise ValueError(f"a job with id {job.id} exists already")
+            ids.add(job.id)
+            results.append((job, True))
+        if max_queued is not None:
+            waiting = sum(n for (_, s), n in self._counts.items() if s in _WAITING)
+            if waiting + len(ids) > max_queued:
+                raise QueueFull(max_queued)
+        wake = False
+        for job, created in results:
+            if not created:
+                continue
+            self._put(None, job)
+            bisect.insort(self._order, job.id)
+            if job.idempotency_key is not None:
+                self._idempotency[job.idempotency_key] = job.id
+            self._emit(EventType.CREATED, job, job.created_at)
+            wake = wake or job.status is JobStatus.QUEUED
+        if wake:
+            self._notify_work()
+        return results
+
+    async def retry(self, job_id: str, *, now: datetime) -> Job:
+        job = self._get(job_id)
+        queued = retry_step(job, now)
+        self._put(job, queued)
+        self._emit(EventType.RETRYING, queued, now)
+        self._notify_work()
+        return queued
+
+    async def retry_many(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = (JobStatus.FAILED,),
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+    ) -> builtins.list[Job]:
+        chosen = check_retry_statuses(statuses)
+        picked = [
+            job
+            for job_id in self._order
+            if (job := self._jobs[job_id]).status in chosen
+            and (types is None or job.type in types)
+            and (owner is None or job.owner == owner)
+        ]
+        retried: builtins.list[Job] = []
+        for job in picked:
+            queued = retry_step(job, now)
+            self._put(job, queued)
+            self._emit(EventType.RETRYING, queued, now)
+            retried.append(queued)
+        if retried:
+            self._notify_work()
+        return retried

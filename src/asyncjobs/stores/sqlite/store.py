@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, final
 from urllib.parse import parse_qs
@@ -31,6 +31,7 @@ from ..protocol import EventListener, Outcome, Page, Stats
 from ..steps import (
     cancel_step,
     check_purge_statuses,
+    check_retry_statuses,
     claim_step,
     expire_step,
     finish_step,
@@ -38,6 +39,7 @@ from ..steps import (
     progress_step,
     promote_step,
     renew_step,
+    retry_step,
 )
 from .schema import JOB_COLUMNS, job_from_row, job_params, micros
 from .thread import Changes, SqliteThread
@@ -46,6 +48,7 @@ __all__ = ["SqliteStore"]
 
 # `list` is a method name inside the class, so annotations there use this alias.
 _Jobs = list[Job]
+_Added = list[tuple[Job, bool]]
 
 _Q: Final = JobStatus.QUEUED.value
 _R: Final = JobStatus.RUNNING.value
@@ -402,6 +405,91 @@ class SqliteStore:
                 conn.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
                 changes.emit(EventType.DELETED, job, now)
             return len(doomed)
+
+        return await self._thread.write(body)
+
+    # -- operations: batch submit and retry in place -------------------------------
+
+    async def add_many(self, jobs: Sequence[Job], *, max_queued: int | None = None) -> _Added:
+        batch = list(jobs)
+
+        def body(conn: sqlite3.Connection, changes: Changes) -> list[tuple[Job, bool]]:
+            # One transaction: an error anywhere rolls the whole batch back.
+            results: list[tuple[Job, bool]] = []
+            keys: dict[str, Job] = {}
+            for job in batch:
+                key = job.idempotency_key
+                if key is not None:
+                    if key in keys:
+                        results.append((keys[key], False))
+                        continue
+                    row = conn.execute(
+                        "SELECT record FROM jobs WHERE idempotency_key = ?", (key,)
+                    ).fetchone()
+                    if row is not None:
+                        results.append((job_from_row(row[0]), False))
+                        continue
+                    keys[key] = job
+                try:
+                    conn.execute(_INSERT, job_params(job))
+                except sqlite3.IntegrityError:
+                    raise ValueError(f"a job with id {job.id} exists already") from None
+                results.append((job, True))
+            new = [job for job, created in results if created]
+            if max_queued is not None and new:
+                (waiting,) = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)", (_Q, _S)
+                ).fetchone()
+                if waiting > max_queued:  # the count includes this batch
+                    raise QueueFull(max_queued)
+            for job in new:
+                changes.emit(EventType.CREATED, job, job.created_at)
+            changes.wake = any(job.status is JobStatus.QUEUED for job in new)
+            return results
+
+        return await self._thread.write(body)
+
+    async def retry(self, job_id: str, *, now: datetime) -> Job:
+        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
+            queued = retry_step(_get(conn, job_id), now)
+            _save(conn, queued)
+            changes.emit(EventType.RETRYING, queued, now)
+            changes.wake = True
+            return queued
+
+        return await self._thread.write(body)
+
+    async def retry_many(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = (JobStatus.FAILED,),
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+    ) -> _Jobs:
+        chosen = sorted(s.value for s in check_retry_statuses(statuses))
+        if not chosen or (types is not None and not types):
+            return []
+        clauses = [f"status IN ({_marks(chosen)})"]
+        args: list[Any] = list(chosen)
+        if types is not None:
+            names = sorted(set(types))
+            clauses.append(f"type IN ({_marks(names)})")
+            args += names
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        sql = f"SELECT record FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id"
+
+        def body(conn: sqlite3.Connection, changes: Changes) -> _Jobs:
+            retried: _Jobs = []
+            for (record,) in conn.execute(sql, args).fetchall():
+                queued = retry_step(job_from_row(record), now)
+                _save(conn, queued)
+                changes.emit(EventType.RETRYING, queued, now)
+                retried.append(queued)
+            changes.wake = bool(retried)
+            return retried
 
         return await self._thread.write(body)
 

@@ -1,0 +1,153 @@
+// Operations panel of the asyncjobs dashboard: retry in place (one job, or every failed
+// job of a type). Standalone: it reads the page's DOM and talks REST with the same
+// token app.js keeps in sessionStorage, so app.js needs no hook.
+(() => {
+  "use strict";
+
+  const REFRESH_MS = 4000;
+  const base = (() => {
+    const path = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
+    return new URL(path, location.origin);
+  })();
+  const tokenKey = "asyncjobs-token:" + base.pathname;
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, props = {}, children = []) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(props)) {
+      if (key === "text") node.textContent = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else node[key] = value;
+    }
+    node.append(...children);
+    return node;
+  }
+
+  async function api(method, path, query) {
+    const url = new URL(path, base);
+    for (const [key, value] of query || []) url.searchParams.append(key, value);
+    const headers = { Accept: "application/json" };
+    const token = sessionStorage.getItem(tokenKey);
+    if (token) headers.Authorization = "Bearer " + token;
+    try {
+      const response = await fetch(url, { method, headers, cache: "no-store" });
+      const text = await response.text();
+      let data = null;
+      try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+      return { ok: response.ok, status: response.status, data };
+    } catch {
+      return { ok: false, status: 0, data: null };
+    }
+  }
+
+  function notify(message, isError) {
+    const box = $("toasts");
+    if (!box) return;
+    const node = el("div", { className: "toast" + (isError ? " error" : ""), text: message });
+    box.append(node);
+    setTimeout(() => node.remove(), isError ? 6000 : 3500);
+  }
+
+  const failure = (res) =>
+    (res.data && res.data.error && res.data.error.message) || `request failed (${res.status})`;
+
+  // ---------- retry one job in place, from the detail panel ----------
+  function setUpDetailButton() {
+    const actions = document.querySelector(".detail-actions");
+    const badge = $("detail-badge");
+    if (!actions || !badge) return;
+    const button = el("button", {
+      type: "button",
+      className: "btn",
+      id: "detail-retry-in-place",
+      text: "Retry in place",
+      title: "Re-queue this job with the same id (keeps its history)",
+    });
+    button.hidden = true;
+    actions.append(button);
+    const sync = () => {
+      const status = badge.dataset.status;
+      button.hidden = !(status === "failed" || status === "cancelled") || badge.textContent === "gone";
+    };
+    new MutationObserver(sync).observe(badge, { attributes: true, childList: true, characterData: true, subtree: true });
+    sync();
+    button.addEventListener("click", async () => {
+      const id = $("detail-id").textContent;
+      if (!id) return;
+      button.disabled = true;
+      const res = await api("POST", `jobs/${encodeURIComponent(id)}/retry`);
+      button.disabled = false;
+      if (res.ok) notify(`Retrying ${id.slice(-10)} in place`);
+      else notify(failure(res), true);
+    });
+  }
+
+  // ---------- the operations card: failed jobs per type, retry all ----------
+  const panel = el("section", { className: "card ops", id: "ops-panel" });
+  panel.setAttribute("aria-labelledby", "ops-title");
+  const failedList = el("ul", { className: "ops-list", id: "ops-failed" });
+  panel.append(
+    el("h2", { id: "ops-title", text: "Operations" }),
+    el("h3", { text: "Failed jobs" }),
+    failedList,
+  );
+
+  function renderFailed(stats) {
+    const rows = Object.entries(stats.by_type || {})
+      .map(([type, counts]) => [type, counts.failed || 0])
+      .filter(([, n]) => n > 0);
+    failedList.replaceChildren();
+    if (!rows.length) {
+      failedList.append(el("li", { className: "muted", text: "No failed jobs." }));
+      return;
+    }
+    for (const [type, n] of rows) {
+      const button = el("button", {
+        type: "button",
+        className: "btn btn-small",
+        text: `Retry all ${n} failed`,
+        dataset: { type },
+      });
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        const res = await api("POST", "jobs/retry", [["status", "failed"], ["type", type]]);
+        if (res.ok) notify(`Retried ${res.data.retried} ${type} job(s)`);
+        else notify(failure(res), true);
+        refresh();
+      });
+      failedList.append(
+        el("li", { className: "ops-row", dataset: { type } }, [
+          el("span", { className: "ops-name", text: type }),
+          el("span", { className: "ops-count", text: String(n) }),
+          button,
+        ]),
+      );
+    }
+  }
+
+  // Other parts of the panel (webhooks, schedules) register here.
+  const refreshers = [
+    async () => {
+      const res = await api("GET", "stats");
+      if (res.ok && res.data) renderFailed(res.data);
+    },
+  ];
+  let timer = null;
+  async function refresh() {
+    clearTimeout(timer);
+    await Promise.all(refreshers.map((f) => f().catch(() => undefined)));
+    timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  window.asyncjobsOps = { api, el, notify, panel, refreshers, refresh };
+
+  function start() {
+    setUpDetailButton();
+    const main = document.querySelector("main.layout");
+    if (main) main.after(panel);
+    else document.body.append(panel);
+    refresh();
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
