@@ -21,8 +21,11 @@ OPS_MODULE = textwrap.dedent(
     """
     from asyncjobs import JobContext
     from asyncjobs.demo import build_demo_queue
+    from asyncjobs.webhooks import Webhook
 
     queue = build_demo_queue(concurrency=4)
+    # A loopback target that is not allowed: its deliveries go dead at once.
+    queue.webhooks = (Webhook(url="http://127.0.0.1:9/hook", events=["job_failed"]),)
 
     @queue.job_type("boom", max_attempts=1)
     async def boom(ctx: JobContext, params: dict) -> None:
@@ -78,3 +81,18 @@ def test_retry_all_failed_of_a_type_and_one_in_place(
     row(pg, done).click()
     pg.wait_for_function("document.querySelector('#detail-badge').dataset.status === 'completed'")
     assert retry.is_hidden()
+
+
+def test_webhooks_and_their_failed_deliveries(page: tuple[Any, Console], server: str) -> None:
+    pg, _ = page
+    job_id = rest_submit(server, {"type": "boom", "params": {}})
+    wait_status(server, job_id, "failed", history=0)
+    open_dashboard(pg, server)
+    item = pg.locator("#ops-webhooks li[data-webhook]")
+    item.wait_for()
+    assert "http://127.0.0.1:9/hook" in item.inner_text()
+    pg.wait_for_function(
+        "Number(document.querySelector('#ops-webhooks li[data-webhook]').dataset.dead) >= 1",
+        timeout=20_000,
+    )
+    assert "private or loopback" in item.locator(".ops-dead").inner_text()

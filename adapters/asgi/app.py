@@ -24,6 +24,7 @@ from .http import MAX_WAIT, HttpApi
 from .metrics import QueueMetrics
 from .openapi import openapi_document
 from .ops import OpsApi
+from .webhooks import WebhookApi
 from .websocket import serve_websocket
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class JobsApp:
             max_wait=max_wait,
         )
         self.ops = OpsApi(queue, auth=auth, max_body=max_body)
+        self.webhooks = WebhookApi(queue, auth=auth, max_body=max_body)
         self._warned = False
         # A store listener, not a task: it counts events from now on and needs no lifespan.
         self.metrics.attach()
@@ -125,7 +127,7 @@ class JobsApp:
 
     def _routes(self) -> list[BaseRoute]:
         # The operations routes first: /jobs/batch and /jobs/retry are not job ids.
-        routes = self.ops.routes() + self.api.routes()
+        routes = self.ops.routes() + self.webhooks.routes() + self.api.routes()
         routes += [
             Route("/openapi.json", self._openapi, methods=["GET"]),
             WebSocketRoute("/ws", self._websocket),

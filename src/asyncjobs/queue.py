@@ -30,6 +30,8 @@ from .stores import open_store
 from .stores.protocol import Page, Stats, Store
 from .stores.steps import RETRYABLE
 from .subscription import Subscription
+from .webhooks.dispatcher import WebhookConfig, WebhookDispatcher
+from .webhooks.model import Delivery, Webhook
 from .worker import Worker, WorkerConfig
 
 __all__ = ["SUBMISSION_KEYS", "Queue"]
@@ -85,6 +87,10 @@ class Queue:
         janitor: Janitor tuning; ``JanitorConfig(enabled=False)`` runs none here.
         clock: Returns the current UTC time; injectable for tests.
         event_buffer: Events a subscriber may have pending before they coalesce.
+        webhooks: Webhooks to register in the store when the queue opens (an upsert:
+            every process may list the same ones).
+        webhook_config: How this process delivers webhooks;
+            ``WebhookConfig(enabled=False)`` sends none from here.
     """
 
     def __init__(
@@ -98,6 +104,8 @@ class Queue:
         janitor: JanitorConfig | None = None,
         clock: Callable[[], datetime] = _utcnow,
         event_buffer: int = 1000,
+        webhooks: Iterable[Webhook] = (),
+        webhook_config: WebhookConfig | None = None,
     ) -> None:
         self._owns_store = isinstance(store, str)
         self.store: Store = open_store(store) if isinstance(store, str) else store
@@ -114,6 +122,9 @@ class Queue:
         self.bus = EventBus(max_pending=event_buffer)
         self.worker: Worker | None = None
         self.janitor: Janitor | None = None
+        self.webhooks = tuple(webhooks)
+        self.webhook_config = webhook_config or WebhookConfig()
+        self.dispatcher: WebhookDispatcher | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     # -- registry shortcut ---------------------------------------------------------
@@ -150,6 +161,11 @@ class Queue:
             if self.janitor_config.enabled:
                 self.janitor = Janitor(self.store, self.janitor_config, self.clock)
                 await tg.start(self.janitor.run)
+            for hook in self.webhooks:
+                await self.store.add_webhook(hook, now=self.clock())
+            if self.webhook_config.enabled:
+                self.dispatcher = WebhookDispatcher(self.store, self.webhook_config, self.clock)
+                await tg.start(self.dispatcher.run)
             if self.worker_config.concurrency > 0:
                 self.worker = Worker(self.store, self.registry, self.worker_config, self.clock)
                 await tg.start(self.worker.run)
@@ -183,6 +199,7 @@ class Queue:
             await stack.aclose()
         self.worker = None
         self.janitor = None
+        self.dispatcher = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -194,6 +211,8 @@ class Queue:
         self.bus.publish(event)
         if self.worker is not None:
             self.worker.on_event(event)
+        if self.dispatcher is not None and event.job.is_terminal and event.type.is_final:
+            self.dispatcher.poke()  # an outbox row may have been written with this end
 
     def _require_open(self) -> None:
         if self._stack is None:
@@ -514,6 +533,37 @@ class Queue:
         return await self.store.retry_many(
             now=self.clock(), statuses=statuses, types=_names(type), owner=owner
         )
+
+    # -- operations: webhooks ------------------------------------------------------
+
+    async def add_webhook(self, hook: Webhook) -> Webhook:
+        """Register a webhook in the store (every process sharing it sends for it).
+
+        Raises: TargetRefused: its host is a private or loopback address not allowed by
+            ``ASYNCJOBS_WEBHOOK_ALLOW``.
+        """
+        from .webhooks.dispatcher import check_target
+
+        self._require_open()
+        await check_target(hook.url, self.webhook_config.allowed_hosts())
+        return await self.store.add_webhook(hook, now=self.clock())
+
+    async def list_webhooks(self) -> builtins.list[Webhook]:
+        """Every registered webhook, oldest first."""
+        self._require_open()
+        return await self.store.list_webhooks()
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        """Remove a webhook and its deliveries. Raises: WebhookNotFound."""
+        self._require_open()
+        await self.store.delete_webhook(webhook_id)
+
+    async def deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> builtins.list[Delivery]:
+        """A webhook's deliveries, newest first (``status``: pending, delivered or dead)."""
+        self._require_open()
+        return await self.store.list_deliveries(webhook_id, status=status, limit=limit)
 
 
 def _batch_summary(errors: list[FieldError]) -> str:

@@ -139,6 +139,44 @@
     timer = setTimeout(refresh, REFRESH_MS);
   }
 
+  // ---------- webhooks and their failed deliveries (admin scope) ----------
+  const hooksTitle = el("h3", { text: "Webhooks" });
+  const hooksList = el("ul", { className: "ops-list", id: "ops-webhooks" });
+  hooksTitle.hidden = hooksList.hidden = true;
+  panel.append(hooksTitle, hooksList);
+
+  async function refreshWebhooks() {
+    const res = await api("GET", "webhooks");
+    // Without the admin scope the section stays hidden: it is not an error.
+    hooksTitle.hidden = hooksList.hidden = !res.ok;
+    if (!res.ok || !res.data) return;
+    const hooks = res.data.webhooks || [];
+    const rows = await Promise.all(
+      hooks.map(async (hook) => {
+        const dead = await api("GET", `webhooks/${encodeURIComponent(hook.id)}/deliveries`, [["status", "dead"], ["limit", "20"]]);
+        return [hook, (dead.ok && dead.data && dead.data.deliveries) || []];
+      }),
+    );
+    hooksList.replaceChildren();
+    if (!rows.length) {
+      hooksList.append(el("li", { className: "muted", text: "No webhooks registered." }));
+      return;
+    }
+    for (const [hook, dead] of rows) {
+      const failed = dead.length
+        ? el("span", { className: "ops-dead", text: `${dead.length}${dead.length >= 20 ? "+" : ""} failed: ${dead[0].last_error || "?"} (job ${dead[0].job_id.slice(-10)})` })
+        : el("span", { className: "ops-detail", text: "no failed deliveries" });
+      hooksList.append(
+        el("li", { className: "ops-row", dataset: { webhook: hook.id, dead: String(dead.length) } }, [
+          el("span", { className: "ops-name", text: hook.url }),
+          el("span", { className: "ops-detail", text: hook.events.join(", ") }),
+          failed,
+        ]),
+      );
+    }
+  }
+  refreshers.push(refreshWebhooks);
+
   window.asyncjobsOps = { api, el, notify, panel, refreshers, refresh };
 
   function start() {

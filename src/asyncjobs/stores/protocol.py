@@ -44,11 +44,14 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
 from ..job import TERMINAL, Job, JobError, JobEvent, JobStatus
+
+if TYPE_CHECKING:
+    from ..webhooks.model import Delivery, Webhook
 
 __all__ = ["EventListener", "Outcome", "Page", "Stats", "Store"]
 
@@ -261,4 +264,49 @@ class Store(Protocol):
 
         ``statuses`` must be failed and/or cancelled (ValueError otherwise).
         """
+        ...
+
+    # -- operations: the webhook outbox ----------------------------------------------
+    #
+    # A job's move to a terminal status writes one pending delivery per webhook that
+    # asked for that event, in the same atomic step as the move itself (a trigger in
+    # SQLite and PostgreSQL): a crash after the end is stored loses no delivery.
+
+    async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
+        """Register ``hook`` (an upsert by ``hook.id``); return it as stored."""
+        ...
+
+    async def list_webhooks(self) -> builtins.list[Webhook]:
+        """Every registered webhook, oldest first."""
+        ...
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        """Remove a webhook and its deliveries. Raises: WebhookNotFound."""
+        ...
+
+    async def claim_deliveries(
+        self, *, now: datetime, limit: int, lease: float
+    ) -> builtins.list[tuple[Delivery, Webhook]]:
+        """Take up to ``limit`` pending deliveries due at ``now`` (oldest first) and
+        hide them from other claimers for ``lease`` seconds: a sender that dies leaves
+        them to be claimed again after that."""
+        ...
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        ok: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        """Record one attempt: delivered (``ok``), pending again at ``retry_at``, or dead
+        (not ok and no ``retry_at``). Unknown ids are ignored (a deleted webhook)."""
+        ...
+
+    async def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> builtins.list[Delivery]:
+        """A webhook's deliveries, newest first. Raises: WebhookNotFound."""
         ...

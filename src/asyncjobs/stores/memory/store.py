@@ -12,13 +12,15 @@ import builtins
 import heapq
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import final
 
 import anyio
+import attrs
 
 from ...errors import IllegalTransition, JobNotFound, QueueFull
-from ...job import EventType, Job, JobEvent, JobStatus
+from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...webhooks.model import Delivery, DeliveryStatus, Webhook, WebhookNotFound, message_id
 from ..listeners import Listeners
 from ..protocol import EventListener, Outcome, Page, Stats
 from ..steps import (
@@ -59,6 +61,8 @@ class MemoryStore:
         self._listeners = Listeners()
         self._seq = 0
         self._wake = anyio.Event()
+        self._webhooks: dict[str, Webhook] = {}
+        self._deliveries: dict[str, Delivery] = {}  # the outbox, oldest first
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -79,6 +83,8 @@ class MemoryStore:
                 self._running.discard(old.id)
         self._counts[(new.type, new.status)] += 1
         self._jobs[new.id] = new
+        if new.status in TERMINAL and (old is None or old.status is not new.status):
+            self._outbox(new)
         if old is None or old.status is not new.status:
             if new.status is JobStatus.QUEUED:
                 heapq.heappush(self._queued.setdefault(new.type, []), (-new.priority, new.id))
@@ -399,3 +405,89 @@ class MemoryStore:
         if retried:
             self._notify_work()
         return retried
+
+    # -- operations: the webhook outbox --------------------------------------------
+
+    def _outbox(self, job: Job) -> None:
+        """Queue a delivery per interested webhook, in the same step as the job's end."""
+        event = f"job_{job.status.value}"
+        at = job.finished_at or job.run_at
+        for hook in self._webhooks.values():
+            if event in hook.events:
+                delivery_id = message_id(job, hook.id)
+                if delivery_id not in self._deliveries:
+                    self._deliveries[delivery_id] = Delivery(
+                        id=delivery_id, webhook_id=hook.id, event=event, job=job, at=at, next_at=at
+                    )
+
+    async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
+        existing = self._webhooks.get(hook.id)
+        stored = attrs.evolve(hook, created_at=existing.created_at if existing is not None else now)
+        self._webhooks[hook.id] = stored
+        return stored
+
+    async def list_webhooks(self) -> builtins.list[Webhook]:
+        return list(self._webhooks.values())
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        if self._webhooks.pop(webhook_id, None) is None:
+            raise WebhookNotFound(webhook_id)
+        for delivery_id in [d.id for d in self._deliveries.values() if d.webhook_id == webhook_id]:
+            del self._deliveries[delivery_id]
+
+    async def claim_deliveries(
+        self, *, now: datetime, limit: int, lease: float
+    ) -> builtins.list[tuple[Delivery, Webhook]]:
+        taken: builtins.list[tuple[Delivery, Webhook]] = []
+        due = sorted(
+            (
+                d
+                for d in self._deliveries.values()
+                if d.status == DeliveryStatus.PENDING and d.next_at is not None and d.next_at <= now
+            ),
+            key=lambda d: (d.next_at, d.id),
+        )
+        for delivery in due[:limit]:
+            hidden = attrs.evolve(delivery, next_at=now + timedelta(seconds=lease))
+            self._deliveries[delivery.id] = hidden
+            taken.append((hidden, self._webhooks[delivery.webhook_id]))
+        return taken
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        ok: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        delivery = self._deliveries.get(delivery_id)
+        if delivery is None:
+            return
+        if ok:
+            status, next_at, delivered = DeliveryStatus.DELIVERED, None, now
+        elif retry_at is not None:
+            status, next_at, delivered = DeliveryStatus.PENDING, retry_at, None
+        else:
+            status, next_at, delivered = DeliveryStatus.DEAD, None, None
+        self._deliveries[delivery_id] = attrs.evolve(
+            delivery,
+            status=status,
+            attempts=delivery.attempts + 1,
+            next_at=next_at,
+            last_error=None if ok else error,
+            delivered_at=delivered,
+        )
+
+    async def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> builtins.list[Delivery]:
+        if webhook_id not in self._webhooks:
+            raise WebhookNotFound(webhook_id)
+        found = [
+            d
+            for d in reversed(self._deliveries.values())
+            if d.webhook_id == webhook_id and (status is None or d.status == status)
+        ]
+        return found[:limit]

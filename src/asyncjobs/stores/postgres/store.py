@@ -40,6 +40,7 @@ from ...codec import (
 )
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...webhooks.model import Delivery, Webhook
 from ..listeners import Listeners
 from ..protocol import EventListener, Outcome, Page, Stats
 from ..steps import (
@@ -67,6 +68,7 @@ from .schema import (
     split_url,
 )
 from .sql import Statements
+from .webhooks import WebhookStatements
 
 __all__ = ["PostgresStore", "migrate"]
 
@@ -118,6 +120,7 @@ class PostgresStore:
         self._prefix = make_prefix(self._instance)
         self._sql = Statements(quote_ident(self.schema), self._channel, self._prefix)
         self._ops = OpsStatements(self._sql)
+        self._hooks = WebhookStatements(quote_ident(self.schema))
         self._pool: Pool | None = None
         self._listener: Listener | None = None
         self._listeners = Listeners()
@@ -595,6 +598,40 @@ class PostgresStore:
             retried += [e.job for e in events]
             if len(events) < self._ops.batch_size():
                 return retried
+
+    # -- operations: the webhook outbox (rows written by a trigger) -----------------
+
+    async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
+        return await self._run(lambda conn: self._hooks.add(conn, hook, now))
+
+    async def list_webhooks(self) -> list[Webhook]:
+        return await self._run(self._hooks.list_hooks)
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._run(lambda conn: self._hooks.remove(conn, webhook_id))
+
+    async def claim_deliveries(
+        self, *, now: datetime, limit: int, lease: float
+    ) -> list[tuple[Delivery, Webhook]]:
+        return await self._run(lambda conn: self._hooks.take(conn, now, limit, lease))
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        ok: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        await self._run(
+            lambda conn: self._hooks.record(conn, delivery_id, now, ok, error, retry_at)
+        )
+
+    async def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        return await self._run(lambda conn: self._hooks.deliveries(conn, webhook_id, status, limit))
 
     def add_listener(self, listener: EventListener) -> Callable[[], None]:
         return self._listeners.add(listener)

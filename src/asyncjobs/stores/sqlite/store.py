@@ -26,6 +26,7 @@ import anyio
 
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, QueueFull
 from ...job import TERMINAL, EventType, Job, JobStatus
+from ...webhooks.model import Delivery, Webhook
 from ..listeners import Listeners
 from ..protocol import EventListener, Outcome, Page, Stats
 from ..steps import (
@@ -41,6 +42,7 @@ from ..steps import (
     renew_step,
     retry_step,
 )
+from . import webhooks as outbox
 from .schema import JOB_COLUMNS, job_from_row, job_params, micros
 from .thread import Changes, SqliteThread
 
@@ -49,6 +51,9 @@ __all__ = ["SqliteStore"]
 # `list` is a method name inside the class, so annotations there use this alias.
 _Jobs = list[Job]
 _Added = list[tuple[Job, bool]]
+_Hooks = list[Webhook]
+_Claimed = list[tuple[Delivery, Webhook]]
+_Deliveries = list[Delivery]
 
 _Q: Final = JobStatus.QUEUED.value
 _R: Final = JobStatus.RUNNING.value
@@ -492,6 +497,42 @@ class SqliteStore:
             return retried
 
         return await self._thread.write(body)
+
+    # -- operations: the webhook outbox (rows written by a trigger) -----------------
+
+    async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
+        return await self._thread.write(lambda conn, _: outbox.add_webhook(conn, hook, now))
+
+    async def list_webhooks(self) -> _Hooks:
+        return await self._thread.read(outbox.list_webhooks)
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._thread.write(lambda conn, _: outbox.delete_webhook(conn, webhook_id))
+
+    async def claim_deliveries(self, *, now: datetime, limit: int, lease: float) -> _Claimed:
+        return await self._thread.write(
+            lambda conn, _: outbox.claim_deliveries(conn, now, limit, lease)
+        )
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        ok: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        await self._thread.write(
+            lambda conn, _: outbox.finish_delivery(conn, delivery_id, now, ok, error, retry_at)
+        )
+
+    async def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> _Deliveries:
+        return await self._thread.read(
+            lambda conn: outbox.list_deliveries(conn, webhook_id, status, limit)
+        )
 
     # -- events and wake-ups -----------------------------------------------------
 
