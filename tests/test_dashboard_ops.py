@@ -26,6 +26,7 @@ OPS_MODULE = textwrap.dedent(
     queue = build_demo_queue(concurrency=4)
     # A loopback target that is not allowed: its deliveries go dead at once.
     queue.webhooks = (Webhook(url="http://127.0.0.1:9/hook", events=["job_failed"]),)
+    queue.schedule("echo", cron="0 9 * * 1", params={"message": "weekly"}, name="weekly")
 
     @queue.job_type("boom", max_attempts=1)
     async def boom(ctx: JobContext, params: dict) -> None:
@@ -96,3 +97,14 @@ def test_webhooks_and_their_failed_deliveries(page: tuple[Any, Console], server:
         timeout=20_000,
     )
     assert "private or loopback" in item.locator(".ops-dead").inner_text()
+
+
+def test_schedules_with_their_next_run(page: tuple[Any, Console], server: str) -> None:
+    pg, _ = page
+    listed = httpx.get(server + "schedules", timeout=10).json()["schedules"]
+    assert [(s["name"], s["cron"]) for s in listed] == [("weekly", "0 9 * * 1")]
+    open_dashboard(pg, server)
+    item = pg.locator('#ops-schedules li[data-schedule="weekly"]')
+    item.wait_for()
+    assert "cron 0 9 * * 1" in item.inner_text()
+    assert item.locator(".ops-next").inner_text().startswith("next ")

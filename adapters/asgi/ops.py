@@ -4,6 +4,7 @@ and batch submit.
 * ``POST /jobs/{id}/retry`` re-queues a failed or cancelled job with the same id (200
   with the job; 409 when it is live or completed).
 * ``POST /jobs/retry?status=failed&type=...`` retries every match: ``{"retried": n}``.
+* ``GET /schedules`` lists the queue's schedules with their next run.
 * ``POST /jobs/batch`` ``{"jobs": [submission, ...]}`` -> 202 ``{"jobs": [...]}``, all or
   nothing: a bad submission is a 422 whose field errors start with ``["jobs", index]``.
 
@@ -23,7 +24,7 @@ from asyncjobs.codec import job_to_wire
 from asyncjobs.errors import FieldError, InvalidSubmission, JobNotFound
 from asyncjobs.job import JobStatus
 
-from .auth import SUBMIT, Authenticator, require
+from .auth import READ, SUBMIT, Authenticator, require
 from .errors import ApiError
 from .http import read_body, visible_to
 from .wire import invalid, loads, parse_statuses, parse_submission
@@ -59,7 +60,15 @@ class OpsApi:
             Route("/jobs/batch", self.submit_batch, methods=["POST"]),
             Route("/jobs/retry", self.retry_many, methods=["POST"]),
             Route("/jobs/{job_id}/retry", self.retry_job, methods=["POST"]),
+            Route("/schedules", self.schedules, methods=["GET"]),
         ]
+
+    async def schedules(self, request: Request) -> Response:
+        """``GET /schedules``: the queue's schedules with their next run (read scope)."""
+        await require(self.auth, request.scope, READ)
+        now = self.queue.clock()
+        items = sorted(self.queue.schedules.values(), key=lambda s: s.name)
+        return JSONResponse({"schedules": [s.to_wire(now) for s in items]})
 
     async def retry_job(self, request: Request) -> Response:
         """``POST /jobs/{id}/retry``: 200 with the re-queued job."""

@@ -26,6 +26,7 @@ from .events import EventBus
 from .janitor import Janitor, JanitorConfig
 from .job import TERMINAL, Job, JobStatus
 from .registry import Handler, JobRegistry
+from .schedules import Missed, Schedule, Scheduler
 from .stores import open_store
 from .stores.protocol import Page, Stats, Store
 from .stores.steps import RETRYABLE
@@ -125,6 +126,8 @@ class Queue:
         self.webhooks = tuple(webhooks)
         self.webhook_config = webhook_config or WebhookConfig()
         self.dispatcher: WebhookDispatcher | None = None
+        self.schedules: dict[str, Schedule] = {}
+        self.scheduler: Scheduler | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     # -- registry shortcut ---------------------------------------------------------
@@ -163,6 +166,8 @@ class Queue:
                 await tg.start(self.janitor.run)
             for hook in self.webhooks:
                 await self.store.add_webhook(hook, now=self.clock())
+            self.scheduler = Scheduler(self, self.clock)
+            await tg.start(self.scheduler.run)
             if self.webhook_config.enabled:
                 self.dispatcher = WebhookDispatcher(self.store, self.webhook_config, self.clock)
                 await tg.start(self.dispatcher.run)
@@ -200,6 +205,7 @@ class Queue:
         self.worker = None
         self.janitor = None
         self.dispatcher = None
+        self.scheduler = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -533,6 +539,44 @@ class Queue:
         return await self.store.retry_many(
             now=self.clock(), statuses=statuses, types=_names(type), owner=owner
         )
+
+    # -- operations: schedules -------------------------------------------------------
+
+    def schedule(
+        self,
+        type: str,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        params: Any = None,
+        name: str | None = None,
+        missed: Missed = "skip",
+    ) -> Schedule:
+        """Run a job of ``type`` periodically: on a ``cron`` expression (UTC; a sixth
+        field gives seconds) or ``every`` so many seconds (aligned to the epoch).
+
+        Exactly one job per tick across every process that shares the store and
+        declares the same schedule. ``missed``: ``"skip"`` ticks missed while no process
+        ran, or ``"catch_up"`` the most recent of them once.
+
+        Raises:
+            UnknownJobType, InvalidParams: checked now, not at the first tick.
+            ConfigurationError: bad cron/every, or the name is taken.
+        """
+        job_type = self.registry.get(type)
+        if attrs.has(params.__class__):
+            params = job_type.converter.unstructure(params)
+        _, normalised = job_type.parse(params)
+        if isinstance(every, timedelta):
+            every = every.total_seconds()
+        chosen = name or type
+        if chosen in self.schedules:
+            raise ConfigurationError(f"a schedule named {chosen!r} exists; pass name=")
+        schedule = Schedule(
+            name=chosen, type=type, params=normalised, cron=cron, every=every, missed=missed
+        )
+        self.schedules[chosen] = schedule
+        return schedule
 
     # -- operations: webhooks ------------------------------------------------------
 

@@ -177,6 +177,33 @@
   }
   refreshers.push(refreshWebhooks);
 
+  // ---------- schedules and their next run ----------
+  const schedTitle = el("h3", { text: "Schedules" });
+  const schedList = el("ul", { className: "ops-list", id: "ops-schedules" });
+  panel.append(schedTitle, schedList);
+
+  async function refreshSchedules() {
+    const res = await api("GET", "schedules");
+    if (!res.ok || !res.data) return;
+    const items = res.data.schedules || [];
+    schedList.replaceChildren();
+    if (!items.length) {
+      schedList.append(el("li", { className: "muted", text: "No schedules." }));
+      return;
+    }
+    for (const s of items) {
+      const when = s.cron ? `cron ${s.cron}` : `every ${s.every}s`;
+      schedList.append(
+        el("li", { className: "ops-row", dataset: { schedule: s.name } }, [
+          el("span", { className: "ops-name", text: s.name }),
+          el("span", { className: "ops-detail", text: `${s.type} · ${when} · missed: ${s.missed}` }),
+          el("span", { className: "ops-next", text: "next " + new Date(s.next_run).toLocaleString() }),
+        ]),
+      );
+    }
+  }
+  refreshers.push(refreshSchedules);
+
   window.asyncjobsOps = { api, el, notify, panel, refreshers, refresh };
 
   function start() {
