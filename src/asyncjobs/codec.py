@@ -27,7 +27,7 @@ __all__ = [
     "parse_time",
 ]
 
-_WIRE_HIDDEN = frozenset({"lease", "idempotency_key", "owner", "retention"})
+_WIRE_HIDDEN = frozenset({"lease", "idempotency_key", "owner", "retention", "trace"})
 
 
 def format_time(value: datetime) -> str:

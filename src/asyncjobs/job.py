@@ -172,6 +172,7 @@ class Job:
     tags: tuple[str, ...] = ()
     cancel_requested: bool = False
     history: tuple[Run, ...] = ()
+    trace: dict[str, str] | None = None  # the submitter's W3C trace context (internal)
     version: int = 1
     lease: Lease | None = attrs.field(default=None, repr=False)
 

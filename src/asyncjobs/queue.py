@@ -12,6 +12,7 @@ from typing import Any, final
 import anyio
 import attrs
 
+from . import tracing
 from ._ulid import new_ulid
 from .errors import (
     ConfigurationError,
@@ -262,19 +263,21 @@ class Queue:
             InvalidSubmission: bad options. QueueFull: ``max_queued`` reached.
         """
         self._require_open()
-        job = self._new_job(
-            type,
-            params,
-            priority=priority,
-            delay=delay,
-            run_at=run_at,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            idempotency_key=idempotency_key,
-            tags=tags,
-            owner=owner,
-        )
-        stored, _ = await self.store.add(job, max_queued=self.max_queued)
+        with tracing.submit_span(type) as span:
+            job = self._new_job(
+                type,
+                params,
+                priority=priority,
+                delay=delay,
+                run_at=run_at,
+                timeout=timeout,
+                max_attempts=max_attempts,
+                idempotency_key=idempotency_key,
+                tags=tags,
+                owner=owner,
+            )
+            stored, _ = await self.store.add(job, max_queued=self.max_queued)
+            tracing.set_job(span, stored)
         return stored
 
     def _new_job(
@@ -312,6 +315,7 @@ class Queue:
             idempotency_key=idempotency_key,
             owner=owner,
             tags=tuple(tags),
+            trace=tracing.inject(),
         )
         return job
 
@@ -476,24 +480,27 @@ class Queue:
             QueueFull: the batch would pass ``max_queued``. Nothing is stored.
         """
         self._require_open()
-        jobs: builtins.list[Job] = []
-        errors: builtins.list[FieldError] = []
-        for index, submission in enumerate(submissions):
-            try:
-                jobs.append(self._batch_job(submission))
-            except InvalidParams as exc:
-                errors += [
-                    {"loc": [index, "params", *e["loc"]], "msg": e["msg"]} for e in exc.errors
-                ]
-            except InvalidSubmission as exc:
-                errors += [{"loc": [index, *e["loc"]], "msg": e["msg"]} for e in exc.errors]
-            except UnknownJobType as exc:
-                errors.append({"loc": [index, "type"], "msg": str(exc)})
-        if errors:
-            raise InvalidSubmission(errors, f"invalid batch: {_batch_summary(errors)}")
-        if not jobs:
-            return []
-        added = await self.store.add_many(jobs, max_queued=self.max_queued)
+        names = {s.get("type") for s in submissions if isinstance(s, Mapping)}
+        destination = str(names.pop()) if len(names) == 1 else "batch"
+        with tracing.submit_span(destination, batch=len(submissions)):
+            jobs: builtins.list[Job] = []
+            errors: builtins.list[FieldError] = []
+            for index, submission in enumerate(submissions):
+                try:
+                    jobs.append(self._batch_job(submission))
+                except InvalidParams as exc:
+                    errors += [
+                        {"loc": [index, "params", *e["loc"]], "msg": e["msg"]} for e in exc.errors
+                    ]
+                except InvalidSubmission as exc:
+                    errors += [{"loc": [index, *e["loc"]], "msg": e["msg"]} for e in exc.errors]
+                except UnknownJobType as exc:
+                    errors.append({"loc": [index, "type"], "msg": str(exc)})
+            if errors:
+                raise InvalidSubmission(errors, f"invalid batch: {_batch_summary(errors)}")
+            if not jobs:
+                return []
+            added = await self.store.add_many(jobs, max_queued=self.max_queued)
         return [job for job, _ in added]
 
     def _batch_job(self, submission: Mapping[str, Any]) -> Job:

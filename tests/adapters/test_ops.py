@@ -151,3 +151,19 @@ async def test_retry_and_batch_respect_scopes_and_owners(serve: Serve, queue: Qu
         assert (await bob.post(f"/jobs/{ids[0]}/retry")).status_code == 404
         assert (await bob.post("/jobs/retry")).json() == {"retried": 0}
         assert (await alice.post("/jobs/retry")).json() == {"retried": 2}
+
+
+async def test_metrics_have_a_queue_wait_histogram(client: httpx.AsyncClient, queue: Queue) -> None:
+    # Three slots, four jobs of 0.3 s: the fourth waits until a slot frees up.
+    body = {"jobs": [{"type": "sleep", "params": {"seconds": 0.3}} for _ in range(4)]}
+    jobs = (await client.post("/jobs/batch", json=body)).json()["jobs"]
+    for job in jobs:
+        await queue.wait(job["id"], timeout=20)
+    text = (await client.get("/metrics")).text
+    lines = dict(
+        line.rsplit(" ", 1)
+        for line in text.splitlines()
+        if line.startswith("asyncjobs_job_queue_wait")
+    )
+    assert float(lines['asyncjobs_job_queue_wait_seconds_count{type="sleep"}']) == 4
+    assert float(lines['asyncjobs_job_queue_wait_seconds_sum{type="sleep"}']) >= 0.3
