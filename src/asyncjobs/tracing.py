@@ -69,8 +69,11 @@ def inject() -> dict[str, str] | None:
     otel = _otel()
     if otel is None:
         return None
+    trace, propagate = otel
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None  # no active trace (or no SDK): nothing to carry, skip the propagators
     carrier: dict[str, str] = {}
-    otel[1].inject(carrier)
+    propagate.inject(carrier)
     return carrier or None
 
 
