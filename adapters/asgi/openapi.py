@@ -459,7 +459,11 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 "security": [],
                 "responses": {
                     "200": _json({"type": "object"}, "The queue is open."),
-                    "503": _json({"type": "object"}, "The queue is not open."),
+                    "503": _json(
+                        {"type": "object"},
+                        "The queue is not open, or degraded: its store calls fail "
+                        '(`{"status": "degraded", "problems": [...]}`).',
+                    ),
                 },
             },
         },

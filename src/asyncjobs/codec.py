@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cattrs
 
 from .job import EventType, Job, JobEvent, JobStatus
+
+if TYPE_CHECKING:
+    from .supervision import Problem
 
 __all__ = [
     "dumps",
@@ -25,6 +28,7 @@ __all__ = [
     "job_to_record",
     "job_to_wire",
     "parse_time",
+    "problem_to_wire",
 ]
 
 _WIRE_HIDDEN = frozenset({"lease", "idempotency_key", "owner", "retention", "trace"})
@@ -110,3 +114,13 @@ def event_from_record(record: dict[str, Any]) -> JobEvent:
 def dumps(value: Any) -> str:
     """Compact JSON, as used on the wire and in stores."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def problem_to_wire(problem: Problem) -> dict[str, Any]:
+    """A failing loop as ``GET /health`` shows it: ``{loop, reason, since, failures}``."""
+    return {
+        "loop": problem.loop,
+        "reason": problem.reason,
+        "since": format_time(problem.since),
+        "failures": problem.failures,
+    }

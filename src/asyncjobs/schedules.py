@@ -14,7 +14,6 @@ sixth field gives seconds.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Final, Literal, final
@@ -27,10 +26,9 @@ from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .queue import Queue
+    from .supervision import Supervisor
 
 __all__ = ["Schedule", "Scheduler", "tick_key"]
-
-logger = logging.getLogger("asyncjobs.schedules")
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICRO: Final = timedelta(microseconds=1)
@@ -40,6 +38,8 @@ MAX_GRACE: Final = 60.0
 MAX_SLEEP: Final = 1.0
 
 Missed = Literal["skip", "catch_up"]
+#: The loop's name in ``queue.health()``.
+LOOP: Final = "schedules"
 
 
 def _cronsim() -> Any:
@@ -120,10 +120,10 @@ class Schedule:
 class Scheduler:
     """Submits each due tick of a queue's schedules; one per open queue."""
 
-    def __init__(self, queue: Queue, clock: Callable[[], datetime]) -> None:
+    def __init__(self, queue: Queue, clock: Callable[[], datetime], supervisor: Supervisor) -> None:
         self.queue = queue
         self.clock = clock
-        self.problem: str | None = None
+        self.supervisor = supervisor
         self._done: dict[str, datetime] = {}  # the last tick handled, per schedule
 
     async def tick(self) -> float:
@@ -159,20 +159,14 @@ class Scheduler:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Fire ticks forever; a failing store call is logged once and retried."""
+        """Fire ticks forever; a failing store call is reported to the supervisor (and
+        ``/health``) and retried with its backoff."""
         task_status.started()
-        pause = 0.0
         while True:
             try:
                 wait = await self.tick()
             except Exception as exc:  # the loop's edge: an outage must not end schedules
-                if self.problem is None:
-                    logger.warning("schedule loop failed (%s); retrying", exc)
-                self.problem = f"{type(exc).__name__}: {exc}"
-                pause = min(max(pause * 2, 0.5), 30.0)
-                await anyio.sleep(pause)
+                await anyio.sleep(self.supervisor.failed(LOOP, exc))
                 continue
-            if self.problem is not None:
-                logger.info("schedule loop recovered")
-            self.problem, pause = None, 0.0
+            self.supervisor.recovered(LOOP)
             await anyio.sleep(wait)

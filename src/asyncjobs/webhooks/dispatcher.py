@@ -24,11 +24,14 @@ from .model import Delivery, Webhook, delivery_body, sign
 
 if TYPE_CHECKING:
     from ..stores.protocol import Store
+    from ..supervision import Supervisor
 
 __all__ = ["ALLOW_ENV", "TargetRefused", "WebhookConfig", "WebhookDispatcher", "check_target"]
 
 logger = logging.getLogger("asyncjobs.webhooks")
 
+#: The loop's name in ``queue.health()``.
+LOOP: Final = "webhooks"
 #: Hosts (comma-separated) that may be private or loopback addresses.
 ALLOW_ENV: Final = "ASYNCJOBS_WEBHOOK_ALLOW"
 
@@ -116,11 +119,17 @@ def _import_httpx() -> Any:
 class WebhookDispatcher:
     """Sends due deliveries from ``store``'s outbox; one per queue that runs it."""
 
-    def __init__(self, store: Store, config: WebhookConfig, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: WebhookConfig,
+        clock: Callable[[], datetime],
+        supervisor: Supervisor,
+    ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
-        self.problem: str | None = None  # the current outage, if any (for health)
+        self.supervisor = supervisor
         self._wake = anyio.Event()
         self._client: Any = None
 
@@ -131,23 +140,17 @@ class WebhookDispatcher:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Deliver forever; a failing store call is logged once, retried with backoff."""
+        """Deliver forever; a failing store call is reported to the supervisor (and
+        ``/health``) and retried with its backoff."""
         task_status.started()
-        pause = 0.0
         try:
             while True:
                 try:
                     sent = await self.tick()
                 except Exception as exc:  # the loop's edge: never let one outage kill it
-                    if self.problem is None:
-                        logger.warning("webhook delivery loop failed (%s); retrying", exc)
-                    self.problem = f"{type(exc).__name__}: {exc}"
-                    pause = min(max(pause * 2, 0.5), 30.0)
-                    await anyio.sleep(pause)
+                    await anyio.sleep(self.supervisor.failed(LOOP, exc))
                     continue
-                if self.problem is not None:
-                    logger.info("webhook delivery loop recovered")
-                self.problem, pause = None, 0.0
+                self.supervisor.recovered(LOOP)
                 if sent < self.config.batch:
                     with anyio.move_on_after(self.config.poll):
                         await self._wake.wait()
