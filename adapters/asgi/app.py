@@ -26,6 +26,7 @@ from .openapi import openapi_document
 from .ops import OpsApi
 from .webhooks import WebhookApi
 from .websocket import serve_websocket
+from .worker import WorkerApi
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -114,6 +115,7 @@ class JobsApp:
         )
         self.ops = OpsApi(queue, auth=auth, max_body=max_body)
         self.webhooks = WebhookApi(queue, auth=auth, max_body=max_body)
+        self.workers = WorkerApi(queue, auth=auth, max_body=max_body, max_wait=max_wait)
         self._warned = False
         # A store listener, not a task: it counts events from now on and needs no lifespan.
         self.metrics.attach()
@@ -128,6 +130,7 @@ class JobsApp:
     def _routes(self) -> list[BaseRoute]:
         # The operations routes first: /jobs/batch and /jobs/retry are not job ids.
         routes = self.ops.routes() + self.webhooks.routes() + self.api.routes()
+        routes += self.workers.routes()
         routes += [
             Route("/openapi.json", self._openapi, methods=["GET"]),
             WebSocketRoute("/ws", self._websocket),
