@@ -217,8 +217,6 @@ async def test_retry_many_by_owner_and_refuses_other_statuses(store: Store) -> N
 async def test_retry_wakes_a_worker_in_another_instance(
     store_factory: StoreFactory, backend: Backend
 ) -> None:
-    if backend.kind == "sqlite":
-        pytest.skip("SQLite wakes workers within the store instance that made the change")
     actor, waiter = await store_factory(), await store_factory()
     job_id, _ = await _failed(actor)
 
