@@ -24,6 +24,8 @@ from .errors import ApiError, handle_exception
 from .http import MAX_WAIT, HttpApi
 from .metrics import QueueMetrics
 from .openapi import openapi_document
+from .ops import OpsApi
+from .webhooks import WebhookApi
 from .websocket import serve_websocket
 from .worker import WorkerApi
 
@@ -112,6 +114,8 @@ class JobsApp:
             metrics=self.metrics,
             max_wait=max_wait,
         )
+        self.ops = OpsApi(queue, auth=auth, max_body=max_body)
+        self.webhooks = WebhookApi(queue, auth=auth, max_body=max_body)
         self.workers = WorkerApi(queue, auth=auth, max_body=max_body, max_wait=max_wait)
         self._warned = False
         # A store listener, not a task: it counts events from now on and needs no lifespan.
@@ -125,7 +129,9 @@ class JobsApp:
         self._app = Starlette(routes=self._routes(), exception_handlers=handlers)
 
     def _routes(self) -> list[BaseRoute]:
-        routes = self.api.routes() + self.workers.routes()
+        # The operations routes first: /jobs/batch and /jobs/retry are not job ids.
+        routes = self.ops.routes() + self.webhooks.routes() + self.api.routes()
+        routes += self.workers.routes()
         routes += [
             Route("/openapi.json", self._openapi, methods=["GET"]),
             *docs_routes(STATIC_DIR),

@@ -81,6 +81,14 @@ class QueueMetrics:
             registry=self.registry,
             buckets=_BUCKETS,
         )
+        self.wait_seconds = Histogram(
+            "job_queue_wait_seconds",
+            "Seconds from when a job could run (queued, or due) to the start of an attempt.",
+            ["type"],
+            namespace=namespace,
+            registry=self.registry,
+            buckets=_BUCKETS,
+        )
         self.jobs = Gauge(
             "jobs",
             "Jobs in the store, per status.",
@@ -151,6 +159,12 @@ class QueueMetrics:
         job = event.job
         if event.type is EventType.CREATED:
             self.submitted.labels(job.type).inc()
+        elif event.type is EventType.STARTED:
+            if job.started_at is not None:
+                # run_at is when it became runnable: submit, the end of a delay or of a
+                # retry's backoff, a requeue.
+                waited = (job.started_at - job.run_at).total_seconds()
+                self.wait_seconds.labels(job.type).observe(max(waited, 0.0))
         elif event.type is EventType.RETRYING:
             self.retried.labels(job.type).inc()
         elif (outcome := _OUTCOMES.get(event.type)) is not None:

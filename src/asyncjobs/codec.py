@@ -34,7 +34,7 @@ __all__ = [
     "problem_to_wire",
 ]
 
-_WIRE_HIDDEN = frozenset({"lease", "idempotency_key", "owner", "retention"})
+_WIRE_HIDDEN = frozenset({"lease", "idempotency_key", "owner", "retention", "trace"})
 
 
 def format_time(value: datetime) -> str:
@@ -68,6 +68,7 @@ def job_to_record(job: Job) -> dict[str, Any]:
     """The full JSON-able record of a job, lease included (for stores)."""
     out: dict[str, Any] = _conv.unstructure(job)
     out["tags"] = list(job.tags)
+    out["history"] = list(out["history"])
     return out
 
 

@@ -10,6 +10,9 @@ transition table below and bumps ``version``; stores never compare status string
         │  └────retry────────┼──┼───────────────┘ │ └──▶ cancelled
         │                    │  └──requeue────────┘  (lease expired / shutdown)
         └──────cancel────────┴──cancel──▶ cancelled
+
+    failed / cancelled ──retry in place (queue.retry)──▶ queued   (same id; the run
+    that ended is kept in ``history``)
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "JobEvent",
     "JobStatus",
     "Lease",
+    "Run",
     "advance",
     "can_transition",
 ]
@@ -65,8 +69,10 @@ _TRANSITIONS: Final[Mapping[JobStatus, frozenset[JobStatus]]] = {
     # a lost lease or a graceful shutdown.
     S.RUNNING: frozenset({S.COMPLETED, S.FAILED, S.CANCELLED, S.SCHEDULED, S.QUEUED}),
     S.COMPLETED: frozenset(),
-    S.FAILED: frozenset(),
-    S.CANCELLED: frozenset(),
+    # An operator's retry in place (queue.retry): the only way out of a terminal state.
+    # A completed job is never re-run in place; submit a new one.
+    S.FAILED: frozenset({S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED}),
 }
 del S
 
@@ -123,6 +129,20 @@ class Lease:
     expires_at: datetime
 
 
+@attrs.frozen
+class Run:
+    """One earlier run of a job that was retried in place: how it ended and why.
+
+    ``attempts`` is how many attempts that run made; ``error`` the last one's failure.
+    """
+
+    status: JobStatus
+    attempts: int
+    error: JobError | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
 @attrs.frozen(kw_only=True)
 class Job:
     """An immutable snapshot of one job. A change makes a new snapshot, ``version + 1``.
@@ -151,6 +171,8 @@ class Job:
     owner: str | None = None
     tags: tuple[str, ...] = ()
     cancel_requested: bool = False
+    history: tuple[Run, ...] = ()
+    trace: dict[str, str] | None = None  # the submitter's W3C trace context (internal)
     version: int = 1
     lease: Lease | None = attrs.field(default=None, repr=False)
 

@@ -15,16 +15,21 @@ from typing import Any, final
 import anyio
 import attrs
 
+from . import tracing
+from ._queue_ops import QueueOperations, _names, _statuses
 from ._ulid import new_ulid
 from .errors import ConfigurationError, FieldError, InvalidSubmission, JobNotFound, WaitTimeout
 from .events import EventBus
 from .janitor import Janitor, JanitorConfig
 from .job import TERMINAL, Job, JobStatus
 from .registry import Backoff, Handler, JobRegistry
+from .schedules import Schedule, Scheduler
 from .stores import open_store
 from .stores.protocol import Page, Stats, Store, WorkerInfo
 from .subscription import Subscription
 from .supervision import STORE_RETRY, Background, Health, Supervisor
+from .webhooks.dispatcher import WebhookConfig, WebhookDispatcher
+from .webhooks.model import Webhook
 from .worker import Worker, WorkerConfig
 
 __all__ = ["Queue"]
@@ -41,22 +46,8 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _statuses(value: JobStatus | str | Iterable[JobStatus | str] | None) -> list[JobStatus] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):  # JobStatus is a str too
-        return [JobStatus(value)]
-    return [JobStatus(v) for v in value]
-
-
-def _names(value: str | Iterable[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [value] if isinstance(value, str) else list(value)
-
-
 @final
-class Queue:
+class Queue(QueueOperations):
     """A job queue: submit, observe, cancel; runs workers and a janitor while open.
 
     Args:
@@ -73,6 +64,10 @@ class Queue:
         event_buffer: Events a subscriber may have pending before they coalesce.
         store_retry: Backoff of a background loop (claim, heartbeat, finish, janitor)
             while the store fails; see :meth:`health`.
+        webhooks: Webhooks to register in the store when the queue opens (an upsert:
+            every process may list the same ones).
+        webhook_config: How this process delivers webhooks;
+            ``WebhookConfig(enabled=False)`` sends none from here.
     """
 
     def __init__(
@@ -87,6 +82,8 @@ class Queue:
         clock: Callable[[], datetime] = _utcnow,
         event_buffer: int = 1000,
         store_retry: Backoff = STORE_RETRY,
+        webhooks: Iterable[Webhook] = (),
+        webhook_config: WebhookConfig | None = None,
     ) -> None:
         self._owns_store = isinstance(store, str)
         self.store: Store = open_store(store) if isinstance(store, str) else store
@@ -112,6 +109,11 @@ class Queue:
         self._background: Background | None = None
         self._remove_listener: Callable[[], None] | None = None
         self._remove_resync: Callable[[], None] | None = None
+        self.webhooks = tuple(webhooks)
+        self.webhook_config = webhook_config or WebhookConfig()
+        self.dispatcher: WebhookDispatcher | None = None
+        self.schedules: dict[str, Schedule] = {}
+        self.scheduler: Scheduler | None = None
 
     # -- registry shortcut ---------------------------------------------------------
 
@@ -149,6 +151,19 @@ class Queue:
         self.supervisor.clear()  # what a previous opening saw is over
         background = Background(self.supervisor)
         starters = []
+        try:
+            for hook in self.webhooks:
+                await self.store.add_webhook(hook, now=self.clock())
+        except BaseException:
+            await self._release()
+            raise
+        self.scheduler = Scheduler(self, self.clock, self.supervisor)
+        starters.append(self.scheduler.run)
+        if self.webhook_config.enabled:
+            self.dispatcher = WebhookDispatcher(
+                self.store, self.webhook_config, self.clock, self.supervisor
+            )
+            starters.append(self.dispatcher.run)
         if self.janitor_config.enabled:
             self.janitor = Janitor(self.store, self.janitor_config, self.clock, self.supervisor)
             starters.append(self.janitor.run)
@@ -222,6 +237,8 @@ class Queue:
                 await self.store.close()
         self.worker = None
         self.janitor = None
+        self.dispatcher = None
+        self.scheduler = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -235,6 +252,8 @@ class Queue:
         self.bus.publish(event)
         if self.worker is not None:
             self.worker.on_event(event)
+        if self.dispatcher is not None and event.job.is_terminal and event.type.is_final:
+            self.dispatcher.poke()  # an outbox row may have been written with this end
 
     def _require_open(self) -> None:
         if self._background is None:
@@ -278,6 +297,38 @@ class Queue:
             InvalidSubmission: bad options. QueueFull: ``max_queued`` reached.
         """
         self._require_open()
+        with tracing.submit_span(type) as span:
+            job = self._new_job(
+                type,
+                params,
+                priority=priority,
+                delay=delay,
+                run_at=run_at,
+                timeout=timeout,
+                max_attempts=max_attempts,
+                idempotency_key=idempotency_key,
+                tags=tags,
+                owner=owner,
+            )
+            stored, _ = await self.store.add(job, max_queued=self.max_queued)
+            tracing.set_job(span, stored)
+        return stored
+
+    def _new_job(
+        self,
+        type: str,
+        params: Any = None,
+        *,
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        tags: Collection[str] = (),
+        owner: str | None = None,
+    ) -> Job:
+        """Validate a submission and build its job (not stored yet)."""
         job_type = self.registry.get(type)
         if attrs.has(params.__class__):
             params = job_type.converter.unstructure(params)
@@ -298,9 +349,9 @@ class Queue:
             idempotency_key=idempotency_key,
             owner=owner,
             tags=tuple(tags),
+            trace=tracing.inject(),
         )
-        stored, _ = await self.store.add(job, max_queued=self.max_queued)
-        return stored
+        return job
 
     @staticmethod
     def _due_time(

@@ -25,6 +25,7 @@ from .job import EventType, Job, JobError, JobEvent, JobStatus
 from .registry import JobRegistry, JobType
 from .stores.protocol import Outcome, Store, WorkerInfo
 from .supervision import Supervisor
+from .tracing import attempt_span
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -352,7 +353,7 @@ class Worker:
         began = time.monotonic()
         try:
             with running.scope:
-                outcome = await self._attempt(job_type, running)
+                outcome = await attempt_span(job, lambda: self._attempt(job_type, running))
             # A cancel that lands as the handler returns still wins: a job the user
             # cancelled never turns up completed afterwards.
             if running.stop is _Stop.CANCEL:

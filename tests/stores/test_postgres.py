@@ -22,8 +22,11 @@ from asyncjobs.errors import ConfigurationError, LeaseLost
 from asyncjobs.job import EventType, Job, JobStatus
 from asyncjobs.stores import Outcome, open_store
 from asyncjobs.stores.postgres import PostgresStore, migrate
+from asyncjobs.stores.postgres.schema import MIGRATIONS
 
 from .test_conformance import LEASE, EventLog, add, at, claim_one, make_job, token
+
+ALL_VERSIONS = [version for version, _ in MIGRATIONS]
 
 pytestmark = pytest.mark.postgres
 

@@ -5,7 +5,8 @@ leases, finish, promote, delete and purge, and try stale lease tokens. The model
 every result; after each step the invariants compare the whole store with it:
 
 * no job is held by two live leases: every token is fresh, and a stale one is refused;
-* terminal states are final: a finished job never changes again until it is deleted;
+* terminal states are final: a finished job never changes again until it is deleted
+  or retried in place (failed / cancelled -> queued, the only way out);
 * nothing accepted disappears before ``delete`` or ``purge`` removes it;
 * versions strictly increase: a visible change always bumps ``version``;
 * ``stats`` equals the model's counts, and events arrive once per change, in seq order.
@@ -51,6 +52,8 @@ TYPES = ("a", "b")
 TYPE_LIMITS = {"b": 1}
 MAX_QUEUED = 5
 Q, S, R = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING
+F, C = JobStatus.FAILED, JobStatus.CANCELLED
+RETRYABLE = (F, C)
 T = TypeVar("T")
 
 
@@ -328,6 +331,39 @@ class StoreMachine(RuleBasedStateMachine):
             m.attempts -= 1
         self.changed(m, status)
         self.became(job)
+
+    @precondition(lambda self: bool(self.model))
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        m = self.model[data.draw(st.sampled_from(self.ids()))]
+        if m.status not in RETRYABLE:
+            with pytest.raises(IllegalTransition):
+                self.call(self.store.retry, m.id, now=self.now)
+            return
+        job = self.call(self.store.retry, m.id, now=self.now)
+        self.retried(m)
+        self.became(job)
+        assert job.history[-1].attempts == self.final.pop(m.id, job).attempts
+
+    @rule(
+        statuses=st.sampled_from([(F,), (C,), (F, C)]),
+        types=st.sampled_from([None, ("a",), ("b",)]),
+    )
+    def retry_many(self, statuses: tuple[JobStatus, ...], types: tuple[str, ...] | None) -> None:
+        due = [i for i in self.ids(*statuses) if types is None or self.model[i].type in types]
+        got = self.call(self.store.retry_many, now=self.now, statuses=statuses, types=types)
+        assert [j.id for j in got] == due
+        for job in got:
+            self.retried(self.model[job.id])
+            self.final.pop(job.id, None)
+            self.became(job)
+
+    def retried(self, m: Model) -> None:
+        m.attempts = 0
+        m.cancel_requested = False
+        m.finished_at = None
+        m.run_at = self.now
+        self.changed(m, Q)
 
     @precondition(lambda self: bool(self.stale))
     @rule(data=st.data(), op=st.sampled_from(["finish", "progress", "renew"]))

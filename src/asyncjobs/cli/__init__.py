@@ -25,8 +25,8 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import AsyncJobsError
-from .client import EXIT_ERROR, CliError, run_client
-from .server import EXIT_USAGE, cmd_demo, cmd_migrate, cmd_serve, cmd_worker, load_queue
+from .client import EXIT_ERROR, EXIT_USAGE, CliError, run_client
+from .server import cmd_demo, cmd_migrate, cmd_serve, cmd_worker, load_queue
 
 __all__ = ["EXIT_USAGE", "build_parser", "load_queue", "main"]
 
@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text)
         p.add_argument("id", help="job id")
         _client_options(p)
+
+    p = sub.add_parser("retry", help="re-queue a failed or cancelled job in place (or --all)")
+    p.add_argument("id", nargs="?", help="job id")
+    p.add_argument("--all", action="store_true", help="retry every matching job instead")
+    p.add_argument("--status", action="append", choices=["failed", "cancelled"], help="with --all")
+    p.add_argument("--type", action="append", help="with --all: only this job type (repeat)")
+    _client_options(p)
     return parser
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["EXIT_BY_STATUS", "EXIT_ERROR", "EXIT_LOST", "CliError", "run_client"]
+__all__ = ["EXIT_BY_STATUS", "EXIT_ERROR", "EXIT_LOST", "EXIT_USAGE", "CliError", "run_client"]
 
 #: ``watch`` (and ``submit --watch``) exit with the job's outcome.
 EXIT_BY_STATUS: Final[Mapping[str, int]] = {"completed": 0, "failed": 1, "cancelled": 2}
@@ -28,6 +28,7 @@ EXIT_BY_STATUS: Final[Mapping[str, int]] = {"completed": 0, "failed": 1, "cancel
 EXIT_LOST: Final = 3
 #: The command could not do its work: server unreachable, 401/403, unknown id, bad input.
 EXIT_ERROR: Final = 4
+EXIT_USAGE: Final = 64  # sysexits EX_USAGE; 2 means "cancelled" for watch
 
 _FINAL_EVENTS: Final = frozenset({"job_completed", "job_failed", "job_cancelled", "job_deleted"})
 
@@ -393,12 +394,28 @@ def _one_line(job: Mapping[str, Any]) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
+def cmd_retry(args: argparse.Namespace, api: Api, out: TextIO) -> int:
+    """``asyncjobs retry ID`` or ``asyncjobs retry --all [--status S] [--type T]``."""
+    if (args.id is None) == (not args.all):
+        raise CliError("give a job id, or --all (with --status/--type filters)", EXIT_USAGE)
+    if args.id is not None:
+        job = api.request("POST", f"jobs/{args.id}/retry")
+        print(f"retried {job['id']} (run {len(job.get('history', [])) + 1})", file=out)
+    else:
+        query = [("status", s) for s in args.status or ["failed"]]
+        query += [("type", t) for t in args.type or []]
+        body = api.request("POST", "jobs/retry", params=query)
+        print(f"retried {body['retried']} jobs", file=out)
+    return 0
+
+
 _VERBS = {
     "submit": cmd_submit,
     "ls": cmd_ls,
     "get": cmd_get,
     "cancel": cmd_cancel,
     "watch": cmd_watch,
+    "retry": cmd_retry,
 }
 
 

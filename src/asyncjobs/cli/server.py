@@ -18,14 +18,13 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..joblog import configure_logging
-from .client import EXIT_ERROR, CliError
+from .client import EXIT_ERROR, EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
     from ..queue import Queue
 
 __all__ = ["cmd_demo", "cmd_migrate", "cmd_serve", "cmd_worker", "load_queue"]
 
-EXIT_USAGE = 64  # sysexits EX_USAGE; 2 means "cancelled" for watch
 log = logging.getLogger("asyncjobs.cli")
 
 

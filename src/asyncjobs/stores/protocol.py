@@ -43,6 +43,7 @@ queued -> running (claim)                      job_started
 set_progress                                   job_progress
 request_cancel of a running job                job_cancel_requested
 running -> scheduled / queued (retry, requeue) job_retrying
+failed / cancelled -> queued (retry in place)  job_retrying
 -> completed / failed / cancelled              job_completed / _failed / _cancelled
 delete, purge                                  job_deleted (snapshot before deletion)
 =============================================  ========================
@@ -51,13 +52,16 @@ delete, purge                                  job_deleted (snapshot before dele
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
 from ..job import TERMINAL, Job, JobError, JobEvent, JobStatus
+
+if TYPE_CHECKING:
+    from ..webhooks.model import Delivery, Webhook
 
 __all__ = [
     "EventListener",
@@ -271,6 +275,90 @@ class StateStore(Protocol):
 
     async def remove_worker(self, worker_id: str) -> None:
         """Drop a worker's record (it stopped cleanly). Unknown ids are ignored."""
+        ...
+
+    # -- operations: batch submit and retry in place ---------------------------------
+
+    async def add_many(
+        self, jobs: Sequence[Job], *, max_queued: int | None = None
+    ) -> builtins.list[tuple[Job, bool]]:
+        """Store new jobs in one atomic step (one round trip on a server-backed store).
+
+        Each result is what :meth:`add` would return for that job, in input order: a job
+        whose ``idempotency_key`` is taken (by a stored job, or by an earlier job of the
+        same batch) gives ``(that_job, False)``. All or nothing: on an error nothing is
+        stored and no event is published.
+
+        Raises:
+            QueueFull: ``max_queued`` is set and the new jobs would pass it.
+        """
+        ...
+
+    async def retry(self, job_id: str, *, now: datetime) -> Job:
+        """Re-queue a failed or cancelled job in place (see :func:`..steps.retry_step`);
+        publish ``job_retrying`` and wake a worker.
+
+        Raises: IllegalTransition (the job is not failed or cancelled), JobNotFound.
+        """
+        ...
+
+    async def retry_many(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = (JobStatus.FAILED,),
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+    ) -> builtins.list[Job]:
+        """Retry in place every job matching the filters; return them, oldest first.
+
+        ``statuses`` must be failed and/or cancelled (ValueError otherwise).
+        """
+        ...
+
+    # -- operations: the webhook outbox ----------------------------------------------
+    #
+    # A job's move to a terminal status writes one pending delivery per webhook that
+    # asked for that event, in the same atomic step as the move itself (a trigger in
+    # SQLite and PostgreSQL): a crash after the end is stored loses no delivery.
+
+    async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
+        """Register ``hook`` (an upsert by ``hook.id``); return it as stored."""
+        ...
+
+    async def list_webhooks(self) -> builtins.list[Webhook]:
+        """Every registered webhook, oldest first."""
+        ...
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        """Remove a webhook and its deliveries. Raises: WebhookNotFound."""
+        ...
+
+    async def claim_deliveries(
+        self, *, now: datetime, limit: int, lease: float
+    ) -> builtins.list[tuple[Delivery, Webhook]]:
+        """Take up to ``limit`` pending deliveries due at ``now`` (oldest first) and
+        hide them from other claimers for ``lease`` seconds: a sender that dies leaves
+        them to be claimed again after that."""
+        ...
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        ok: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        """Record one attempt: delivered (``ok``), pending again at ``retry_at``, or dead
+        (not ok and no ``retry_at``). Unknown ids are ignored (a deleted webhook)."""
+        ...
+
+    async def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> builtins.list[Delivery]:
+        """A webhook's deliveries, newest first. Raises: WebhookNotFound."""
         ...
 
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from ..errors import IllegalTransition, LeaseLost
-from ..job import TERMINAL, EventType, Job, JobError, JobStatus, Lease, advance
+from ..job import TERMINAL, EventType, Job, JobError, JobStatus, Lease, Run, advance
 from .protocol import Outcome, Stats
 
 __all__ = [
@@ -33,7 +33,10 @@ __all__ = [
     "progress_step",
     "promote_step",
     "renew_step",
+    "retry_step",
+    "RETRYABLE",
     "check_purge_statuses",
+    "check_retry_statuses",
 ]
 
 EXPIRED_ERROR = JobError(
@@ -146,6 +149,47 @@ def expire_step(job: Job, now: datetime) -> tuple[Job, EventType]:
 
 def promote_step(job: Job) -> Job:
     return advance(job, JobStatus.QUEUED)
+
+
+#: The statuses a job can be retried in place from.
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def retry_step(job: Job, now: datetime) -> Job:
+    """Re-queue a failed or cancelled job in place: same id, a fresh set of attempts,
+    and the run that ended appended to ``history`` (its attempts and last error).
+
+    Raises:
+        IllegalTransition: the job is not failed or cancelled.
+    """
+    if job.status not in RETRYABLE:
+        raise IllegalTransition(job.id, job.status.value, JobStatus.QUEUED.value)
+    run = Run(job.status, job.attempts, job.error, job.started_at, job.finished_at)
+    return advance(
+        job,
+        JobStatus.QUEUED,
+        history=(*job.history, run),
+        attempts=0,
+        error=None,
+        result=None,
+        progress=0.0,
+        message=None,
+        started_at=None,
+        finished_at=None,
+        run_at=now,
+        cancel_requested=False,
+        lease=None,
+    )
+
+
+def check_retry_statuses(statuses: Iterable[JobStatus | str]) -> frozenset[JobStatus]:
+    chosen = frozenset(JobStatus(s) for s in statuses)
+    other = chosen - RETRYABLE
+    if other:
+        raise ValueError(
+            f"only failed or cancelled jobs can be retried; not {sorted(s.value for s in other)}"
+        )
+    return chosen
 
 
 def check_purge_statuses(statuses: Iterable[JobStatus | str]) -> frozenset[JobStatus]:

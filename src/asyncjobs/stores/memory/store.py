@@ -11,18 +11,22 @@ import bisect
 import builtins
 import heapq
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
-from datetime import datetime
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import final
 
+import attrs
+
 from ...errors import JobNotFound, QueueFull
-from ...job import EventType, Job, JobEvent, JobStatus
+from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...webhooks.model import Delivery, DeliveryStatus, Webhook, WebhookNotFound, message_id
 from ..listeners import LocalNotifier
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
     check_delete,
     check_purge_statuses,
+    check_retry_statuses,
     claim_room,
     claim_step,
     expire_step,
@@ -32,6 +36,7 @@ from ..steps import (
     promote_step,
     purge_matches,
     renew_step,
+    retry_step,
     stats_from_counts,
 )
 
@@ -59,6 +64,8 @@ class MemoryStore:
         self._notifier = LocalNotifier()
         self._workers: dict[str, WorkerInfo] = {}
         self._seq = 0
+        self._webhooks: dict[str, Webhook] = {}
+        self._deliveries: dict[str, Delivery] = {}  # the outbox, oldest first
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -79,6 +86,8 @@ class MemoryStore:
                 self._running.discard(old.id)
         self._counts[(new.type, new.status)] += 1
         self._jobs[new.id] = new
+        if new.status in TERMINAL and (old is None or old.status is not new.status):
+            self._outbox(new)
         if old is None or old.status is not new.status:
             if new.status is JobStatus.QUEUED:
                 heapq.heappush(self._queued.setdefault(new.type, []), (-new.priority, new.id))
@@ -334,3 +343,165 @@ class MemoryStore:
 
     async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
         await self._notifier.wait_for_work(timeout, since=since)
+
+    # -- operations: batch submit and retry in place -------------------------------
+
+    async def add_many(
+        self, jobs: Sequence[Job], *, max_queued: int | None = None
+    ) -> builtins.list[tuple[Job, bool]]:
+        # Decide everything before changing anything: all or nothing.
+        results: builtins.list[tuple[Job, bool]] = []
+        keys: dict[str, Job] = {}
+        ids: set[str] = set()
+        for job in jobs:
+            key = job.idempotency_key
+            if key is not None:
+                existing = self._idempotency.get(key)
+                if existing is not None:
+                    results.append((self._jobs[existing], False))
+                    continue
+                if key in keys:
+                    results.append((keys[key], False))
+                    continue
+                keys[key] = job
+            if job.id in self._jobs or job.id in ids:
+                raise ValueError(f"a job with id {job.id} exists already")
+            ids.add(job.id)
+            results.append((job, True))
+        if max_queued is not None:
+            waiting = sum(n for (_, s), n in self._counts.items() if s in _WAITING)
+            if waiting + len(ids) > max_queued:
+                raise QueueFull(max_queued)
+        wake = False
+        for job, created in results:
+            if not created:
+                continue
+            self._put(None, job)
+            bisect.insort(self._order, job.id)
+            if job.idempotency_key is not None:
+                self._idempotency[job.idempotency_key] = job.id
+            self._emit(EventType.CREATED, job, job.created_at)
+            wake = wake or job.status is JobStatus.QUEUED
+        if wake:
+            self._notify_work()
+        return results
+
+    async def retry(self, job_id: str, *, now: datetime) -> Job:
+        job = self._get(job_id)
+        queued = retry_step(job, now)
+        self._put(job, queued)
+        self._emit(EventType.RETRYING, queued, now)
+        self._notify_work()
+        return queued
+
+    async def retry_many(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = (JobStatus.FAILED,),
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+    ) -> builtins.list[Job]:
+        chosen = check_retry_statuses(statuses)
+        picked = [
+            job
+            for job_id in self._order
+            if (job := self._jobs[job_id]).status in chosen
+            and (types is None or job.type in types)
+            and (owner is None or job.owner == owner)
+        ]
+        retried: builtins.list[Job] = []
+        for job in picked:
+            queued = retry_step(job, now)
+            self._put(job, queued)
+            self._emit(EventType.RETRYING, queued, now)
+            retried.append(queued)
+        if retried:
+            self._notify_work()
+        return retried
+
+    # -- operations: the webhook outbox --------------------------------------------
+
+    def _outbox(self, job: Job) -> None:
+        """Queue a delivery per interested webhook, in the same step as the job's end."""
+        event = f"job_{job.status.value}"
+        at = job.finished_at or job.run_at
+        for hook in self._webhooks.values():
+            if event in hook.events:
+                delivery_id = message_id(job, hook.id)
+                if delivery_id not in self._deliveries:
+                    self._deliveries[delivery_id] = Delivery(
+                        id=delivery_id, webhook_id=hook.id, event=event, job=job, at=at, next_at=at
+                    )
+
+    async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
+        existing = self._webhooks.get(hook.id)
+        stored = attrs.evolve(hook, created_at=existing.created_at if existing is not None else now)
+        self._webhooks[hook.id] = stored
+        return stored
+
+    async def list_webhooks(self) -> builtins.list[Webhook]:
+        return list(self._webhooks.values())
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        if self._webhooks.pop(webhook_id, None) is None:
+            raise WebhookNotFound(webhook_id)
+        for delivery_id in [d.id for d in self._deliveries.values() if d.webhook_id == webhook_id]:
+            del self._deliveries[delivery_id]
+
+    async def claim_deliveries(
+        self, *, now: datetime, limit: int, lease: float
+    ) -> builtins.list[tuple[Delivery, Webhook]]:
+        taken: builtins.list[tuple[Delivery, Webhook]] = []
+        due = sorted(
+            (
+                d
+                for d in self._deliveries.values()
+                if d.status == DeliveryStatus.PENDING and d.next_at is not None and d.next_at <= now
+            ),
+            key=lambda d: (d.next_at, d.id),
+        )
+        for delivery in due[:limit]:
+            hidden = attrs.evolve(delivery, next_at=now + timedelta(seconds=lease))
+            self._deliveries[delivery.id] = hidden
+            taken.append((hidden, self._webhooks[delivery.webhook_id]))
+        return taken
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        ok: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        delivery = self._deliveries.get(delivery_id)
+        if delivery is None:
+            return
+        if ok:
+            status, next_at, delivered = DeliveryStatus.DELIVERED, None, now
+        elif retry_at is not None:
+            status, next_at, delivered = DeliveryStatus.PENDING, retry_at, None
+        else:
+            status, next_at, delivered = DeliveryStatus.DEAD, None, None
+        self._deliveries[delivery_id] = attrs.evolve(
+            delivery,
+            status=status,
+            attempts=delivery.attempts + 1,
+            next_at=next_at,
+            last_error=None if ok else error,
+            delivered_at=delivered,
+        )
+
+    async def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> builtins.list[Delivery]:
+        if webhook_id not in self._webhooks:
+            raise WebhookNotFound(webhook_id)
+        found = [
+            d
+            for d in reversed(self._deliveries.values())
+            if d.webhook_id == webhook_id and (status is None or d.status == status)
+        ]
+        return found[:limit]

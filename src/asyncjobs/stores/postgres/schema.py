@@ -80,6 +80,57 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        3,
+        # Webhooks and their durable outbox (see postgres/webhooks.py). The trigger writes
+        # the outbox rows in the transaction that ends the job, whichever statement ends
+        # it (a finish batch, a cancel, a lease expiry).
+        """
+        CREATE TABLE {s}.webhooks (
+            id text PRIMARY KEY,
+            url text NOT NULL,
+            events text[] NOT NULL,
+            secret text NOT NULL,
+            created_at timestamptz NOT NULL
+        );
+        CREATE TABLE {s}.webhook_deliveries (
+            id text PRIMARY KEY,  -- the webhook-id header, stable across retries
+            webhook_id text NOT NULL,
+            event text NOT NULL,
+            job_id text NOT NULL,
+            record jsonb NOT NULL,  -- the job at its end: the body of every retry
+            at timestamptz NOT NULL,
+            status text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            next_at timestamptz,
+            last_error text,
+            delivered_at timestamptz
+        );
+        CREATE INDEX webhook_deliveries_due ON {s}.webhook_deliveries (next_at)
+            WHERE status = 'pending';
+        CREATE INDEX webhook_deliveries_hook ON {s}.webhook_deliveries (webhook_id, at);
+        CREATE FUNCTION {s}.jobs_webhook_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO {s}.webhook_deliveries
+                (id, webhook_id, event, job_id, record, at, status, next_at)
+            SELECT 'msg_' || NEW.id || '_'
+                       || jsonb_array_length(COALESCE(NEW.record->'history', '[]'::jsonb))
+                       || '_' || w.id,
+                   w.id, 'job_' || NEW.status, NEW.id, NEW.record,
+                   COALESCE(NEW.finished_at, NEW.run_at), 'pending',
+                   COALESCE(NEW.finished_at, NEW.run_at)
+            FROM {s}.webhooks AS w
+            WHERE ('job_' || NEW.status) = ANY(w.events)
+            ON CONFLICT (id) DO NOTHING;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER jobs_webhook_outbox AFTER UPDATE OF status ON {s}.jobs
+            FOR EACH ROW
+            WHEN (NEW.status IN ('completed', 'failed', 'cancelled')
+                  AND OLD.status IS DISTINCT FROM NEW.status)
+            EXECUTE FUNCTION {s}.jobs_webhook_outbox();
+        """,
+    ),
 )
 
 

@@ -44,6 +44,7 @@ from ...codec import (
 )
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...webhooks.model import Delivery, Webhook
 from ..listeners import LocalNotifier
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
@@ -55,12 +56,14 @@ from ..steps import (
     finish_step,
     progress_step,
     promote_step,
+    retry_step,
     stats_from_counts,
 )
 from ..tasks import BackgroundTasks
 from .batch import FinishBatcher
 from .events import RemoteEvents, encode_suffix, make_prefix
 from .listen import Listener
+from .ops import OpsStatements
 from .pool import Pool
 from .schema import (
     apply_migrations,
@@ -72,6 +75,7 @@ from .schema import (
     split_url,
 )
 from .sql import Statements
+from .webhooks import WebhookStatements
 
 __all__ = ["PostgresStore", "migrate"]
 
@@ -127,6 +131,8 @@ class PostgresStore:
         self._instance = secrets.token_hex(8)  # our own notifications are skipped
         self._prefix = make_prefix(self._instance)
         self._sql = Statements(quote_ident(self.schema), self._channel, self._prefix)
+        self._ops = OpsStatements(self._sql)
+        self._hooks = WebhookStatements(quote_ident(self.schema))
         self._pool: Pool | None = None
         self._listener: Listener | None = None
         self._notifier = LocalNotifier()
@@ -537,6 +543,104 @@ class PostgresStore:
             if len(events) < batch:
                 break
         return total
+
+    # -- operations: batch submit and retry in place -------------------------------
+
+    async def add_many(
+        self, jobs: Sequence[Job], *, max_queued: int | None = None
+    ) -> list[tuple[Job, bool]]:
+        batch = list(jobs)
+        if not batch:
+            return []
+        attempt = 0
+        lock_key = f"asyncjobs:add:{self.schema}"
+
+        async def op(conn: Conn) -> tuple[list[tuple[Job, bool]], list[JobEvent], bool]:
+            nonlocal attempt
+            attempt += 1
+            if attempt > 1:
+                stored = await self._ops.committed(conn, batch)
+                if stored:  # our first attempt committed before the drop
+                    return [(stored.get(j.id, j), j.id in stored) for j in batch], [], True
+            try:
+                results, events = await self._ops.add_many(
+                    conn, batch, max_queued=max_queued, lock_key=lock_key
+                )
+            except import_asyncpg().UniqueViolationError:
+                raise ValueError("a job of this batch has an id that exists already") from None
+            return results, events, False
+
+        results, events, replayed = await self._run(op)
+        if replayed:
+            for job, created in results:
+                if created:
+                    await self._announce_again(job, EventType.CREATED, job.created_at)
+            return results
+        self._emit(events)
+        return results
+
+    async def retry(self, job_id: str, *, now: datetime) -> Job:
+        return await self._change(
+            job_id, lambda job: (retry_step(job, now), EventType.RETRYING), now
+        )
+
+    async def retry_many(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = (JobStatus.FAILED,),
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+    ) -> list[Job]:
+        if types is not None and not types:
+            return []
+        retried: list[Job] = []
+        while True:
+
+            async def op(conn: Conn) -> list[JobEvent]:
+                return await self._ops.retry_batch(
+                    conn, now=now, statuses=statuses, types=types, owner=owner
+                )
+
+            events = await self._run(op)
+            self._emit(events)
+            retried += [e.job for e in events]
+            if len(events) < self._ops.batch_size():
+                return retried
+
+    # -- operations: the webhook outbox (rows written by a trigger) -----------------
+
+    async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
+        return await self._run(lambda conn: self._hooks.add(conn, hook, now))
+
+    async def list_webhooks(self) -> list[Webhook]:
+        return await self._run(self._hooks.list_hooks)
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._run(lambda conn: self._hooks.remove(conn, webhook_id))
+
+    async def claim_deliveries(
+        self, *, now: datetime, limit: int, lease: float
+    ) -> list[tuple[Delivery, Webhook]]:
+        return await self._run(lambda conn: self._hooks.take(conn, now, limit, lease))
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        ok: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        await self._run(
+            lambda conn: self._hooks.record(conn, delivery_id, now, ok, error, retry_at)
+        )
+
+    async def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        return await self._run(lambda conn: self._hooks.deliveries(conn, webhook_id, status, limit))
 
     # -- worker registry -----------------------------------------------------------
 

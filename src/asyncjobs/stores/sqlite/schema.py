@@ -85,6 +85,54 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    # 3: webhooks and their durable outbox (see stores/sqlite/webhooks.py).
+    (
+        """
+        CREATE TABLE webhooks (
+            id         TEXT PRIMARY KEY,
+            url        TEXT NOT NULL,
+            events     TEXT NOT NULL,  -- ",job_completed,job_failed," for instr()
+            secret     TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE webhook_deliveries (
+            id           TEXT PRIMARY KEY,  -- the webhook-id header, stable across retries
+            webhook_id   TEXT NOT NULL,
+            event        TEXT NOT NULL,
+            job_id       TEXT NOT NULL,
+            record       TEXT NOT NULL,     -- the job at its end: the body of every retry
+            at           INTEGER NOT NULL,
+            status       TEXT NOT NULL,
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            next_at      INTEGER,
+            last_error   TEXT,
+            delivered_at INTEGER
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_at)",
+        "CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, at)",
+        # The outbox row is written by the same transaction as the job's end, whichever
+        # store method ends it (finish, cancel, lease expiry): nothing can come between.
+        """
+        CREATE TRIGGER jobs_webhook_outbox AFTER UPDATE OF status ON jobs
+        WHEN NEW.status IN ('completed', 'failed', 'cancelled')
+             AND OLD.status IS NOT NEW.status
+        BEGIN
+            INSERT OR IGNORE INTO webhook_deliveries
+                (id, webhook_id, event, job_id, record, at, status, attempts, next_at)
+            SELECT 'msg_' || NEW.id || '_'
+                       || json_array_length(json_extract(NEW.record, '$.history'))
+                       || '_' || w.id,
+                   w.id, 'job_' || NEW.status, NEW.id, NEW.record,
+                   COALESCE(NEW.finished_at, NEW.run_at), 'pending', 0,
+                   COALESCE(NEW.finished_at, NEW.run_at)
+            FROM webhooks AS w
+            WHERE instr(w.events, ',job_' || NEW.status || ',') > 0;
+        END
+        """,
+    ),
 )
 
 JOB_COLUMNS: Final = (

@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, final
 from urllib.parse import parse_qs
@@ -28,12 +28,14 @@ from urllib.parse import parse_qs
 from ...codec import dumps, worker_from_record, worker_to_record
 from ...errors import ConfigurationError, JobNotFound, QueueFull
 from ...job import TERMINAL, EventType, Job, JobStatus
+from ...webhooks.model import Delivery, Webhook
 from ..listeners import LocalNotifier
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
     check_delete,
     check_purge_statuses,
+    check_retry_statuses,
     claim_room,
     claim_step,
     expire_step,
@@ -43,10 +45,12 @@ from ..steps import (
     promote_step,
     purge_matches,
     renew_step,
+    retry_step,
     select_claims,
     stats_from_counts,
 )
 from ..tasks import BackgroundTasks, TaskHandle
+from . import webhooks as outbox
 from .notify import EventTail
 from .schema import JOB_COLUMNS, job_from_row, job_params, micros
 from .thread import Changes, SqliteThread
@@ -56,6 +60,10 @@ __all__ = ["SqliteStore"]
 # `list` is a method name inside the class, so annotations there use this alias.
 _Jobs = list[Job]
 _Workers = list[WorkerInfo]
+_Added = list[tuple[Job, bool]]
+_Hooks = list[Webhook]
+_Claimed = list[tuple[Delivery, Webhook]]
+_Deliveries = list[Delivery]
 
 _Q: Final = JobStatus.QUEUED.value
 _R: Final = JobStatus.RUNNING.value
@@ -424,6 +432,127 @@ class SqliteStore:
             return len(doomed)
 
         return await self._thread.write(body)
+
+    # -- operations: batch submit and retry in place -------------------------------
+
+    async def add_many(self, jobs: Sequence[Job], *, max_queued: int | None = None) -> _Added:
+        batch = list(jobs)
+
+        def body(conn: sqlite3.Connection, changes: Changes) -> list[tuple[Job, bool]]:
+            # One transaction: an error anywhere rolls the whole batch back.
+            results: list[tuple[Job, bool]] = []
+            keys: dict[str, Job] = {}
+            for job in batch:
+                key = job.idempotency_key
+                if key is not None:
+                    if key in keys:
+                        results.append((keys[key], False))
+                        continue
+                    row = conn.execute(
+                        "SELECT record FROM jobs WHERE idempotency_key = ?", (key,)
+                    ).fetchone()
+                    if row is not None:
+                        results.append((job_from_row(row[0]), False))
+                        continue
+                    keys[key] = job
+                try:
+                    conn.execute(_INSERT, job_params(job))
+                except sqlite3.IntegrityError:
+                    raise ValueError(f"a job with id {job.id} exists already") from None
+                results.append((job, True))
+            new = [job for job, created in results if created]
+            if max_queued is not None and new:
+                (waiting,) = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE status IN (?, ?)", (_Q, _S)
+                ).fetchone()
+                if waiting > max_queued:  # the count includes this batch
+                    raise QueueFull(max_queued)
+            for job in new:
+                changes.emit(EventType.CREATED, job, job.created_at)
+            changes.wake = any(job.status is JobStatus.QUEUED for job in new)
+            return results
+
+        return await self._thread.write(body)
+
+    async def retry(self, job_id: str, *, now: datetime) -> Job:
+        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
+            queued = retry_step(_get(conn, job_id), now)
+            _save(conn, queued)
+            changes.emit(EventType.RETRYING, queued, now)
+            changes.wake = True
+            return queued
+
+        return await self._thread.write(body)
+
+    async def retry_many(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = (JobStatus.FAILED,),
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+    ) -> _Jobs:
+        chosen = sorted(s.value for s in check_retry_statuses(statuses))
+        if not chosen or (types is not None and not types):
+            return []
+        clauses = [f"status IN ({_marks(chosen)})"]
+        args: list[Any] = list(chosen)
+        if types is not None:
+            names = sorted(set(types))
+            clauses.append(f"type IN ({_marks(names)})")
+            args += names
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        sql = f"SELECT record FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id"
+
+        def body(conn: sqlite3.Connection, changes: Changes) -> _Jobs:
+            retried: _Jobs = []
+            for (record,) in conn.execute(sql, args).fetchall():
+                queued = retry_step(job_from_row(record), now)
+                _save(conn, queued)
+                changes.emit(EventType.RETRYING, queued, now)
+                retried.append(queued)
+            changes.wake = bool(retried)
+            return retried
+
+        return await self._thread.write(body)
+
+    # -- operations: the webhook outbox (rows written by a trigger) -----------------
+
+    async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
+        return await self._thread.write(lambda conn, _: outbox.add_webhook(conn, hook, now))
+
+    async def list_webhooks(self) -> _Hooks:
+        return await self._thread.read(outbox.list_webhooks)
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._thread.write(lambda conn, _: outbox.delete_webhook(conn, webhook_id))
+
+    async def claim_deliveries(self, *, now: datetime, limit: int, lease: float) -> _Claimed:
+        return await self._thread.write(
+            lambda conn, _: outbox.claim_deliveries(conn, now, limit, lease)
+        )
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        ok: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        await self._thread.write(
+            lambda conn, _: outbox.finish_delivery(conn, delivery_id, now, ok, error, retry_at)
+        )
+
+    async def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> _Deliveries:
+        return await self._thread.read(
+            lambda conn: outbox.list_deliveries(conn, webhook_id, status, limit)
+        )
 
     # -- events and wake-ups -----------------------------------------------------
 
