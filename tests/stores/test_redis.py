@@ -299,3 +299,40 @@ async def test_dead_worker_records_leave_redis_on_the_next_heartbeat(redis_url: 
         await client.aclose()
         await store.close()
         await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_a_job_retried_in_place_leaves_the_finished_indexes(redis_url: str) -> None:
+    """Retry is the first move out of a terminal status that keeps the job: its
+    finished-at and retention entries must go (purge scans those indexes)."""
+    from datetime import datetime, timezone
+
+    import redis.asyncio as aioredis
+
+    from asyncjobs._ulid import new_ulid
+    from asyncjobs.stores import Outcome
+
+    prefix = f"aj_retry_{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    job = Job(
+        id=new_ulid(), type="t", params={}, status=JobStatus.QUEUED, created_at=now,
+        run_at=now, retention=60.0,
+    )  # fmt: skip
+    p = "{" + prefix + "}:"
+    try:
+        await store.open()
+        await store.add(job)
+        (running,) = await store.claim("w", types=["t"], limit=1, lease=30, now=now)
+        assert running.lease is not None
+        await store.finish(job.id, running.lease.token, Outcome(JobStatus.FAILED), now=now)
+        assert await client.zscore(p + "finished", job.id) is not None
+        assert await client.zscore(p + "expiry", job.id) is not None
+        await store.retry(job.id, now=now)
+        assert await client.zscore(p + "finished", job.id) is None
+        assert await client.zscore(p + "expiry", job.id) is None
+        assert await client.zscore(p + "ready:t", job.id) is not None
+    finally:
+        await client.aclose()
+        await store.close()
+        await destroy_redis_prefix(redis_url, prefix)

@@ -24,12 +24,13 @@ carries it, so all of them live in one Redis Cluster slot):
 ``P idem``               hash: ``<len(owner)>:<owner>:<key>`` -> id
 ``P seq``                the event sequence (INCR: consecutive, so gaps show)
 ``P events``             stream of events, trimmed to about ``maxlen`` entries
+``P webhooks...``        the webhook registry and outbox (see :mod:`.webhooks`)
 =======================  ========================================================
 """
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "COMMIT", "RENEW"]
+__all__ = ["ADD_MANY", "CLAIM", "COMMIT", "RENEW"]
 
 # Index maintenance shared by the scripts: moving job ``id`` of type ``t`` from status
 # ``old`` to ``new`` ('' for none: created or deleted).
@@ -57,9 +58,30 @@ local function move(id, t, old, new, prio, runat, fin, expiry)
       redis.call('ZADD', P .. 'finished', fin, id)
       if expiry ~= '' then redis.call('ZADD', P .. 'expiry', expiry, id) end
     end
-  elseif terminal(old) then
+  end
+  if terminal(old) then  -- deleted, or retried in place
     redis.call('ZREM', P .. 'finished', id)
     redis.call('ZREM', P .. 'expiry', id)
+  end
+end
+-- The webhook outbox: a job that just ended gets one pending delivery per webhook that
+-- asked for its end, in the same script as the end itself. ``msg`` is the delivery id
+-- without the hook id (see asyncjobs.webhooks.model.message_id).
+local function outbox(doc, new, msg, at, at_score)
+  local ev = 'job_' .. new
+  local hooks = redis.call('HGETALL', P .. 'webhooks:ev')
+  for i = 1, #hooks, 2 do
+    if string.find(hooks[i + 1], ',' .. ev .. ',', 1, true) then
+      local hook = hooks[i]
+      local did = msg .. hook
+      local dkey = P .. 'dlv:' .. did
+      if redis.call('EXISTS', dkey) == 0 then
+        redis.call('HSET', dkey, 'w', hook, 'ev', ev, 'd', doc, 'at', at, 'st', 'pending',
+                   'n', 0, 'nx', at)
+        redis.call('ZADD', P .. 'dlv:due', at_score, did)
+        redis.call('ZADD', P .. 'dlv:hook:' .. hook, redis.call('INCR', P .. 'dlv:n'), did)
+      end
+    end
   end
 end
 local function emit(maxlen, fields)
@@ -75,7 +97,8 @@ end
 #: ARGV: prefix, id, expected version ('0': a new job), new doc ('': delete), new status,
 #: type, priority, run_at, finished_at, expiry ('' for none), event type, event time,
 #: instance, stream maxlen, idempotency field ('' for none), max_queued ('' for none),
-#: lease expiry the change was judged by ('' for none).
+#: lease expiry the change was judged by ('' for none); for a job's end: its webhook
+#: message id without the hook id, the end's time (ISO) and score ('' otherwise).
 #:
 #: Returns ``{1, seq}``; ``{0}`` version moved on; ``{-1}`` no such job; ``{2, d, c, w,
 #: k, e}`` the idempotency key's job; ``{3}`` queue full; ``{4}`` the id exists.
@@ -128,6 +151,7 @@ end
 redis.call('HSET', key, 'd', doc, 'v', tonumber(expected) + 1, 's', new)
 redis.call('HDEL', key, 'c')
 move(id, t, old, new, prio, runat, fin, expiry)
+if ARGV[18] ~= '' and old ~= new then outbox(doc, new, ARGV[18], ARGV[19], ARGV[20]) end
 if new == 'running' then
   -- The lease may have been renewed since the doc was computed: the fields are newer.
   return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc,
@@ -230,3 +254,64 @@ redis.call('ZADD', P .. 'leases', ARGV[5], id)
 local got = redis.call('HMGET', key, 'd', 'c', 'w', 'k', 'e')
 return {1, got[1], got[2], got[3], got[4], got[5]}
 """
+
+#: Store a batch of new jobs, all or nothing: idempotency keys are honoured against the
+#: stored jobs and within the batch, and nothing is written unless every job can be.
+#:
+#: ARGV: prefix, instance, stream maxlen, max_queued ('' for none), n, then 8 per job:
+#: id, doc, status, type, priority, run_at (epoch), idempotency field ('' for none),
+#: created at (ISO).
+#:
+#: Returns ``{1, r1, ..., rn}`` with ``ri`` one of ``{1, seq}`` (stored), ``{2, d, c, w,
+#: k, e}`` (the stored job holding its key), ``{5, j}`` (job ``j`` of this batch holds
+#: it); ``{3}`` queue full; ``{4, id}`` that id exists.
+ADD_MANY = (
+    _COMMON
+    + r"""
+local inst, maxlen, maxq, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local out, seen, ids, created = {1}, {}, {}, 0
+for i = 1, n do
+  local b = 5 + (i - 1) * 8
+  local id, idem = ARGV[b + 1], ARGV[b + 7]
+  local r = nil
+  if idem ~= '' then
+    local other = redis.call('HGET', P .. 'idem', idem)
+    if other then
+      local h = redis.call('HMGET', P .. 'job:' .. other, 'd', 'c', 'w', 'k', 'e')
+      if h[1] then r = {2, h[1], h[2], h[3], h[4], h[5]} end
+    end
+    if r == nil and seen[idem] then r = {5, seen[idem]} end
+  end
+  if r == nil then
+    if ids[id] or redis.call('EXISTS', P .. 'job:' .. id) == 1 then return {4, id} end
+    ids[id] = true
+    if idem ~= '' then seen[idem] = i end
+    created = created + 1
+    r = {1}
+  end
+  out[i + 1] = r
+end
+if maxq ~= '' and created > 0 then
+  local waiting = 0
+  local all = redis.call('HGETALL', P .. 'counts')
+  for i = 1, #all, 2 do
+    local s = string.match(all[i], '^[^|]*')
+    if s == 'queued' or s == 'scheduled' then waiting = waiting + tonumber(all[i + 1]) end
+  end
+  if waiting + created > tonumber(maxq) then return {3} end
+end
+for i = 1, n do
+  if out[i + 1][1] == 1 then
+    local b = 5 + (i - 1) * 8
+    local id, doc, new, t = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+    local idem = ARGV[b + 7]
+    redis.call('HSET', P .. 'job:' .. id, 'd', doc, 'v', 1, 's', new, 't', t)
+    redis.call('ZADD', P .. 'ids', 0, id)
+    if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
+    move(id, t, '', new, ARGV[b + 5], ARGV[b + 6], '', '')
+    out[i + 1] = {1, emit(maxlen, {'t', 'job_created', 'a', ARGV[b + 8], 'i', inst, 'd', doc})}
+  end
+end
+return out
+"""
+)

@@ -31,21 +31,25 @@ import anyio
 from ...codec import dumps, format_time, job_to_record
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...webhooks.model import Delivery, Webhook, message_id
 from ..listeners import Listeners
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
     check_purge_statuses,
+    check_retry_statuses,
     claim_step,
     expire_step,
     finish_step,
     new_token,
     progress_step,
     promote_step,
+    retry_step,
 )
 from .batch import CommitBatcher
 from .events import StreamTail, materialize
-from .scripts import CLAIM, COMMIT, RENEW
+from .scripts import ADD_MANY, CLAIM, COMMIT, RENEW
+from .webhooks import WebhookOutbox
 from .workers import WorkerRegistry
 
 __all__ = ["RedisStore"]
@@ -132,6 +136,7 @@ class RedisStore:
         self._wake = anyio.Event()
         self._held: OrderedDict[str, Job] = OrderedDict()
         self._workers = WorkerRegistry(self._redis, self._p)
+        self._webhooks = WebhookOutbox(self._redis, self._p)
         self._finishes = CommitBatcher(
             lambda calls: self._eval_many("commit", calls, raise_errors=False)
         )
@@ -193,7 +198,7 @@ class RedisStore:
             return
         client = self._make_client()
         try:
-            for name, source in (("claim", CLAIM), ("commit", COMMIT), ("renew", RENEW)):
+            for name, source in _SOURCES.items():
                 self._sha[name] = await client.script_load(source)
             tail = StreamTail(
                 lambda: self._make_client(single=True),
@@ -302,6 +307,7 @@ class RedisStore:
             _idem_field(nxt) if (expected == 0 or delete) else "",
             "" if max_queued is None else str(max_queued),
             lease_was,
+            *_outbox_args(nxt, delete),
         ]
 
     def _hold(self, jobs: Sequence[Job]) -> None:
@@ -695,6 +701,149 @@ class RedisStore:
     async def remove_worker(self, worker_id: str) -> None:
         await self._workers.remove(worker_id)
 
+    # -- operations: batch submit and retry in place -------------------------------
+
+    async def add_many(
+        self, jobs: Sequence[Job], *, max_queued: int | None = None
+    ) -> builtins.list[tuple[Job, bool]]:
+        if not jobs:
+            return []
+        args: builtins.list[str] = [
+            self._p,
+            self._instance,
+            self._maxlen,
+            "" if max_queued is None else str(max_queued),
+            str(len(jobs)),
+        ]
+        for job in jobs:
+            args += [
+                job.id,
+                dumps(job_to_record(job)),
+                job.status.value,
+                job.type,
+                str(job.priority),
+                _score(job.run_at),
+                _idem_field(job),
+                format_time(job.created_at),
+            ]
+        reply = await self._eval("add_many", self._p + "seq", *args)
+        if reply[0] == 3:
+            assert max_queued is not None
+            raise QueueFull(max_queued)
+        if reply[0] == 4:
+            raise ValueError(f"a job with id {reply[1].decode()} exists already")
+        results: builtins.list[tuple[Job, bool]] = []
+        events: builtins.list[JobEvent] = []
+        for job, row in zip(jobs, reply[1:], strict=True):
+            if row[0] == 1:
+                results.append((job, True))
+                events.append(JobEvent(EventType.CREATED, int(row[1]), job.created_at, job))
+            elif row[0] == 2:
+                results.append((materialize(*row[1:6]), False))
+            else:  # an earlier job of this batch holds the key
+                results.append((jobs[int(row[1]) - 1], False))
+        self._emit(events)
+        return results
+
+    async def retry(self, job_id: str, *, now: datetime) -> Job:
+        return await self._change(
+            job_id, lambda job: (retry_step(job, now), EventType.RETRYING), now
+        )
+
+    async def retry_many(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = (JobStatus.FAILED,),
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+    ) -> builtins.list[Job]:
+        """Each job is retried atomically on its own (a job that changed meanwhile is
+        judged again); the whole call is not one transaction."""
+        chosen = check_retry_statuses(statuses)
+        if not chosen:
+            return []
+        picked: builtins.list[Job] = []
+        cursor: str | None = None
+        while True:
+            page = await self.list(
+                statuses=chosen, types=types, owner=owner, cursor=cursor, limit=_BATCH
+            )
+            picked += page.jobs
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        picked.reverse()  # oldest first
+        retried: builtins.list[Job] = []
+        for start in range(0, len(picked), _BATCH):
+            chunk = picked[start : start + _BATCH]
+            nexts = [retry_step(job, now) for job in chunk]
+            calls = [
+                (self._key(job.id), self._commit_args(job.version, nxt, EventType.RETRYING, now))
+                for job, nxt in zip(chunk, nexts, strict=True)
+            ]
+            replies = await self._eval_many("commit", calls)
+            events: builtins.list[JobEvent] = []
+            for job, nxt, reply in zip(chunk, nexts, replies, strict=True):
+                if reply[0] == 1:
+                    events.append(JobEvent(EventType.RETRYING, int(reply[1]), now, nxt))
+                    retried.append(nxt)
+                elif reply[0] == 0:  # changed meanwhile: retry it if it still may be
+                    again = await self._retry_if(job.id, chosen, now)
+                    if again is not None:
+                        retried.append(again)
+            self._emit(events)
+        return retried
+
+    async def _retry_if(
+        self, job_id: str, chosen: Collection[JobStatus], now: datetime
+    ) -> Job | None:
+        made: builtins.list[Job] = []
+
+        def step(job: Job) -> tuple[Job, EventType] | None:
+            if job.status not in chosen:
+                return None  # someone else retried, or deleted and replaced it
+            made.append(retry_step(job, now))
+            return made[-1], EventType.RETRYING
+
+        try:
+            job = await self._change(job_id, step, now)
+        except JobNotFound:
+            return None
+        return job if made and job is made[-1] else None
+
+    # -- operations: the webhook outbox --------------------------------------------
+
+    async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
+        return await self._webhooks.add(hook, now=now)
+
+    async def list_webhooks(self) -> builtins.list[Webhook]:
+        return await self._webhooks.list()
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self._webhooks.delete(webhook_id)
+
+    async def claim_deliveries(
+        self, *, now: datetime, limit: int, lease: float
+    ) -> builtins.list[tuple[Delivery, Webhook]]:
+        return await self._webhooks.claim(now=now, limit=limit, lease=lease)
+
+    async def finish_delivery(
+        self,
+        delivery_id: str,
+        *,
+        now: datetime,
+        ok: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        await self._webhooks.finish(delivery_id, now=now, ok=ok, error=error, retry_at=retry_at)
+
+    async def list_deliveries(
+        self, webhook_id: str, *, status: str | None = None, limit: int = 100
+    ) -> builtins.list[Delivery]:
+        return await self._webhooks.deliveries(webhook_id, status=status, limit=limit)
+
     # -- notifier ----------------------------------------------------------------
 
     def add_listener(self, listener: EventListener) -> Callable[[], None]:
@@ -765,7 +914,15 @@ class RedisStore:
             upper = "(" + ids[-1]
 
 
-_SOURCES = {"claim": CLAIM, "commit": COMMIT, "renew": RENEW}
+_SOURCES = {"claim": CLAIM, "commit": COMMIT, "renew": RENEW, "add_many": ADD_MANY}
+
+
+def _outbox_args(job: Job, delete: bool) -> tuple[str, str, str]:
+    """What the commit script needs to write a job's end into the webhook outbox."""
+    if delete or job.status not in TERMINAL:
+        return "", "", ""
+    at = job.finished_at or job.run_at
+    return message_id(job, ""), format_time(at), _score(at)
 
 
 def _redact(url: str) -> str:
