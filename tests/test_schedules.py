@@ -128,12 +128,23 @@ async def test_missed_ticks_policy_on_an_injected_clock(tmp_path: Path, missed: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ],
+)
 async def test_two_queues_on_one_store_make_one_job_per_tick(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    elif kind == "redis":
+        redis_url: str = request.getfixturevalue("redis_url")
+        prefix = f"aj_sched_{uuid.uuid4().hex[:12]}"
+        url = f"{redis_url}?prefix={prefix}"
     else:
         base: str = request.getfixturevalue("postgres_url")
         url = f"{base}{'&' if '?' in base else '?'}schema=aj_sched_{uuid.uuid4().hex[:12]}"
@@ -150,6 +161,10 @@ async def test_two_queues_on_one_store_make_one_job_per_tick(
             from tests_support_pg import drop_schema
 
             await drop_schema(url)
+        elif kind == "redis":
+            from stores.conftest import destroy_redis_prefix
+
+            await destroy_redis_prefix(redis_url, prefix)  # SCAN + DEL of this prefix only
     per_tick = Counter(j.idempotency_key for j in jobs)
     assert len(per_tick) >= 5  # ticks were made (a loaded machine may skip a few)
     assert set(per_tick.values()) == {1}, per_tick

@@ -24,17 +24,33 @@ def allow_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASYNCJOBS_WEBHOOK_ALLOW", "127.0.0.1")
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "memory":
         return "memory://"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jobs.db'}"
+    if request.param == "redis":
+        redis_url: str = request.getfixturevalue("redis_url")
+        return f"{redis_url}?prefix=aj_hook_{uuid.uuid4().hex[:12]}"
     base: str = request.getfixturevalue("postgres_url")
     return f"{base}{'&' if '?' in base else '?'}schema=aj_hook_{uuid.uuid4().hex[:12]}"
 
 
 async def _drop_schema(url: str) -> None:
+    if url.startswith("redis"):
+        from stores.conftest import destroy_redis_prefix
+
+        base, _, prefix = url.partition("?prefix=")
+        await destroy_redis_prefix(base, prefix)  # SCAN + DEL of this prefix only
+        return
     if not url.startswith("postgres"):
         return
     import asyncpg
