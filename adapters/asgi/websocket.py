@@ -31,16 +31,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
+import anyio.abc
 import attrs
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from asyncjobs.codec import dumps, event_to_wire, job_to_wire
 from asyncjobs.errors import AsyncJobsError, JobNotFound, SubscriberOverflow, WaitTimeout
-from asyncjobs.job import TERMINAL, Job, JobEvent, JobStatus
+from asyncjobs.job import TERMINAL, EventType, Job, JobEvent, JobStatus
 
 from .auth import CANCEL, READ, SUBMIT, Authenticator, Principal, require
 from .errors import ApiError, error_payload
-from .wire import invalid, parse_statuses, parse_submission, stats_to_wire
+from .wire import check_unicode, invalid, parse_statuses, parse_submission, stats_to_wire
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -120,6 +121,10 @@ class _Connection:
         self.owner = principal.isolated_owner if principal is not None else None
         self.filters = _Filters()
         self.lock = anyio.Lock()
+        # Held while a queue_state is read and sent, and while an event is forwarded.
+        self.state_lock = anyio.Lock()
+        # Job id -> the version the client's last queue_state showed.
+        self.shown: dict[str, int] = {}
         self.scope = anyio.CancelScope()
         self.handlers: dict[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
             "create_job": self.create_job,
@@ -161,9 +166,10 @@ class _Connection:
         """Serve until the client leaves; raise AsyncJobsError if the queue fails."""
         failure: list[AsyncJobsError] = []
         with self.scope:
-            await self.send(await self.get_state({}))
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self.pump_events, failure)
+                # queue_state goes out first, from the event pump once it is subscribed;
+                # only then are client messages read.
+                await tg.start(self.pump_events, failure)
                 tg.start_soon(self.ping_loop)
                 await self.receive_loop()
                 tg.cancel_scope.cancel()
@@ -203,6 +209,7 @@ class _Connection:
                 raise ApiError(
                     400, "malformed_json", f"the message is not valid JSON: {exc}"
                 ) from None
+            check_unicode(message)
             if not isinstance(message, dict):
                 raise ApiError(400, "malformed_message", 'a message is a JSON object with a "type"')
             request_id = message.get("request_id")
@@ -217,6 +224,9 @@ class _Connection:
                     f"unknown message type {kind!r}; use one of {sorted(self.handlers)}",
                 )
             op = kind
+            if kind == "get_state":
+                await self.send_state(message, request_id)
+                return
             reply = await handler(message)
         except (ApiError, AsyncJobsError) as exc:
             await self.send(self.error(op, request_id, exc))
@@ -230,24 +240,59 @@ class _Connection:
     def error(self, op: str | None, request_id: Any, exc: BaseException) -> dict[str, Any]:
         return {"type": "error", "op": op, "request_id": request_id, **error_payload(exc)}
 
-    async def pump_events(self, failure: list[AsyncJobsError]) -> None:
+    async def pump_events(
+        self,
+        failure: list[AsyncJobsError],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        started = False
         while True:
             try:
+                # Subscribe before reading the state: a job that ends while the state is
+                # read is then in the buffer, and its final event is sent after the state
+                # (events the state already shows are dropped by version).
                 async with self.queue.subscribe(snapshot=False) as events:
+                    await self.send_state({}, None, reply=False)
+                    if not started:
+                        started = True
+                        task_status.started()
                     async for event in events:
-                        await self.forward(event)
+                        async with self.state_lock:
+                            await self.forward(event)
                 return
             except SubscriberOverflow as exc:
                 # This client fell behind: say so, send fresh state, and carry on.
                 await self.send(self.error(None, None, exc))
-                await self.send(await self.get_state({}))
             except AsyncJobsError as exc:  # the queue closed: end the connection
                 failure.append(exc)
+                if not started:
+                    started = True
+                    task_status.started()
                 self.scope.cancel()
                 return
 
+    async def send_state(
+        self, message: Mapping[str, Any], request_id: Any, *, reply: bool = True
+    ) -> None:
+        """Read and send ``queue_state``, with no event forwarded in between."""
+        async with self.state_lock:
+            state = await self.get_state(message)
+            if reply:
+                state["request_id"] = request_id
+            self.shown = {job["id"]: job["version"] for job in state["jobs"]}
+            await self.send(state)
+
     async def forward(self, event: JobEvent) -> None:
-        if self.visible(event.job) and self.filters.match(event.job):
+        job = event.job
+        shown = self.shown.get(job.id)
+        if event.type is EventType.DELETED or event.type.is_final:
+            self.shown.pop(job.id, None)
+        elif shown is not None:
+            self.shown[job.id] = max(shown, job.version)
+        if shown is not None and job.version <= shown and event.type is not EventType.DELETED:
+            return  # the client's queue_state already holds this version or a newer one
+        if self.visible(job) and self.filters.match(job):
             await self.send(event_to_wire(event))
 
     async def ping_loop(self) -> None:

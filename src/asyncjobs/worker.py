@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import os
 import socket
@@ -16,6 +15,7 @@ import anyio
 import attrs
 
 from ._ulid import new_ulid
+from .codec import json_problems
 from .context import JobContext, ThreadJobContext
 from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
 from .job import EventType, Job, JobError, JobEvent, JobStatus
@@ -67,10 +67,6 @@ class _Running:
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     stop: _Stop | None = None
     finishing: bool = False  # the attempt is over; heartbeats would race the finish
-
-
-#: Results that are JSON as they are (json.dumps would accept them; float NaN too).
-_JSON_SCALARS = frozenset({str, int, float, bool})
 
 
 def _error_of(exc: BaseException) -> JobError:
@@ -264,8 +260,10 @@ class Worker:
                     # Final, not retried: an attempt that overran its limit would most
                     # likely overrun it again, and each retry would hold a slot that long.
                     return Outcome(JobStatus.FAILED, error=_error_of(exc))
-            if result is not None and type(result) not in _JSON_SCALARS:
-                json.dumps(result)  # fail here, with the handler's name on it, not in a store
+            # Fail here, with the handler's name on it, not in a store; the same rules as
+            # a submission, so no store holds a result that another could not read back.
+            if result is not None and (problems := json_problems(result, ["result"])):
+                raise ValueError(f"the handler returned a value no store can hold: {problems}")
             return Outcome(JobStatus.COMPLETED, result=result)
         except LeaseLost:
             running.stop = _Stop.LOST

@@ -17,6 +17,7 @@ from typing import final
 
 import anyio
 
+from ...codec import check_storable
 from ...errors import IllegalTransition, JobNotFound, QueueFull
 from ...job import EventType, Job, JobEvent, JobStatus
 from ..listeners import Listeners
@@ -111,6 +112,7 @@ class MemoryStore:
     # -- Store protocol ----------------------------------------------------------
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        check_storable(job)  # refuse what a durable store could not encode
         if job.idempotency_key is not None:
             existing = self._idempotency.get(job.idempotency_key)
             if existing is not None:

@@ -33,6 +33,7 @@ from typing import Any, TypeVar, final
 import anyio
 
 from ...codec import (
+    check_storable,
     dumps,
     format_time,
     job_from_record,
@@ -235,6 +236,7 @@ class PostgresStore:
     # -- Store protocol ----------------------------------------------------------
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        check_storable(job)
         sql = self._sql
         record = dumps(job_to_record(job))
         suffix = encode_suffix(self._prefix, EventType.CREATED, job, job.created_at)

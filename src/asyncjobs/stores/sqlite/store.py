@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 
 import anyio
 
+from ...codec import check_storable
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, QueueFull
 from ...job import TERMINAL, EventType, Job, JobStatus
 from ..listeners import Listeners
@@ -202,6 +203,7 @@ class SqliteStore:
     # -- Store protocol: writes ----------------------------------------------------
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        check_storable(job)
         def body(conn: sqlite3.Connection, changes: Changes) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 row = conn.execute(
