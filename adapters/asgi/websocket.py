@@ -209,10 +209,14 @@ class _Connection:
                 raise ApiError(
                     400, "malformed_json", f"the message is not valid JSON: {exc}"
                 ) from None
-            check_unicode(message)
             if not isinstance(message, dict):
                 raise ApiError(400, "malformed_message", 'a message is a JSON object with a "type"')
             request_id = message.get("request_id")
+            try:
+                check_unicode(request_id)
+            except ApiError:
+                request_id = None  # it could not be echoed back
+            check_unicode(message)
             kind = message.get("type")
             if kind == "pong":
                 return  # the answer to our ping needs no reply

@@ -227,9 +227,7 @@ def parse_submission(
         kwargs["run_at"] = _parse_run_at(run_at, errors)
     if (timeout := body.get("timeout")) is not None:
         if not _number(timeout) or not 0 < timeout <= MAX_TIMEOUT:
-            errors.append(
-                {"loc": ["timeout"], "msg": f"must be seconds in (0, {MAX_TIMEOUT:g}]"}
-            )
+            errors.append({"loc": ["timeout"], "msg": f"must be seconds in (0, {MAX_TIMEOUT:g}]"})
         kwargs["timeout"] = timeout
     if (max_attempts := body.get("max_attempts")) is not None:
         kwargs["max_attempts"] = _integer(max_attempts, 1, 1000, "max_attempts", errors)

@@ -204,6 +204,7 @@ class SqliteStore:
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
         check_storable(job)
+
         def body(conn: sqlite3.Connection, changes: Changes) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 row = conn.execute(
