@@ -360,3 +360,28 @@ async def test_cancelled_caller_never_splits_commit_from_event(
     assert set(created) == stored
     if how == "anyio":
         assert stored == {j.id for j in jobs}  # a shielded write always completes
+
+
+async def test_migration_2_scopes_existing_idempotency_keys_by_owner(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    await store.open()
+    owned, _ = await store.add(make_job(idempotency_key="k", owner="alice"))
+    unowned, _ = await store.add(make_job(idempotency_key="u"))
+    await store.close()
+    # Put the file back as the first schema wrote it: bare keys, user_version 1.
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE jobs SET idempotency_key = 'k' WHERE id = ?", (owned.id,))
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        again, created = await store.add(make_job(idempotency_key="k", owner="alice"))
+        assert not created and again.id == owned.id
+        other, created = await store.add(make_job(idempotency_key="k", owner="bob"))
+        assert created and other.id != owned.id
+        same, created = await store.add(make_job(idempotency_key="u"))
+        assert not created and same.id == unowned.id
+    finally:
+        await store.close()

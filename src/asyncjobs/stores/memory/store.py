@@ -54,7 +54,8 @@ class MemoryStore:
         self._scheduled: builtins.list[tuple[datetime, str]] = []
         self._running: set[str] = set()
         self._counts: Counter[tuple[str, JobStatus]] = Counter()
-        self._idempotency: dict[str, str] = {}
+        # (owner, key) -> job id: a key is unique per owner, never matched across owners.
+        self._idempotency: dict[tuple[str | None, str], str] = {}
         self._listeners = Listeners()
         self._seq = 0
         self._wake = anyio.Event()
@@ -92,8 +93,9 @@ class MemoryStore:
         index = bisect.bisect_left(self._order, job.id)
         if index < len(self._order) and self._order[index] == job.id:
             del self._order[index]
-        if job.idempotency_key is not None and self._idempotency.get(job.idempotency_key) == job.id:
-            del self._idempotency[job.idempotency_key]
+        key = (job.owner, job.idempotency_key) if job.idempotency_key is not None else None
+        if key is not None and self._idempotency.get(key) == job.id:
+            del self._idempotency[key]
 
     def _emit(self, type: EventType, job: Job, now: datetime) -> None:
         self._seq += 1
@@ -114,7 +116,7 @@ class MemoryStore:
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
         check_storable(job)  # refuse what a durable store could not encode
         if job.idempotency_key is not None:
-            existing = self._idempotency.get(job.idempotency_key)
+            existing = self._idempotency.get((job.owner, job.idempotency_key))
             if existing is not None:
                 return self._jobs[existing], False
         if max_queued is not None:
@@ -126,7 +128,7 @@ class MemoryStore:
         self._put(None, job)
         bisect.insort(self._order, job.id)
         if job.idempotency_key is not None:
-            self._idempotency[job.idempotency_key] = job.id
+            self._idempotency[(job.owner, job.idempotency_key)] = job.id
         self._emit(EventType.CREATED, job, job.created_at)
         if job.status is JobStatus.QUEUED:
             self._notify_work()

@@ -69,6 +69,16 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE SEQUENCE {s}.event_seq;
         """,
     ),
+    (
+        2,
+        # Idempotency keys are unique per owner (a NULL owner is one owner of its own).
+        """
+        CREATE UNIQUE INDEX jobs_owner_idempotency_key
+            ON {s}.jobs ((coalesce(owner, '')), (owner IS NULL), idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+        DROP INDEX {s}.jobs_idempotency_key;
+        """,
+    ),
 )
 
 

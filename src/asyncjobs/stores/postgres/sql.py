@@ -47,7 +47,10 @@ class Statements:
         self.prefix = prefix
         self.get = f"SELECT record::text FROM {s}.jobs WHERE id = $1"
         self.get_for_update = self.get + " FOR UPDATE"
-        self.get_by_key = f"SELECT record::text FROM {s}.jobs WHERE idempotency_key = $1"
+        self.get_by_key = (
+            f"SELECT record::text FROM {s}.jobs"
+            " WHERE idempotency_key = $1 AND owner IS NOT DISTINCT FROM $2"
+        )
         self.next_seq = f"SELECT nextval('{s}.event_seq')"
         self.lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
         self.lock_many = (
@@ -88,7 +91,8 @@ WITH ins AS (
     INSERT INTO {s}.jobs (id, type, status, priority, run_at, finished_at, retention,
                           idempotency_key, owner, record)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    ON CONFLICT ((coalesce(owner, '')), (owner IS NULL), idempotency_key)
+        WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ),
 ev AS (SELECT nextval('{s}.event_seq') AS seq FROM ins)

@@ -265,7 +265,7 @@ class PostgresStore:
             if row is not None:
                 return job, JobEvent(EventType.CREATED, row["seq"], job.created_at, job)
             # The idempotency key is taken (ON CONFLICT DO NOTHING): return its job.
-            text = await conn.fetchval(sql.get_by_key, job.idempotency_key)
+            text = await conn.fetchval(sql.get_by_key, job.idempotency_key, job.owner)
             if text is None:
                 raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
             return _load(text), None
@@ -281,7 +281,7 @@ class PostgresStore:
                 return await insert(conn)  # one statement, its own transaction
             async with conn.transaction():
                 if job.idempotency_key is not None:
-                    text = await conn.fetchval(sql.get_by_key, job.idempotency_key)
+                    text = await conn.fetchval(sql.get_by_key, job.idempotency_key, job.owner)
                     if text is not None:
                         return _load(text), None
                 # Serialize counted adds so max_queued is exact across processes.

@@ -40,7 +40,7 @@ from ..steps import (
     promote_step,
     renew_step,
 )
-from .schema import JOB_COLUMNS, job_from_row, job_params, micros
+from .schema import JOB_COLUMNS, job_from_row, job_params, micros, scoped_key
 from .thread import Changes, SqliteThread
 
 __all__ = ["SqliteStore"]
@@ -208,7 +208,8 @@ class SqliteStore:
         def body(conn: sqlite3.Connection, changes: Changes) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 row = conn.execute(
-                    "SELECT record FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+                    "SELECT record FROM jobs WHERE idempotency_key = ?",
+                    (scoped_key(job.owner, job.idempotency_key),),
                 ).fetchone()
                 if row is not None:
                     return job_from_row(row[0]), False
