@@ -29,7 +29,7 @@ from .wire import invalid, loads, parse_statuses, parse_submission, stats_to_wir
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
 
-__all__ = ["MAX_LIMIT", "MAX_WAIT", "HttpApi", "read_body", "visible_to"]
+__all__ = ["MAX_LIMIT", "MAX_WAIT", "HttpApi", "read_body", "require_json", "visible_to"]
 
 #: The longest ``?wait=`` a request may hold a connection by default, in seconds.
 MAX_WAIT: Final = 60.0
@@ -44,7 +44,10 @@ async def read_body(request: Request, max_body: int) -> bytes:
 
     A declared ``Content-Length`` over the limit is refused before reading anything;
     a chunked body is counted while it streams and never buffered past the limit.
+    A body that is not declared ``application/json`` is refused with 415: browsers send
+    other types (forms, ``text/plain``) cross-site without asking, JSON they do not.
     """
+    require_json(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise _too_large(max_body)
@@ -56,6 +59,20 @@ async def read_body(request: Request, max_body: int) -> bytes:
             raise _too_large(max_body)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def require_json(request: Request) -> None:
+    """Refuse a request whose ``Content-Type`` is not JSON (415 ``unsupported_media_type``)."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "send the body as JSON with Content-Type: application/json"
+        + (f" (not {kind})" if kind else ""),
+        details={"content_type": kind or None},
+    )
 
 
 def _too_large(max_body: int) -> ApiError:

@@ -14,7 +14,7 @@ from typing import Any, Final
 from asyncjobs.job import TERMINAL, JobStatus
 
 from .http import MAX_LIMIT, MAX_WAIT
-from .wire import MAX_DELAY, MAX_STRING, MAX_TAGS, PRIORITY_RANGE
+from .wire import MAX_DELAY, MAX_STRING, MAX_TAGS, MAX_TIMEOUT, PRIORITY_RANGE
 
 __all__ = ["openapi_document"]
 
@@ -65,7 +65,7 @@ def _options() -> dict[str, Any]:
         "priority": {"type": ["integer", "null"], "minimum": lo, "maximum": hi},
         "delay": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_DELAY},
         "run_at": {"type": ["string", "null"], "format": "date-time"},
-        "timeout": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "timeout": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT},
         "max_attempts": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
         "idempotency_key": {
             "type": ["string", "null"],
@@ -332,8 +332,9 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                         "Accepted: the job is stored and will run.",
                         Location="The job's URL.",
                     ),
-                    "400": _error("The body is not JSON."),
+                    "400": _error("The body is not JSON, or holds text that is not valid Unicode."),
                     "413": _error("The body is larger than `max_body`."),
+                    "415": _error("The body is not sent as `Content-Type: application/json`."),
                     "422": _error(
                         "Unknown job type, bad params or bad options (field errors in `details`)."
                     ),

@@ -27,7 +27,7 @@ A host can serve the protocol from its own route::
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
@@ -41,6 +41,7 @@ from asyncjobs.job import TERMINAL, EventType, Job, JobEvent, JobStatus
 
 from .auth import CANCEL, READ, SUBMIT, Authenticator, Principal, require
 from .errors import ApiError, error_payload
+from .security import origin_allowed
 from .wire import check_unicode, invalid, parse_statuses, parse_submission, stats_to_wire
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ STATE_LIMIT: Final = 100
 #: WebSocket close codes (4000-4999 are the application's): like HTTP 401 and 403.
 CLOSE_UNAUTHENTICATED: Final = 4401
 CLOSE_FORBIDDEN: Final = 4403
+#: Policy violation (RFC 6455): a browser connecting from a foreign origin.
+CLOSE_POLICY: Final = 1008
 #: The largest client message accepted, in characters.
 MAX_MESSAGE: Final = 1_048_576
 
@@ -390,12 +393,15 @@ async def serve_websocket(
     auth: Authenticator | None = None,
     heartbeat: float = 15.0,
     max_message: int = MAX_MESSAGE,
+    allowed_origins: Iterable[str] = (),
 ) -> None:
     """Speak the asyncjobs WebSocket protocol on ``websocket`` until the client leaves.
 
-    Accepts the connection, authenticates it (the ``read`` scope; a failure sends an
-    ``error`` message and closes with code 4401 or 4403), sends ``queue_state``, then
-    streams events and answers client messages.
+    Refuses a browser from a foreign origin (an ``Origin`` header that is neither the
+    app's own scheme, host and port nor in ``allowed_origins``: the handshake is
+    answered 403, close code 1008). Accepts the connection, authenticates it (the
+    ``read`` scope; a failure sends an ``error`` message and closes with code 4401 or
+    4403), sends ``queue_state``, then streams events and answers client messages.
 
     Args:
         websocket: A Starlette (or FastAPI) WebSocket, not yet accepted.
@@ -403,7 +409,12 @@ async def serve_websocket(
         auth: The authenticator, or ``None`` to allow everything.
         heartbeat: Seconds between server ``ping`` messages.
         max_message: The largest client message accepted, in characters.
+        allowed_origins: Browser origins allowed besides the app's own.
     """
+    if not origin_allowed(websocket.scope, allowed_origins):
+        # Before accept: a cross-site page must not read the state or send commands.
+        await websocket.close(code=CLOSE_POLICY, reason="origin not allowed")
+        return
     await websocket.accept()
     try:
         principal = await require(auth, websocket.scope, READ)

@@ -277,10 +277,14 @@ async def test_body_over_the_limit_is_413_even_when_chunked(
             yield big[i : i + 100]
 
     async with httpx.AsyncClient(base_url=url) as client:
-        declared = await client.post("/jobs", content=big)
+        declared = await client.post(
+            "/jobs", content=big, headers={"content-type": "application/json"}
+        )
         assert declared.status_code == 413
         assert declared.json()["error"]["details"] == {"max_body": 1000}
-        streamed = await client.post("/jobs", content=chunks())
+        streamed = await client.post(
+            "/jobs", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert streamed.status_code == 413
     assert (await queue.stats()).total == 0
 
