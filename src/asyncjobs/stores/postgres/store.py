@@ -329,27 +329,25 @@ class PostgresStore:
             return []
         limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
         free = [t for t in wanted if t not in limits]
-        if not limits:
-            return await self._claim_free(worker_id, free, limit, lease, now)
+        # The pool retries a call whose connection dropped, and the first attempt may
+        # have committed before its reply was lost: every attempt of this claim writes
+        # tokens that start with one nonce, and a retry first takes back what an earlier
+        # attempt claimed, so no job is left running under a token nobody holds.
+        nonce = secrets.token_hex(16)
+        attempts = 0
 
         async def op(conn: Conn) -> list[JobEvent]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and (earlier := await self._sql.claimed_by(conn, nonce, now)):
+                return earlier
+            if not limits:
+                return await self._sql.claim(conn, worker_id, free, limit, lease, now, nonce)
             return await self._sql.claim_limited(
-                conn, worker_id, limits, free, limit, lease, now, self.schema
+                conn, worker_id, limits, free, limit, lease, now, self.schema, nonce
             )
 
         events = await self._run(op)
-        self._emit(events)
-        claimed = [e.job for e in events]
-        self._hold(claimed)
-        return claimed
-
-    async def _claim_free(
-        self, worker_id: str, types: list[str], limit: int, lease: float, now: datetime
-    ) -> list[Job]:
-        """A claim without type limits: one statement (see ``Statements.claim_sql``)."""
-        events = await self._run(
-            lambda conn: self._sql.claim(conn, worker_id, types, limit, lease, now)
-        )
         self._emit(events)
         claimed = [e.job for e in events]
         self._hold(claimed)
