@@ -172,10 +172,15 @@ def _schemas(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "jobs": {"type": "array", "items": _ref("Job")},
+                "count": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "How many jobs match the filters, on every page.",
+                },
                 "next_cursor": {"type": ["string", "null"]},
                 "next": {"type": ["string", "null"], "description": "URL of the next page."},
             },
-            "required": ["jobs", "next_cursor", "next"],
+            "required": ["jobs", "count", "next_cursor", "next"],
         },
         "JobType": {
             "type": "object",
@@ -245,7 +250,11 @@ def _param(
     return out
 
 
-_JOB_ID: Final = _param("job_id", "path", {"type": "string"}, "The job's id.", required=True)
+#: A job id: a ULID (26 characters of Crockford's base32).
+_ULID: Final = {"type": "string", "pattern": "^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"}
+_JOB_ID: Final = _param(
+    "job_id", "path", _ULID, "The job's id (a 26-character ULID).", required=True
+)
 _LAST_EVENT_ID: Final = _param(
     "Last-Event-ID",
     "header",
@@ -274,7 +283,10 @@ def _paths(dashboard: bool) -> dict[str, Any]:
         {"type": "array", "items": {"type": "string"}},
         "Only jobs of these types (repeat, or separate with commas).",
     )
-    job_404 = {"404": _error("No such job (or not visible to this token).")}
+    job_404 = {
+        "400": _error("The job id is malformed (not a 26-character ULID): `invalid_id`."),
+        "404": _error("No such job (or not visible to this token)."),
+    }
     job_ok = {"200": _json(_ref("Job"), "The job.")}
     paths: dict[str, Any] = {
         "/jobs": {
@@ -284,7 +296,7 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 "parameters": [
                     status_filter,
                     type_filter,
-                    _param("cursor", "query", {"type": "string"}, "The last page's `next_cursor`."),
+                    _param("cursor", "query", _ULID, "The last page's `next_cursor`."),
                     _param(
                         "limit",
                         "query",
@@ -294,7 +306,7 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(_ref("JobPage"), "One page of jobs."),
-                    "422": _error("A bad filter."),
+                    "422": _error("A bad filter or cursor, or an unknown query parameter."),
                     **_UNAUTHORIZED,
                     **_UNAVAILABLE,
                 },

@@ -42,7 +42,14 @@ from asyncjobs.job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from .auth import CANCEL, READ, SUBMIT, Authenticator, Principal, require
 from .errors import ApiError, error_payload
 from .security import origin_allowed
-from .wire import check_unicode, invalid, parse_statuses, parse_submission, stats_to_wire
+from .wire import (
+    check_job_id,
+    check_unicode,
+    invalid,
+    parse_statuses,
+    parse_submission,
+    stats_to_wire,
+)
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -158,7 +165,7 @@ class _Connection:
     async def visible_job(self, job_id: Any) -> Job:
         if not isinstance(job_id, str) or not job_id:
             raise invalid([{"loc": ["job_id"], "msg": "required: a job id"}])
-        job = await self.queue.get(job_id)
+        job = await self.queue.get(check_job_id(job_id, ["job_id"]))
         if not self.visible(job):
             raise JobNotFound(job_id)
         return job

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_DELAY",
     "MAX_TAGS",
     "MAX_TIMEOUT",
+    "check_job_id",
     "check_unicode",
     "SUBMIT_FIELDS",
     "invalid",
@@ -123,6 +125,28 @@ def _surrogate(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+_JOB_ID: Final = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}", re.IGNORECASE)
+
+
+def check_job_id(value: Any, loc: list[str | int] | None = None) -> str:
+    """Return ``value`` if it looks like a job id (a 26-character ULID).
+
+    Raises:
+        ApiError: 400 ``invalid_id``; an id of the right shape that names no job is
+            left to the queue (404).
+    """
+    if isinstance(value, str) and _JOB_ID.fullmatch(value):
+        return value
+    shown = value if isinstance(value, str) and len(value) <= 64 else "this value"
+    raise ApiError(
+        400,
+        "invalid_id",
+        f"{ascii(shown) if isinstance(shown, str) else shown} is not a job id; "
+        "job ids are 26-character ULIDs (0-9 and A-Z without I, L, O, U)",
+        details={"loc": loc or ["path", "job_id"]},
+    )
 
 
 def stats_to_wire(stats: Stats) -> dict[str, Any]:

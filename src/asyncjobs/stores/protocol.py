@@ -41,7 +41,7 @@ delete, purge                                  job_deleted (snapshot before dele
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,10 +72,19 @@ class Outcome:
 
 @attrs.frozen
 class Page:
-    """One page of :meth:`Store.list`, newest first; ``next_cursor`` is None at the end."""
+    """One page of :meth:`Store.list`, newest first; ``next_cursor`` is None at the end.
+
+    Iterating a page yields its jobs, and ``len(page)`` is how many it holds.
+    """
 
     jobs: builtins.list[Job]
     next_cursor: str | None
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
 
 
 @attrs.frozen
