@@ -30,6 +30,7 @@ __all__ = [
     "job_to_record",
     "job_to_wire",
     "check_storable",
+    "clean_text",
     "json_problems",
     "parse_time",
 ]
@@ -133,6 +134,15 @@ def text_problem(value: str) -> str | None:
     if found.group() == "\x00":
         return "must not contain NUL characters"
     return "must be valid Unicode (it holds a lone surrogate)"
+
+
+def clean_text(value: str) -> str:
+    """``value`` with each lone surrogate and NUL replaced by U+FFFD, so any store holds it.
+
+    For free text a job produces (progress messages, error messages, tracebacks), which
+    should be kept rather than refused.
+    """
+    return value if _BAD_TEXT.search(value) is None else _BAD_TEXT.sub("\ufffd", value)
 
 
 def json_problems(value: Any, loc: list[str | int]) -> list[dict[str, Any]]:

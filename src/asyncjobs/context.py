@@ -8,6 +8,7 @@ from typing import final
 
 import anyio.from_thread
 
+from .codec import clean_text
 from .errors import JobCancelled
 from .job import Job
 
@@ -56,7 +57,8 @@ class JobContext:
         """
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"progress must be between 0.0 and 1.0, got {fraction!r}")
-        await self._sink(float(fraction), message)
+        # A message no store could encode (a lone surrogate, NUL) is kept, repaired.
+        await self._sink(float(fraction), None if message is None else clean_text(str(message)))
 
     def _cancel(self) -> None:
         self._cancelled = True

@@ -15,7 +15,7 @@ import anyio
 import attrs
 
 from ._ulid import new_ulid
-from .codec import json_problems
+from .codec import clean_text, json_problems
 from .context import JobContext, ThreadJobContext
 from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
 from .job import EventType, Job, JobError, JobEvent, JobStatus
@@ -70,10 +70,13 @@ class _Running:
 
 
 def _error_of(exc: BaseException) -> JobError:
+    # Repaired, not refused: an error must always be storable (see codec.clean_text).
     return JobError(
         type=type(exc).__qualname__,
-        message=str(exc),
-        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        message=clean_text(str(exc)),
+        traceback=clean_text(
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from asyncjobs.adapters.asgi import JobsApp
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
@@ -242,3 +243,28 @@ async def test_generated_hostile_json_never_breaks_the_server(
             with anyio.fail_after(5):
                 while json.loads(await ws.recv()).get("request_id") != "end":
                     pass
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_free_text_a_job_produces_is_repaired_not_lost(
+    kind: str, tmp_path: Any, serve: Any
+) -> None:
+    store = "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}"
+    queue = Queue(store)
+
+    @queue.job_type("noisy", max_attempts=1)
+    async def noisy(ctx: Any, params: dict[str, Any]) -> None:
+        await ctx.progress(0.5, "half \ud800 way\x00")
+        raise RuntimeError("broke on \udfff")
+
+    async with opened(queue):
+        job = await queue.submit("noisy")
+        done = await queue.wait(job.id, timeout=10)
+        assert done.status.value == "failed"
+        assert done.error is not None and done.error.message == "broke on \ufffd"
+        assert "\udfff" not in done.error.traceback
+        url = await serve(JobsApp(queue))
+        async with httpx.AsyncClient(base_url=url) as client:
+            listing = await client.get("/jobs")
+            assert listing.status_code == 200
+            assert listing.json()["jobs"][0]["error"]["message"] == "broke on \ufffd"
