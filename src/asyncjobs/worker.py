@@ -266,7 +266,9 @@ class Worker:
             # Fail here, with the handler's name on it, not in a store; the same rules as
             # a submission, so no store holds a result that another could not read back.
             if result is not None and (problems := json_problems(result, ["result"])):
-                raise ValueError(f"the handler returned a value no store can hold: {problems}")
+                # TypeError for what is not JSON at all (a set, an object), as json.dumps.
+                kind = TypeError if any("JSON value" in p["msg"] for p in problems) else ValueError
+                raise kind(f"the handler returned a value no store can hold: {problems}")
             return Outcome(JobStatus.COMPLETED, result=result)
         except LeaseLost:
             running.stop = _Stop.LOST
