@@ -25,8 +25,6 @@ from .http import MAX_WAIT, HttpApi
 from .metrics import QueueMetrics
 from .openapi import openapi_document
 from .security import (
-    API_CSP,
-    DASHBOARD_CSP,
     normalize_origin,
     origin_allowed,
     refuse_origin,
@@ -159,9 +157,7 @@ class JobsApp:
         if scope["type"] in ("http", "websocket"):
             scope = _full_path(scope)
         if scope["type"] == "http":
-            route = _route_path(scope)
-            dashboard = route in ("", "/") or route.startswith("/static/")
-            send = with_security_headers(send, DASHBOARD_CSP if dashboard else API_CSP)
+            send = with_security_headers(send)
             if not origin_allowed(scope, self.allowed_origins):
                 await refuse_origin(scope, receive, send)
                 return

@@ -98,14 +98,20 @@ def origin_allowed(scope: Scope, allowed: Iterable[str] = ()) -> bool:
     return given in {normalize_origin(o) for o in allowed}
 
 
-def with_security_headers(send: Send, csp: str) -> Send:
-    """Wrap ``send`` so the response carries the security headers (a route's own
-    ``Content-Security-Policy`` wins, so a page with other needs can set its own)."""
+def with_security_headers(send: Send) -> Send:
+    """Wrap ``send`` so the response carries the security headers.
+
+    A page (``text/html``) gets :data:`DASHBOARD_CSP`, anything else :data:`API_CSP`; a
+    route's own ``Content-Security-Policy`` wins, so a page with other needs (an API
+    docs page, say) can set its own.
+    """
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
-            present = {bytes(k).lower() for k, _ in headers}
+            present = {bytes(k).lower(): bytes(v) for k, v in headers}
+            page = present.get(b"content-type", b"").startswith(b"text/html")
+            csp = DASHBOARD_CSP if page else API_CSP
             for key, value in (
                 (b"content-security-policy", csp.encode()),
                 (b"x-content-type-options", b"nosniff"),
