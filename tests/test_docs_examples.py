@@ -24,7 +24,12 @@ import attrs
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "docs" / "quickstart.md", ROOT / "docs" / "concepts.md", ROOT / "README.md"]
+DOCS = [
+    ROOT / "docs" / "quickstart.md",
+    ROOT / "docs" / "concepts.md",
+    ROOT / "docs" / "executors.md",
+    ROOT / "README.md",
+]
 
 _FENCE = re.compile(
     r"^(?:<!-- test: (?P<mark>run|import|output) -->\n)?"

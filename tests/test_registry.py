@@ -9,7 +9,7 @@ from typing import Any, Literal
 import attrs
 import pytest
 
-from asyncjobs import Backoff, InvalidParams, JobRegistry, UnknownJobType
+from asyncjobs import Backoff, ConfigurationError, InvalidParams, JobRegistry, UnknownJobType
 from asyncjobs.registry import DEFAULT_RETENTION, JobType
 
 
@@ -450,3 +450,118 @@ def test_init_false_fields_are_not_params() -> None:
     job_type = JobRegistry().register("s", handler, params=Shapes)
     assert errors_of(job_type, {"computed": 5}) == [{"loc": ["computed"], "msg": "unknown field"}]
     assert "computed" not in job_type.parse({})[1]
+
+
+# -- structured once, validated as a whole (issue 10) ----------------------------------
+
+
+def _doubling(calls: list[int]) -> Any:
+    def double(value: int) -> int:
+        calls.append(value)
+        return value * 2
+
+    return double
+
+
+async def test_a_converter_runs_once_at_submit_and_once_for_the_handler() -> None:
+    from asyncjobs import JobContext, Queue
+
+    calls: list[int] = []
+
+    @attrs.frozen
+    class Doubled:
+        n: int = attrs.field(converter=_doubling(calls))
+        keep: int = 1
+
+    queue = Queue()
+    seen: list[int] = []
+
+    async def run(ctx: JobContext, params: Any) -> None:
+        seen.append(params.n)
+
+    queue.job_type("d", params=Doubled)(run)
+    structured, normalised = queue.registry.get("d").parse({"n": 3})
+    assert structured.n == 6
+    assert calls == [3]  # parse converted once
+    assert normalised == {"n": 3, "keep": 1}  # stored as given, not converted
+    async with queue:
+        job = await queue.submit("d", {"n": 3})
+        await queue.wait(job.id, timeout=10)
+    assert seen == [6]  # the handler got 3 converted once, not 24
+    assert job.params == {"n": 3, "keep": 1}
+
+
+def test_a_cross_field_validator_sees_the_instance() -> None:
+    def above_low(instance: Any, attribute: Any, value: int) -> None:
+        if value < instance.low:
+            raise ValueError(f"high must be >= low ({instance.low})")
+
+    @attrs.frozen
+    class Span:
+        low: int
+        high: int = attrs.field(validator=above_low)
+
+    job_type = JobRegistry().register("s", handler, params=Span)
+    assert job_type.parse({"low": 1, "high": 2})[0] == Span(1, 2)
+    assert errors_of(job_type, {"low": 3, "high": 2}) == [
+        {"loc": ["high"], "msg": "high must be >= low (3)"}
+    ]
+
+
+def test_a_validator_that_raises_anything_is_a_field_error_not_a_crash() -> None:
+    def broken(instance: Any, attribute: Any, value: int) -> None:
+        raise RuntimeError(f"checker crashed on {value}")
+
+    @attrs.frozen
+    class Odd:
+        fine: int = 0
+        n: int = attrs.field(default=0, validator=broken)
+
+    job_type = JobRegistry().register("o", handler, params=Odd)
+    assert errors_of(job_type, {"n": 5}) == [{"loc": ["n"], "msg": "checker crashed on 5"}]
+
+
+def test_an_unresolvable_params_annotation_raises_at_registration() -> None:
+    @attrs.frozen
+    class Local:  # not visible to the module: the string annotation cannot resolve
+        n: int = 1
+
+    async def run(ctx: Any, params: Local) -> int:
+        return params.n
+
+    registry = JobRegistry()
+    with pytest.raises(ConfigurationError, match=r"'Local'.*params=Local"):
+        registry.register("l", run)
+    assert "l" not in registry
+    # Named explicitly, the same class works: the handler gets an instance, not a dict.
+    job_type = registry.register("l", run, params=Local)
+    assert job_type.params_cls is Local
+    assert job_type.structure(job_type.parse({"n": 4})[1]) == Local(4)
+
+
+def test_a_params_class_whose_own_annotations_cannot_resolve_is_refused() -> None:
+    @attrs.frozen
+    class Inner:
+        x: int = 0
+
+    @attrs.frozen
+    class Outer:
+        inner: Inner = Inner()
+
+    with pytest.raises(ConfigurationError, match="Outer"):
+        JobRegistry().register("o", handler, params=Outer)
+
+
+def test_a_params_annotation_that_is_neither_attrs_nor_dict_is_refused() -> None:
+    async def run(ctx: Any, params: list[int]) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="neither an attrs class nor a dict"):
+        JobRegistry().register("x", run)
+
+
+def test_validator_errors_are_reported_with_type_errors_of_other_fields() -> None:
+    _, job_type = registry_with()
+    errors = errors_of(job_type, {"n": 0, "name": "four", "ratio": "x"})
+    assert [e["loc"] for e in errors] == [["ratio"], ["n"], ["name"]]
+    # Two failing validators and no type error: both named in one response.
+    assert [e["loc"] for e in errors_of(job_type, {"n": 0, "name": "four"})] == [["n"], ["name"]]

@@ -31,6 +31,7 @@ from .security import (
     with_security_headers,
 )
 from .websocket import serve_websocket
+from .worker import WorkerApi
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -127,6 +128,7 @@ class JobsApp:
             metrics=self.metrics,
             max_wait=max_wait,
         )
+        self.workers = WorkerApi(queue, auth=auth, max_body=max_body, max_wait=max_wait)
         self._warned = False
         # A store listener, not a task: it counts events from now on and needs no lifespan.
         self.metrics.attach()
@@ -139,7 +141,7 @@ class JobsApp:
         self._app = Starlette(routes=self._routes(), exception_handlers=handlers)
 
     def _routes(self) -> list[BaseRoute]:
-        routes = self.api.routes()
+        routes = self.api.routes() + self.workers.routes()
         routes += [
             Route("/openapi.json", self._openapi, methods=["GET"]),
             WebSocketRoute("/ws", self._websocket),

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from asyncjobs.codec import job_to_wire
+from asyncjobs.codec import job_to_wire, problem_to_wire
 from asyncjobs.errors import JobNotFound, WaitTimeout
 from asyncjobs.job import TERMINAL, Job, JobStatus
 
@@ -432,11 +432,19 @@ class HttpApi:
         return JSONResponse(body)
 
     async def health(self, request: Request) -> Response:
-        """``GET /health``: 200 while the queue is open, 503 otherwise (no auth)."""
-        if self.queue.is_open:
+        """``GET /health``: 200 while the queue is open and its loops are healthy; 503
+        while it is closed, or degraded (a loop's store calls fail) with the reasons
+        (no auth)."""
+        if not self.queue.is_open:
+            return JSONResponse(
+                {"status": "unavailable", "message": "the queue is not open"}, status_code=503
+            )
+        health = self.queue.health()
+        if health.ok:
             return JSONResponse({"status": "ok"})
         return JSONResponse(
-            {"status": "unavailable", "message": "the queue is not open"}, status_code=503
+            {"status": "degraded", "problems": [problem_to_wire(p) for p in health.problems]},
+            status_code=503,
         )
 
     async def render_metrics(self, request: Request) -> Response:

@@ -112,6 +112,27 @@ class QueueMetrics:
             namespace=namespace,
             registry=self.registry,
         )
+        self.healthy = Gauge(
+            "healthy",
+            "1 while every background loop of this queue works, 0 while one fails.",
+            namespace=namespace,
+            registry=self.registry,
+        )
+        self.loop_failing = Gauge(
+            "loop_failing",
+            "1 while a background loop (claim, heartbeat, finish, janitor...) fails.",
+            ["loop"],
+            namespace=namespace,
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "store_errors",
+            "Failed store calls of the background loops, per loop.",
+            ["loop"],
+            namespace=namespace,
+            registry=self.registry,
+        )
+        self._counted: dict[str, int] = {}
         self._remove: Callable[[], None] | None = None
 
     def attach(self) -> None:
@@ -142,11 +163,29 @@ class QueueMetrics:
         """Refresh the gauges from the queue's stats and return the text exposition."""
         from prometheus_client import generate_latest
 
-        stats = await self.queue.stats()
-        for status in JobStatus:
-            self.jobs.labels(status.value).set(stats.counts.get(status, 0))
-        self.queued.set(stats.counts.get(JobStatus.QUEUED, 0))
-        self.running.set(stats.counts.get(JobStatus.RUNNING, 0))
+        self._refresh_health()
+        try:
+            stats = await self.queue.stats()
+        except Exception:  # the store is down: the health metrics say so; keep the rest
+            stats = None
+        if stats is not None:
+            for status in JobStatus:
+                self.jobs.labels(status.value).set(stats.counts.get(status, 0))
+            self.queued.set(stats.counts.get(JobStatus.QUEUED, 0))
+            self.running.set(stats.counts.get(JobStatus.RUNNING, 0))
         self.running_here.set(self.queue.running_count())
         self.slots.set(self.queue.concurrency)
         return generate_latest(self.registry)
+
+    def _refresh_health(self) -> None:
+        health = self.queue.health()
+        self.healthy.set(1 if health.ok else 0)
+        failing = {p.loop for p in health.problems}
+        errors = self.queue.supervisor.errors
+        for loop in set(errors) | failing | set(self._counted):
+            self.loop_failing.labels(loop).set(1 if loop in failing else 0)
+        for loop, total in errors.items():
+            new = total - self._counted.get(loop, 0)
+            if new > 0:
+                self.store_errors.labels(loop).inc(new)
+            self._counted[loop] = total

@@ -14,6 +14,7 @@ from typing import Any, Final
 from asyncjobs.job import TERMINAL, JobStatus
 
 from .http import MAX_LIMIT, MAX_WAIT
+from .openapi_worker import worker_paths, worker_schemas
 from .wire import MAX_DELAY, MAX_STRING, MAX_TAGS, MAX_TIMEOUT, PRIORITY_RANGE
 
 __all__ = ["openapi_document"]
@@ -472,7 +473,11 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 "security": [],
                 "responses": {
                     "200": _json({"type": "object"}, "The queue is open."),
-                    "503": _json({"type": "object"}, "The queue is not open."),
+                    "503": _json(
+                        {"type": "object"},
+                        "The queue is not open, or degraded: its store calls fail "
+                        '(`{"status": "degraded", "problems": [...]}`).',
+                    ),
                 },
             },
         },
@@ -520,6 +525,10 @@ def _paths(dashboard: bool) -> dict[str, Any]:
     return paths
 
 
+def _type_names(job_types: Sequence[Mapping[str, Any]] | None) -> list[str] | None:
+    return None if job_types is None else [str(t["name"]) for t in job_types]
+
+
 def openapi_document(
     *,
     root_path: str = "",
@@ -545,9 +554,13 @@ def openapi_document(
             "routes here, and a WebSocket at `ws(s)://<host><mount>/ws` (see the docs).",
         },
         "servers": [{"url": root_path or "/"}],
-        "paths": _paths(dashboard),
+        "paths": {
+            **_paths(dashboard),
+            # The remote-worker protocol, described in its own module.
+            **worker_paths(_UNAUTHORIZED, _UNAVAILABLE, _error("An error.")),
+        },
         "components": {
-            "schemas": _schemas(job_types),
+            "schemas": {**_schemas(job_types), **worker_schemas(_type_names(job_types))},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "accessToken": {"type": "apiKey", "in": "query", "name": "access_token"},

@@ -11,7 +11,7 @@ Define job types, submit jobs, watch them live, cancel and retry them::
         job = await queue.submit("countdown", {"seconds": 5})
 """
 
-from .context import JobContext, ThreadJobContext
+from .context import JobContext, ProcessJobContext, ThreadJobContext
 from .errors import (
     AsyncJobsError,
     ConfigurationError,
@@ -28,12 +28,14 @@ from .errors import (
     WaitTimeout,
 )
 from .events import EventBus
+from .executors import Executor
 from .janitor import Janitor, JanitorConfig, JanitorReport
 from .job import EventType, Job, JobError, JobEvent, JobStatus
 from .queue import Queue
 from .registry import Backoff, JobRegistry, JobType
 from .stores import MemoryStore, Outcome, Page, Stats, Store, open_store
 from .subscription import Subscription
+from .supervision import Health, Problem
 from .worker import Worker, WorkerConfig
 
 __version__ = "0.1.0"
@@ -44,6 +46,8 @@ __all__ = [
     "ConfigurationError",
     "EventBus",
     "EventType",
+    "Executor",
+    "Health",
     "IllegalTransition",
     "InvalidParams",
     "InvalidSubmission",
@@ -64,6 +68,8 @@ __all__ = [
     "MemoryStore",
     "Outcome",
     "Page",
+    "Problem",
+    "ProcessJobContext",
     "Queue",
     "QueueFull",
     "Stats",

@@ -114,7 +114,35 @@ def _serve(queue: Queue, args: argparse.Namespace, banner: str) -> int:
     server = uvicorn.Server(config)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"{banner} http://{host}:{args.port}{args.root_path}/", file=sys.stderr, flush=True)
+    if getattr(args, "grpc_port", None):
+        return _serve_with_grpc(server, queue, auth, args)
     server.run()
+    return 0
+
+
+def _serve_with_grpc(server: Any, queue: Queue, auth: Any, args: argparse.Namespace) -> int:
+    """``serve --grpc-port N``: the gRPC WorkerService beside HTTP, on the same queue and
+    event loop (uvicorn's lifespan opens the queue; a Claim before that is UNAVAILABLE)."""
+    import asyncio
+
+    try:
+        from asyncjobs.adapters.grpc import (  # type: ignore[import-not-found]
+            start_grpc_server,
+        )
+    except ImportError as exc:
+        raise CliError(
+            f"--grpc-port needs the grpc extra ({exc}): pip install 'asyncjobs[grpc]'"
+        ) from None
+
+    async def run() -> None:
+        grpc_server = await start_grpc_server(queue, host=args.host, port=args.grpc_port, auth=auth)
+        print(f"gRPC WorkerService on {args.host}:{args.grpc_port}", file=sys.stderr, flush=True)
+        try:
+            await server.serve()
+        finally:
+            await grpc_server.stop(args.grace)
+
+    asyncio.run(run())
     return 0
 
 
@@ -137,6 +165,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import anyio
 
     queue = load_queue(args.target)
+    if args.url:
+        return _remote_worker(queue, args)
     if queue.concurrency < 1:
         raise CliError(
             f"{args.target} has concurrency 0, so it would run no jobs; build the worker's "
@@ -161,6 +191,53 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.warning("worker stopped")
 
     anyio.run(run)
+    return 0
+
+
+def _remote_worker(queue: Queue, args: argparse.Namespace) -> int:
+    """``worker module:queue --url URL``: run the queue's job types against a remote
+    JobsApp (no store); SIGTERM or Ctrl-C drains."""
+    import anyio
+
+    from .remote import RemoteWorker, RemoteWorkerConfig
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    config = RemoteWorkerConfig(
+        concurrency=args.concurrency or max(queue.concurrency, 1),
+        lease=args.lease,
+        shutdown_grace=queue.worker_config.shutdown_grace,
+    )
+    worker = RemoteWorker(args.url, queue.registry, token=args.token, config=config)
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.warning("%s: draining", signal.Signals(signum).name)
+                        worker.stop()
+                        return
+
+            tg.start_soon(on_signal)
+            log.warning(
+                "remote worker %s: %d slot(s) for %s against %s; SIGTERM or Ctrl-C drains",
+                worker.id,
+                config.concurrency,
+                ", ".join(worker.types) or "no job types",
+                args.url,
+            )
+            try:
+                await worker.run()
+            except AsyncJobsError as exc:  # reported by main() after the group unwinds
+                failure.append(exc)
+            tg.cancel_scope.cancel()
+        log.warning("worker stopped")
+
+    failure: list[AsyncJobsError] = []
+    anyio.run(run)
+    if failure:
+        raise failure[0]
     return 0
 
 
@@ -201,6 +278,15 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _grpc_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the gRPC WorkerService on this port (needs asyncjobs[grpc])",
+    )
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
@@ -226,11 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve JobsApp for the Queue at module:attr")
     p.add_argument("target", metavar="module:attr")
     _server_options(p)
+    _grpc_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run workers only for the Queue at module:attr")
     p.add_argument("target", metavar="module:attr")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--url",
+        default=None,
+        help="run against the JobsApp at this URL (a remote worker: no store needed)",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("ASYNCJOBS_TOKEN"), help="bearer token (worker scope)"
+    )
+    p.add_argument("--concurrency", type=int, default=None, help="remote worker slots")
+    p.add_argument("--lease", type=float, default=30.0, help="remote lease seconds (default 30)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("migrate", help="create or upgrade a store's schema")

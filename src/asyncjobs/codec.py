@@ -12,12 +12,15 @@ import re
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import cattrs
 
 from .errors import InvalidSubmission
 from .job import EventType, Job, JobEvent, JobStatus
+
+if TYPE_CHECKING:
+    from .supervision import Problem
 
 __all__ = [
     "MAX_DEPTH",
@@ -33,6 +36,7 @@ __all__ = [
     "clean_text",
     "json_problems",
     "parse_time",
+    "problem_to_wire",
 ]
 
 _WIRE_HIDDEN = frozenset({"lease", "idempotency_key", "owner", "retention"})
@@ -208,3 +212,13 @@ def check_storable(job: Job) -> None:
             errors.append({"loc": [name], "msg": problem})
     if errors:
         raise InvalidSubmission(errors)
+
+
+def problem_to_wire(problem: Problem) -> dict[str, Any]:
+    """A failing loop as ``GET /health`` shows it: ``{loop, reason, since, failures}``."""
+    return {
+        "loop": problem.loop,
+        "reason": problem.reason,
+        "since": format_time(problem.since),
+        "failures": problem.failures,
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import final
+from typing import Any, final
 
 import anyio.from_thread
 
@@ -12,7 +12,7 @@ from .codec import clean_text
 from .errors import JobCancelled
 from .job import Job
 
-__all__ = ["JobContext", "ThreadJobContext"]
+__all__ = ["JobContext", "ProcessJobContext", "ThreadJobContext"]
 
 ProgressSink = Callable[[float, "str | None"], Awaitable[None]]
 
@@ -55,8 +55,7 @@ class JobContext:
             ValueError: ``fraction`` is outside 0.0 to 1.0.
             LeaseLost: this worker no longer holds the job (its lease expired).
         """
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"progress must be between 0.0 and 1.0, got {fraction!r}")
+        _check_fraction(fraction)
         # A message no store could encode (a lone surrogate, NUL) is kept, repaired.
         await self._sink(float(fraction), None if message is None else clean_text(str(message)))
 
@@ -70,7 +69,9 @@ class ThreadJobContext:
 
     Threads cannot be interrupted, so cancellation is cooperative: once the job is
     cancelled (or timed out, or its worker shuts down), :meth:`progress` raises
-    :class:`~asyncjobs.errors.JobCancelled`, and :attr:`cancelled` turns true.
+    :class:`~asyncjobs.errors.JobCancelled`, and :attr:`cancelled` turns true. The
+    worker never abandons the thread: the job keeps its slot and its lease until the
+    handler returns, so check :attr:`cancelled` in long loops that report no progress.
     """
 
     __slots__ = ("_ctx",)
@@ -107,3 +108,43 @@ class ThreadJobContext:
         if self._ctx.cancelled:
             raise JobCancelled(f"job {self._ctx.job_id} was cancelled")
         anyio.from_thread.run(self._ctx.progress, fraction, message)
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"progress must be between 0.0 and 1.0, got {fraction!r}")
+
+
+@final
+class ProcessJobContext:
+    """The context a sync handler with ``executor="process"`` gets in its child process.
+
+    Progress goes to the worker over a pipe and is stored from there; it does not
+    wait for the store. Cancellation, a timeout or a shutdown terminate the child
+    process, so there is nothing to check for it here.
+    """
+
+    __slots__ = ("_send", "job", "logger")
+
+    def __init__(self, job: Job, send: Callable[[Any], None]) -> None:
+        self.job = job
+        self._send = send
+        base = logging.getLogger("asyncjobs.job")
+        self.logger = logging.LoggerAdapter(base, {"job_id": job.id, "job_type": job.type})
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempts
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report progress: ``fraction`` from 0.0 to 1.0 and an optional message.
+
+        Raises:
+            ValueError: ``fraction`` is outside 0.0 to 1.0.
+        """
+        _check_fraction(fraction)
+        self._send(("progress", float(fraction), message))

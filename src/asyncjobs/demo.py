@@ -167,7 +167,11 @@ def build_demo_queue(store_url: str = "memory://", concurrency: int = 3) -> Queu
         "countdown", timeout=3700, max_attempts=1, description="Counts down, one tick a second."
     )(countdown)
     queue.job_type(
-        "prime", timeout=600, max_attempts=1, description="Finds primes with a segmented sieve."
+        "prime",
+        timeout=600,
+        max_attempts=1,
+        executor="process",  # CPU-bound: a child process keeps the dashboard responsive
+        description="Finds primes with a segmented sieve.",
     )(prime)
     queue.job_type(
         "fibonacci", timeout=1200, max_attempts=1, description="Computes Fibonacci terms."

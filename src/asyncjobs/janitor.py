@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import final
+from typing import TypeVar, final
 
 import anyio
 import attrs
 
 from .stores.protocol import Store
+from .supervision import Supervisor
 
 __all__ = ["Janitor", "JanitorConfig", "JanitorReport"]
 
 logger = logging.getLogger("asyncjobs.janitor")
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -49,10 +52,19 @@ class Janitor:
     """Keeps a store healthy. Every process may run one: each chore is one atomic store
     call, so several janitors on one store do not conflict."""
 
-    def __init__(self, store: Store, config: JanitorConfig, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: JanitorConfig,
+        clock: Callable[[], datetime],
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        self._retry_in = 0.0  # the longest backoff a failing chore asked for
+        self._purge_failed = False  # retried on the next tick, not a purge_interval later
 
     async def tick(self, *, purge: bool = True) -> JanitorReport:
         """Run each chore once, at the clock's current time."""
@@ -67,18 +79,49 @@ class Janitor:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Tick forever: chores every ``interval``, purges every ``purge_interval``."""
+        """Tick forever: chores every ``interval``, purges every ``purge_interval``.
+
+        A chore whose store call fails is reported to the supervisor and retried with
+        backoff; the others go on. Only cancellation ends the loop.
+        """
         # The first tick recovers leases that expired while no process was running.
-        report = await self.tick()
+        report = await self._supervised_tick(purge=True)
         task_status.started()
         self._log(report)
         last_purge = anyio.current_time()
         while True:
-            await anyio.sleep(self.config.interval)
+            await anyio.sleep(max(self.config.interval, self._retry_in))
             due = anyio.current_time() - last_purge >= self.config.purge_interval
             if due:
                 last_purge = anyio.current_time()
-            self._log(await self.tick(purge=due))
+            self._log(await self._supervised_tick(purge=due or self._purge_failed))
+
+    async def _supervised_tick(self, *, purge: bool) -> JanitorReport:
+        self._retry_in = 0.0
+        now = self.clock()
+        requeued = await self._chore("requeue_expired", lambda: self.store.requeue_expired(now=now))
+        promoted = await self._chore(
+            "promote_scheduled", lambda: self.store.promote_scheduled(now=now)
+        )
+        purged = 0
+        if purge:
+            limit = self.config.purge_batch
+            count = await self._chore(
+                "purge", lambda: self.store.purge(now=now, expired=True, limit=limit)
+            )
+            self._purge_failed = count is None
+            purged = count or 0
+        return JanitorReport(len(promoted or ()), len(requeued or ()), purged)
+
+    async def _chore(self, name: str, op: Callable[[], Awaitable[T]]) -> T | None:
+        loop = f"janitor.{name}"
+        try:
+            result = await op()
+        except Exception as exc:  # the chore's edge: an outage must not end the janitor
+            self._retry_in = max(self._retry_in, self.supervisor.failed(loop, exc))
+            return None
+        self.supervisor.recovered(loop)
+        return result
 
     @staticmethod
     def _log(report: JanitorReport) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
@@ -16,13 +17,19 @@ from .errors import ConfigurationError, FieldError, InvalidSubmission, JobNotFou
 from .events import EventBus
 from .janitor import Janitor, JanitorConfig
 from .job import TERMINAL, Job, JobStatus
-from .registry import Handler, JobRegistry
+from .registry import Backoff, Handler, JobRegistry
 from .stores import open_store
 from .stores.protocol import Page, Stats, Store
 from .subscription import Subscription
+from .supervision import STORE_RETRY, Background, Health, Supervisor
 from .worker import Worker, WorkerConfig
 
 __all__ = ["Queue"]
+
+logger = logging.getLogger("asyncjobs.queue")
+
+#: Seconds closing an owned store may take once the queue has stopped.
+_CLOSE_TIMEOUT = 10.0
 
 
 def _utcnow() -> datetime:
@@ -59,6 +66,8 @@ class Queue:
         janitor: Janitor tuning; ``JanitorConfig(enabled=False)`` runs none here.
         clock: Returns the current UTC time; injectable for tests.
         event_buffer: Events a subscriber may have pending before they coalesce.
+        store_retry: Backoff of a background loop (claim, heartbeat, finish, janitor)
+            while the store fails; see :meth:`health`.
     """
 
     def __init__(
@@ -72,6 +81,7 @@ class Queue:
         janitor: JanitorConfig | None = None,
         clock: Callable[[], datetime] = _utcnow,
         event_buffer: int = 1000,
+        store_retry: Backoff = STORE_RETRY,
     ) -> None:
         self._owns_store = isinstance(store, str)
         self.store: Store = open_store(store) if isinstance(store, str) else store
@@ -88,7 +98,9 @@ class Queue:
         self.bus = EventBus(max_pending=event_buffer)
         self.worker: Worker | None = None
         self.janitor: Janitor | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
+        self.supervisor = Supervisor(store_retry, clock)
+        self._background: Background | None = None
+        self._remove_listener: Callable[[], None] | None = None
 
     # -- registry shortcut ---------------------------------------------------------
 
@@ -106,40 +118,42 @@ class Queue:
 
     @property
     def is_open(self) -> bool:
-        return self._stack is not None
+        return self._background is not None
+
+    def health(self) -> Health:
+        """The health of this queue's background loops: ``ok``, or the loops that
+        are failing now (each with its last error and since when).
+
+        A failing loop retries on its own with backoff; the host's code is never
+        cancelled by it. ``GET /health`` answers 503 while this is not ok.
+        """
+        return self.supervisor.health()
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Queue:
-        if self._stack is not None:
+        if self._background is not None:
             raise ConfigurationError("this queue is open already")
-        stack = contextlib.AsyncExitStack()
+        await self.store.open()
+        self.supervisor.clear()  # what a previous opening saw is over
+        background = Background(self.supervisor)
+        starters = []
+        if self.janitor_config.enabled:
+            self.janitor = Janitor(self.store, self.janitor_config, self.clock, self.supervisor)
+            starters.append(self.janitor.run)
+        if self.worker_config.concurrency > 0:
+            self.worker = Worker(
+                self.store, self.registry, self.worker_config, self.clock, self.supervisor
+            )
+            starters.append(self.worker.run)
+        self._remove_listener = self.store.add_listener(self._on_event)
         try:
-            await self.store.open()
-            if self._owns_store:
-                stack.push_async_callback(self.store.close)
-            stack.callback(self.store.add_listener(self._on_event))
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(tg.cancel_scope.cancel)  # runs before the task group exits
-            if self.janitor_config.enabled:
-                self.janitor = Janitor(self.store, self.janitor_config, self.clock)
-                await tg.start(self.janitor.run)
-            if self.worker_config.concurrency > 0:
-                self.worker = Worker(self.store, self.registry, self.worker_config, self.clock)
-                await tg.start(self.worker.run)
-                stack.push_async_callback(self._drain_worker)
+            await background.start(*starters)
         except BaseException:
-            await stack.aclose()
+            await self._release()
             raise
-        self._stack = stack
+        self._background = background
         return self
-
-    async def _drain_worker(self) -> None:
-        worker = self.worker
-        if worker is not None:
-            worker.stop()
-            with anyio.CancelScope(shield=True):
-                await worker.wait_stopped()
 
     async def __aexit__(
         self,
@@ -151,10 +165,47 @@ class Queue:
 
     async def aclose(self) -> None:
         """Stop claiming, let running jobs finish (within the shutdown grace, then
-        cancel and requeue them), stop the janitor and close an owned store."""
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.aclose()
+        cancel and requeue them), stop the janitor and close an owned store.
+
+        May be called from any task. If the caller is cancelled meanwhile, running
+        jobs are halted and requeued at once; either way the wait is bounded
+        (``WorkerConfig.shutdown_timeout`` after the halt): a handler that does not
+        return by then, or a store that does not answer, is logged and its job left
+        to lease expiry.
+        """
+        background, self._background = self._background, None
+        if background is None:
+            return
+        worker, cfg = self.worker, self.worker_config
+        try:
+            if worker is not None:
+                worker.stop()
+                with anyio.move_on_after(cfg.shutdown_grace + cfg.shutdown_timeout):
+                    await worker.wait_stopped()
+        finally:
+            with anyio.move_on_after(cfg.shutdown_timeout, shield=True):
+                if worker is not None:
+                    worker.stop(now=True)  # nothing left to do after a graceful drain
+                    await worker.wait_stopped()
+                background.cancel()
+                await background.wait()
+            if not background.done:
+                running = worker.running_ids() if worker is not None else []
+                logger.error(
+                    "the queue did not stop within %gs; left behind: %s (their jobs are "
+                    "recovered when their leases expire)",
+                    cfg.shutdown_timeout,
+                    ", ".join(running) or "its background tasks",
+                )
+            await self._release()
+
+    async def _release(self) -> None:
+        remove, self._remove_listener = self._remove_listener, None
+        if remove is not None:
+            remove()
+        if self._owns_store:
+            with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                await self.store.close()
         self.worker = None
         self.janitor = None
 
@@ -170,7 +221,7 @@ class Queue:
             self.worker.on_event(event)
 
     def _require_open(self) -> None:
-        if self._stack is None:
+        if self._background is None:
             raise ConfigurationError(
                 "the queue is not open: use `async with queue:` or the host's "
                 "lifespan (`lifespan=queue.lifespan`) before submitting or observing"

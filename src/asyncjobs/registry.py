@@ -2,12 +2,11 @@
 
 Params are validated and structured at submit time, so a bad submission fails with
 field-level errors before anything is stored. The stored form of params is the
-normalised JSON (defaults filled in); the handler gets the structured object.
+normalised JSON (see :mod:`asyncjobs.params`); the handler gets the structured object.
 """
 
 from __future__ import annotations
 
-import enum
 import inspect
 import random
 import typing
@@ -16,15 +15,10 @@ from typing import Any, TypeVar, final
 
 import attrs
 import cattrs
-from cattrs import cols
-from cattrs.errors import (
-    CattrsError,
-    ClassValidationError,
-    ForbiddenExtraKeysError,
-    IterableValidationError,
-)
 
-from .errors import FieldError, InvalidParams, UnknownJobType
+from .errors import ConfigurationError, InvalidParams, UnknownJobType
+from .executors import Executor
+from .params import field_errors, make_params_converter, normalise, validator_errors
 from .schema import params_schema
 
 __all__ = ["Backoff", "Handler", "JobRegistry", "JobType"]
@@ -54,101 +48,6 @@ class Backoff:
         return max(0.0, raw + (rng or random).uniform(-spread, spread))
 
 
-def _strict(kind: type, accept: tuple[type, ...]) -> Callable[[Any, Any], Any]:
-    name = {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}[kind]
-
-    def hook(value: Any, tp: Any) -> Any:
-        # bool is an int subclass: never let true/false pass as a number, or 5.7 become 5.
-        if isinstance(value, bool) and kind is not bool:
-            raise TypeError(f"expected {name}, got a boolean")
-        if tp is not kind and isinstance(tp, type) and issubclass(tp, enum.Enum):
-            # singledispatch sends IntEnum and str-mixin enums here by their base class.
-            return tp(value)
-        if not isinstance(value, accept):
-            raise TypeError(f"expected {name}, got {type(value).__name__}")
-        return kind(value)
-
-    return hook
-
-
-def make_params_converter() -> cattrs.Converter:
-    """The cattrs converter used for params: strict scalars, unknown keys rejected."""
-    conv = cattrs.Converter(forbid_extra_keys=True)
-    conv.register_structure_hook(int, _strict(int, (int,)))
-    conv.register_structure_hook(float, _strict(float, (int, float)))
-    conv.register_structure_hook(str, _strict(str, (str,)))
-    conv.register_structure_hook(bool, _strict(bool, (bool,)))
-    # cattrs' defaults iterate whatever they get: "abc" would pass as ["a", "b", "c"] and
-    # a string for a dict would escape as AttributeError. JSON shapes are checked first.
-    conv.register_structure_hook_factory(cols.is_any_set, lambda tp: _set_hook(tp, conv))
-    conv.register_structure_hook_factory(cols.is_sequence, lambda tp: _array_hook(tp, conv))
-    conv.register_structure_hook_factory(
-        _is_fixed_tuple,
-        lambda tp: _shaped("an array", (list, tuple), conv.gen_structure_hetero_tuple(tp)),
-    )
-    conv.register_structure_hook_factory(
-        cols.is_mapping,
-        lambda tp: _shaped("an object", Mapping, cols.mapping_structure_factory(tp, conv)),
-    )
-    conv.register_structure_hook_factory(
-        attrs.has, lambda tp: _shaped("an object", Mapping, conv.gen_structure_attrs_fromdict(tp))
-    )
-    # Normalised params are stored as JSON, which has no sets.
-    conv.register_unstructure_hook_factory(
-        cols.is_any_set, lambda tp: cols.iterable_unstructure_factory(tp, conv, list)
-    )
-    conv.register_unstructure_hook_factory(
-        _is_fixed_tuple, lambda tp: lambda value: [conv.unstructure(v) for v in value]
-    )
-    return conv
-
-
-def _is_fixed_tuple(tp: Any) -> bool:
-    args = typing.get_args(tp)
-    return typing.get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis)
-
-
-def _shaped(
-    what: str, accept: type | tuple[type, ...], inner: Callable[[Any, Any], Any]
-) -> Callable[[Any, Any], Any]:
-    def hook(value: Any, tp: Any) -> Any:
-        if isinstance(value, str) or not isinstance(value, accept):
-            raise TypeError(f"expected {what}, got {type(value).__name__}")
-        return inner(value, tp)
-
-    return hook
-
-
-def _array_hook(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
-    if tp is tuple or typing.get_origin(tp) is tuple:
-        return _shaped("an array", (list, tuple), cols.homogenous_tuple_structure_factory(tp, conv))
-    return _shaped("an array", (list, tuple), cols.list_structure_factory(tp, conv))
-
-
-def _set_hook(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
-    args = typing.get_args(tp)
-    as_list = list[args[0]] if args else list  # type: ignore[valid-type]
-    items = cols.list_structure_factory(as_list, conv)
-    kind = frozenset if cols.is_frozenset(tp) else set
-    return _shaped("an array", (list, tuple, set, frozenset), lambda v, _: kind(items(v, as_list)))
-
-
-def _walk(exc: BaseException, loc: list[str | int]) -> list[FieldError]:
-    if isinstance(exc, ForbiddenExtraKeysError):
-        return [{"loc": [*loc, key], "msg": "unknown field"} for key in sorted(exc.extra_fields)]
-    if isinstance(exc, ClassValidationError):
-        noted, other = exc.group_exceptions()
-        out = [e for sub, note in noted for e in _walk(sub, [*loc, note.name])]
-        return out + [e for sub in other for e in _walk(sub, loc)]
-    if isinstance(exc, IterableValidationError):
-        inoted, iother = exc.group_exceptions()
-        out = [e for sub, inote in inoted for e in _walk(sub, [*loc, inote.index])]
-        return out + [e for sub in iother for e in _walk(sub, loc)]
-    if isinstance(exc, KeyError):
-        return [{"loc": loc, "msg": "field required"}]
-    return [{"loc": loc, "msg": str(exc)}]
-
-
 @final
 @attrs.frozen(eq=False)
 class JobType:
@@ -165,14 +64,18 @@ class JobType:
     concurrency: int | None = None
     retention: float | None = DEFAULT_RETENTION
     description: str | None = None
+    #: Where the handler runs (see :mod:`asyncjobs.executors`).
+    executor: Executor = Executor.LOOP
 
-    #: The handler is a coroutine function (runs on the loop) rather than sync (runs in
-    #: a worker thread). Derived once: the worker asks for every job.
+    #: The handler is a coroutine function. Derived once: the worker asks for every job.
     is_async: bool = attrs.field(init=False)
 
     @is_async.default
     def _is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.handler)
+
+    def __attrs_post_init__(self) -> None:
+        _check_executor(self)
 
     def parse(self, params: Any) -> tuple[Any, dict[str, Any]]:
         """Validate submitted params; return ``(structured, normalised_json)``.
@@ -187,8 +90,17 @@ class JobType:
         if self.params_cls is None:
             data = dict(params)
             return data, data
-        structured = self._structure_checked(dict(params))
-        normalised: dict[str, Any] = self.converter.unstructure(structured)
+        data = dict(params)
+        try:
+            # One cattrs call builds the instance the way the handler will get it:
+            # each attrs converter runs once, validators see the whole instance.
+            structured: Any = self.converter.structure(data, self.params_cls)
+        except Exception as exc:  # user code (converters, validators) may raise anything
+            errors = field_errors(exc, [])
+            reported = {str(e["loc"][0]) for e in errors if e["loc"]}
+            more = validator_errors(self.converter, self.params_cls, data, reported)
+            raise InvalidParams(self.name, errors + more) from None
+        normalised = normalise(self.converter, self.params_cls, data, structured)
         return structured, normalised
 
     def structure(self, params: dict[str, Any]) -> Any:
@@ -196,41 +108,6 @@ class JobType:
         if self.params_cls is None:
             return dict(params)
         return self.converter.structure(params, self.params_cls)
-
-    def _structure_checked(self, data: dict[str, Any]) -> Any:
-        cls = self.params_cls
-        assert cls is not None
-        errors: list[FieldError] = []
-        values: dict[str, Any] = {}
-        fields = attrs.fields(cls)
-        known = {f.alias for f in fields if f.init}  # init=False fields are not params
-        errors += [{"loc": [k], "msg": "unknown field"} for k in sorted(set(data) - known)]
-        hints = typing.get_type_hints(cls)
-        for field in fields:
-            if not field.init:
-                continue
-            if field.alias not in data:
-                if field.default is attrs.NOTHING:
-                    errors.append({"loc": [field.alias], "msg": "field required"})
-                continue
-            try:
-                value = self.converter.structure(data[field.alias], hints.get(field.name, Any))
-                if field.converter is not None and callable(field.converter):
-                    value = field.converter(value)
-                if field.validator is not None:
-                    field.validator(None, field, value)
-            except (ValueError, TypeError, KeyError, CattrsError) as exc:
-                # CattrsError: nested lists/dicts of classes (BaseValidationError), a
-                # Literal mismatch and unknown keys all raise subclasses of it.
-                errors += _walk(exc, [field.alias])
-                continue
-            values[field.alias] = value
-        if errors:
-            raise InvalidParams(self.name, errors)
-        try:
-            return cls(**values)
-        except (ValueError, TypeError) as exc:  # cross-field checks in __attrs_post_init__
-            raise InvalidParams(self.name, [{"loc": [], "msg": str(exc)}]) from None
 
     def schema(self) -> dict[str, Any]:
         """The JSON Schema (draft 2020-12) of this type's params."""
@@ -251,11 +128,44 @@ class JobType:
         }
 
 
-def _params_cls_of(handler: Handler) -> type | None:
+def _executor(value: Executor | str | None, handler: Handler) -> Executor:
+    if value is None:  # inferred: async on the loop, sync in a thread
+        return Executor.LOOP if inspect.iscoroutinefunction(handler) else Executor.THREAD
     try:
-        hints = typing.get_type_hints(handler)
-    except (NameError, TypeError):
-        hints = {}
+        return Executor(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"executor must be 'loop', 'thread' or 'process', not {value!r}"
+        ) from None
+
+
+def _check_executor(job_type: JobType) -> None:
+    handler, executor = job_type.handler, job_type.executor
+    name = getattr(handler, "__qualname__", repr(handler))
+    if executor is Executor.LOOP and not job_type.is_async:
+        raise ConfigurationError(
+            f"handler {name} runs on the event loop (executor='loop') but is not an "
+            "async def; make it async, or use executor='thread'"
+        )
+    if executor is Executor.THREAD and job_type.is_async:
+        raise ConfigurationError(
+            f"handler {name} is an async def and cannot run in a thread; drop "
+            "executor='thread' (it runs on the loop)"
+        )
+    if executor is Executor.PROCESS and (
+        "<locals>" in name or "<lambda>" in name or not hasattr(handler, "__module__")
+    ):
+        raise ConfigurationError(
+            f"handler {name} runs in a child process, which imports it by name: define "
+            "it at the top level of a module"
+        )
+
+
+#: Annotations of the params parameter that mean "a plain dict".
+_DICT_LIKE = (dict, Mapping, typing.Mapping, typing.Dict, Any, object)  # noqa: UP006
+
+
+def _params_cls_of(handler: Handler) -> type | None:
     positional = [
         p
         for p in inspect.signature(handler).parameters.values()
@@ -266,10 +176,57 @@ def _params_cls_of(handler: Handler) -> type | None:
             f"handler {handler.__qualname__} must take (ctx, params); it takes "
             f"{len(positional)} positional parameter(s)"
         )
-    annotation = hints.get(positional[1].name)
-    if annotation is not None and attrs.has(annotation):
+    param = positional[1]
+    raw = param.annotation
+    if raw is inspect.Parameter.empty:
+        return None
+    if isinstance(raw, str):  # `from __future__ import annotations`: resolve it now
+        try:
+            annotation = eval(raw, getattr(handler, "__globals__", {}))  # what get_type_hints does
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot resolve the annotation {raw!r} of the params parameter of handler "
+                f"{handler.__qualname__} ({type(exc).__name__}: {exc}); define the class "
+                f"at module level, or name it explicitly: job_type(..., params={raw})"
+            ) from None
+    else:
+        annotation = raw
+    if attrs.has(annotation):
         return typing.cast(type, annotation)
-    return None
+    if (
+        annotation in _DICT_LIKE
+        or typing.get_origin(annotation) in (dict, Mapping)
+        or (isinstance(annotation, type) and issubclass(annotation, dict))  # a TypedDict
+    ):
+        return None
+    raise ConfigurationError(
+        f"the params of handler {handler.__qualname__} are annotated {annotation!r}, which "
+        "is neither an attrs class nor a dict; use an attrs class, dict[str, Any], or "
+        "job_type(..., params=Cls)"
+    )
+
+
+def _check_params_cls(cls: type, seen: set[type] | None = None) -> None:
+    """Resolve the annotations of the params class (and the attrs classes it uses)
+    now, at registration, rather than fail at the first submit."""
+    if not attrs.has(cls):
+        raise TypeError(f"params class {cls!r} is not an attrs class")
+    seen = seen if seen is not None else set()
+    seen.add(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError as exc:
+        raise ConfigurationError(
+            f"cannot resolve the annotations of params class {cls.__qualname__} ({exc}); "
+            "define the classes it names at module level (a class defined inside a "
+            "function cannot be found under `from __future__ import annotations`)"
+        ) from None
+    pending = list(hints.values())
+    while pending:
+        hint = pending.pop()
+        pending.extend(typing.get_args(hint))
+        if isinstance(hint, type) and attrs.has(hint) and hint not in seen:
+            _check_params_cls(hint, seen)
 
 
 @final
@@ -298,6 +255,7 @@ class JobRegistry:
         concurrency: int | None = None,
         retention: float | None = DEFAULT_RETENTION,
         description: str | None = None,
+        executor: Executor | str | None = None,
     ) -> Callable[[H], H]:
         """Register the decorated function as a job type.
 
@@ -315,6 +273,14 @@ class JobRegistry:
             retention: Seconds a finished job is kept; ``None`` keeps it until purged.
             description: Shown in ``GET /job-types`` and the dashboard; defaults to the
                 handler's docstring.
+            executor: Where the handler runs: ``"loop"`` (an ``async def``, the
+                default for one), ``"thread"`` (a sync function, the default for one)
+                or ``"process"`` (a child process per job, for CPU-bound work; the
+                handler must be a module-level function, its params and result JSON).
+
+        Raises:
+            ConfigurationError: the params annotation cannot be resolved, or the
+                executor does not fit the handler.
         """
 
         def decorate(handler: H) -> H:
@@ -329,6 +295,7 @@ class JobRegistry:
                 concurrency=concurrency,
                 retention=retention,
                 description=description,
+                executor=executor,
             )
             return handler
 
@@ -347,6 +314,7 @@ class JobRegistry:
         concurrency: int | None = None,
         retention: float | None = DEFAULT_RETENTION,
         description: str | None = None,
+        executor: Executor | str | None = None,
     ) -> JobType:
         """Register ``handler`` under ``name``; see :meth:`job_type` for the arguments."""
         if name in self._types:
@@ -358,8 +326,8 @@ class JobRegistry:
         if concurrency is not None and concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         params_cls = params if params is not None else _params_cls_of(handler)
-        if params_cls is not None and not attrs.has(params_cls):
-            raise TypeError(f"params class {params_cls!r} is not an attrs class")
+        if params_cls is not None:
+            _check_params_cls(params_cls)
         doc = inspect.getdoc(handler)
         job_type = JobType(
             name=name,
@@ -373,6 +341,7 @@ class JobRegistry:
             concurrency=concurrency,
             retention=retention,
             description=description or (doc.splitlines()[0] if doc else None),
+            executor=_executor(executor, handler),
         )
         self._types[name] = job_type
         return job_type

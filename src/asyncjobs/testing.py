@@ -9,14 +9,31 @@ Time is injectable everywhere asyncjobs reads it (``Queue(clock=...)``,
         job = await queue.submit("report", delay=3600)
         clock.advance(3600)
         await Janitor(queue.store, JanitorConfig(), clock).tick()  # the job is queued now
+
+:class:`FaultyStore` wraps any store and makes chosen operations fail or hang, to see
+what a queue does while its store is down::
+
+    store = FaultyStore(MemoryStore())
+    async with Queue(store) as queue:
+        store.fail("claim", "promote_scheduled")   # ConnectionError from now on
+        assert not queue.health().ok
+        store.heal()
 """
 
 from __future__ import annotations
 
+import inspect
+from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
-__all__ = ["DEFAULT_START", "FakeClock"]
+import anyio
+
+if TYPE_CHECKING:
+    from .stores.protocol import Store
+
+__all__ = ["DEFAULT_START", "FakeClock", "FaultyStore"]
 
 #: Where a :class:`FakeClock` starts unless told otherwise.
 DEFAULT_START: Final = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -65,3 +82,72 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock({self._now.isoformat()})"
+
+
+@final
+class FaultyStore:
+    """A store that forwards every call to ``inner`` except those told to misbehave.
+
+    Every attribute of ``inner`` is reachable through the wrapper (so methods added
+    to stores later are forwarded too); its async methods go through the faults set
+    with :meth:`fail` and :meth:`hang`.
+
+    Args:
+        inner: The store to wrap (memory, SQLite, PostgreSQL, ...).
+    """
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        #: Calls per operation name, faulty or not.
+        self.calls: Counter[str] = Counter()
+        #: Calls per operation name that a fault answered.
+        self.faults: Counter[str] = Counter()
+        self._fail: dict[str, Callable[[], BaseException]] = {}
+        self._hang: set[str] = set()
+        self._healed: anyio.Event | None = None  # made on first use, inside a loop
+
+    def fail(self, *operations: str, error: Callable[[], BaseException] | None = None) -> None:
+        """Make ``operations`` raise ``error()`` (a ``ConnectionError`` by default)."""
+        make = error or (lambda: ConnectionError("injected store outage"))
+        for name in operations:
+            self._fail[name] = make
+
+    def hang(self, *operations: str) -> None:
+        """Make ``operations`` wait until :meth:`heal` (they never answer till then)."""
+        self._hang.update(operations)
+        if self._healed is None or self._healed.is_set():
+            self._healed = anyio.Event()
+
+    def heal(self, *operations: str) -> None:
+        """Remove the faults of ``operations`` (of every operation when none given)."""
+        names = operations or (*self._fail, *self._hang)
+        for name in names:
+            self._fail.pop(name, None)
+            self._hang.discard(name)
+        if not self._hang and self._healed is not None:
+            self._healed.set()
+
+    async def _inject(self, name: str) -> None:
+        while name in self._hang and self._healed is not None:
+            self.faults[name] += 1
+            await self._healed.wait()
+        make = self._fail.get(name)
+        if make is not None:
+            self.faults[name] += 1
+            raise make()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if not inspect.iscoroutinefunction(target):
+            return target
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            await self._inject(name)
+            return await target(*args, **kwargs)
+
+        call.__name__ = name
+        return call
+
+    def __repr__(self) -> str:
+        return f"FaultyStore({self.inner!r})"

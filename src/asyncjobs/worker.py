@@ -16,11 +16,13 @@ import attrs
 
 from ._ulid import new_ulid
 from .codec import clean_text, json_problems
-from .context import JobContext, ThreadJobContext
+from .context import JobContext
 from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
+from .executors import Executor, HandlerFailed, process_context, run_in_process, run_in_thread
 from .job import EventType, Job, JobError, JobEvent, JobStatus
 from .registry import JobRegistry, JobType
 from .stores.protocol import Outcome, Store
+from .supervision import Supervisor
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -40,6 +42,14 @@ class WorkerConfig:
             cancelled and requeued.
         idle_wait: Longest wait for a store wake-up before claiming again (a safety net
             against a lost wake-up; idle workers do not poll faster than this).
+        finish_timeout: Seconds the worker keeps trying to store the end of an attempt
+            (retrying while the store fails); after that the job is left to lease
+            expiry, so that a store that never answers cannot hang a shutdown (checked
+            at each heartbeat: a hanging finish is cut off up to one interval late).
+        shutdown_timeout: Seconds a shutdown that must hurry (the host was cancelled,
+            or the grace is over) waits for halted handlers to return and their ends
+            to be stored, before it gives up on them (logged; lease expiry recovers
+            their jobs).
     """
 
     concurrency: int = attrs.field(default=3, validator=attrs.validators.ge(0))
@@ -47,6 +57,8 @@ class WorkerConfig:
     heartbeat: float | None = None
     shutdown_grace: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
     idle_wait: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    finish_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    shutdown_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
 
     @property
     def heartbeat_interval(self) -> float:
@@ -67,6 +79,14 @@ class _Running:
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     stop: _Stop | None = None
     finishing: bool = False  # the attempt is over; heartbeats would race the finish
+    finish_scope: anyio.CancelScope | None = None  # the shielded finish, while it runs
+    finish_by: float = float("inf")  # its deadline, kept by the heartbeat loop
+
+
+def _clean(error: JobError) -> JobError:
+    """An error from a child process, repaired like ours (see codec.clean_text)."""
+    tb = None if error.traceback is None else clean_text(error.traceback)
+    return JobError(type=clean_text(error.type), message=clean_text(error.message), traceback=tb)
 
 
 def _error_of(exc: BaseException) -> JobError:
@@ -90,17 +110,24 @@ class Worker:
         registry: JobRegistry,
         config: WorkerConfig,
         clock: Callable[[], datetime],
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.config = config
         self.clock = clock
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
+        # Sync handlers run on threads of their own limiter, never anyio's shared one.
+        self._threads = anyio.CapacityLimiter(max(config.concurrency, 1))
+        self._processes = process_context()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
         self._running: dict[str, _Running] = {}
         self._stopping = False
         self._changed = anyio.Event()  # a slot freed up or stop() was called
         self._idle_scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
+        self._hurry = False  # stop(now=True): skip what is left of the grace
+        self._grace_scope: anyio.CancelScope | None = None
 
     @property
     def running_count(self) -> int:
@@ -109,9 +136,18 @@ class Worker:
     def running_ids(self) -> list[str]:
         return list(self._running)
 
-    def stop(self) -> None:
-        """Stop claiming; :meth:`run` then drains the running jobs and returns."""
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming; :meth:`run` then drains the running jobs and returns.
+
+        Args:
+            now: Halt the running jobs at once (they are requeued) rather than give
+                them the shutdown grace first.
+        """
         self._stopping = True
+        if now:
+            self._hurry = True
+            if self._grace_scope is not None:
+                self._grace_scope.cancel()
         self._poke()
 
     def _poke(self) -> None:
@@ -161,14 +197,19 @@ class Worker:
                 if free <= 0:
                     await self._wait_changed()
                     continue
-                jobs = await self.store.claim(
-                    self.id,
-                    types=types,
-                    limit=free,
-                    lease=cfg.lease,
-                    now=self.clock(),
-                    type_limits=self.registry.concurrency_limits(),
-                )
+                try:
+                    jobs = await self.store.claim(
+                        self.id,
+                        types=types,
+                        limit=free,
+                        lease=cfg.lease,
+                        now=self.clock(),
+                        type_limits=self.registry.concurrency_limits(),
+                    )
+                except Exception as exc:  # the loop's edge: an outage must not end it
+                    await self._pause(self.supervisor.failed("claim", exc))
+                    continue
+                self.supervisor.recovered("claim")
                 for job in jobs:
                     assert job.lease is not None
                     ctx = JobContext(job, self._progress_sink(job.id, job.lease.token))
@@ -177,19 +218,32 @@ class Worker:
                     tg.start_soon(self._run_job, running)
                 if not jobs:
                     with anyio.CancelScope() as self._idle_scope:
-                        await self.store.wait_for_work(cfg.idle_wait)
+                        try:
+                            await self.store.wait_for_work(cfg.idle_wait)
+                        except Exception as exc:  # a notifier outage: claim on a timer
+                            await anyio.sleep(min(self.supervisor.failed("wake", exc), 1.0))
+                        else:
+                            self.supervisor.recovered("wake")
                     self._idle_scope = None
             await self._drain()
             tg.cancel_scope.cancel()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep between retries; :meth:`stop` ends the sleep early."""
+        with anyio.CancelScope() as self._idle_scope:
+            await anyio.sleep(seconds)
+        self._idle_scope = None
 
     async def wait_stopped(self) -> None:
         """Wait until :meth:`run` has drained and returned."""
         await self._stopped.wait()
 
     async def _drain(self) -> None:
-        with anyio.move_on_after(self.config.shutdown_grace):
+        grace = 0.0 if self._hurry else self.config.shutdown_grace
+        with anyio.move_on_after(grace) as self._grace_scope:
             while self._running:
                 await self._wait_changed()
+        self._grace_scope = None
         for running in list(self._running.values()):
             if running.stop is None:
                 self._halt(running, _Stop.SHUTDOWN)
@@ -198,15 +252,30 @@ class Worker:
 
     def _progress_sink(self, job_id: str, token: str) -> Callable[[float, str | None], Any]:
         async def sink(fraction: float, message: str | None) -> None:
-            await self.store.set_progress(job_id, token, fraction, message, now=self.clock())
+            try:
+                await self.store.set_progress(job_id, token, fraction, message, now=self.clock())
+            except (LeaseLost, JobNotFound):
+                raise
+            except Exception as exc:
+                # Progress is advisory: an outage drops this update (the next one
+                # carries the newest state) rather than failing the job.
+                self.supervisor.failed("progress", exc)
+            else:
+                self.supervisor.recovered("progress")
 
         return sink
 
     async def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        delay = interval
         while True:
-            await anyio.sleep(self.config.heartbeat_interval)
+            await anyio.sleep(delay)
+            delay = interval
+            self._cut_overdue_finishes()
             for running in list(self._running.values()):
-                if running.stop is not None or running.finishing:
+                # A halted job keeps its lease until its body has returned: a thread
+                # runs on after a cancel, and nobody else may start the job meanwhile.
+                if running.stop is _Stop.LOST or running.finishing:
                     continue
                 try:
                     job = await self.store.renew(
@@ -218,8 +287,19 @@ class Worker:
                     logger.warning("lost the lease on job %s; abandoning it", running.job.id)
                     self._halt(running, _Stop.LOST)
                     continue
+                except Exception as exc:  # the loop's edge: retry sooner, within the lease
+                    delay = min(interval, self.supervisor.failed("heartbeat", exc))
+                    break
                 if job.cancel_requested and running.stop is None:
                     self._halt(running, _Stop.CANCEL)
+            else:
+                self.supervisor.recovered("heartbeat")
+
+    def _cut_overdue_finishes(self) -> None:
+        now = anyio.current_time()
+        for running in self._running.values():
+            if running.finish_scope is not None and now >= running.finish_by:
+                running.finish_scope.cancel()
 
     async def _run_job(self, running: _Running) -> None:
         job = running.job
@@ -242,27 +322,24 @@ class Worker:
             if outcome is None and running.stop is None:
                 outcome = Outcome(JobStatus.QUEUED)
             running.finishing = True
-            with anyio.CancelScope(shield=True):
+            try:
                 if outcome is not None:
                     await self._finish(running, outcome)
+            finally:
                 del self._running[job.id]
                 self._poke()
 
     async def _attempt(self, job_type: JobType, running: _Running) -> Outcome | None:
         job = running.job
+        timer: anyio.CancelScope | None = None
         try:
-            params = job_type.structure(job.params)
             if job.timeout is None:  # no timer: one cancel scope less on the hot path
-                result = await self._call(job_type, running, params)
+                result = await self._call(job_type, running)
             else:
                 with anyio.move_on_after(job.timeout) as timer:
-                    result = await self._call(job_type, running, params)
-                if timer.cancelled_caught:
-                    running.ctx._cancel()  # a thread handler learns it through its context
-                    exc = JobTimeout(f"job {job.id} exceeded its timeout of {job.timeout:g}s")
-                    # Final, not retried: an attempt that overran its limit would most
-                    # likely overrun it again, and each retry would hold a slot that long.
-                    return Outcome(JobStatus.FAILED, error=_error_of(exc))
+                    result = await self._call(job_type, running)
+                if timer.cancel_called:
+                    return self._timed_out(job)
             # Fail here, with the handler's name on it, not in a store; the same rules as
             # a submission, so no store holds a result that another could not read back.
             if result is not None and (problems := json_problems(result, ["result"])):
@@ -274,19 +351,35 @@ class Worker:
             running.stop = _Stop.LOST
             return None
         except JobCancelled:
+            # A thread told to stop by its timer raises this: that is still a timeout.
+            if timer is not None and timer.cancel_called:
+                return self._timed_out(job)
             return Outcome(JobStatus.CANCELLED)
         except Exception as exc:  # the job boundary: any handler error fails the attempt
             if running.stop is not None:
                 return None  # an exception raised while being halted: the halt decides
-            return self._failure(job_type, job, _error_of(exc))
+            if timer is not None and timer.cancel_called:
+                return self._timed_out(job)
+            error = _clean(exc.error) if isinstance(exc, HandlerFailed) else _error_of(exc)
+            return self._failure(job_type, job, error)
 
-    async def _call(self, job_type: JobType, running: _Running, params: Any) -> Any:
-        if job_type.is_async:
-            return await job_type.handler(running.ctx, params)
-        thread_ctx = ThreadJobContext(running.ctx)
-        return await anyio.to_thread.run_sync(
-            job_type.handler, thread_ctx, params, abandon_on_cancel=True
-        )
+    def _timed_out(self, job: Job) -> Outcome:
+        assert job.timeout is not None
+        exc = JobTimeout(f"job {job.id} exceeded its timeout of {job.timeout:g}s")
+        # Final, not retried: an attempt that overran its limit would most likely
+        # overrun it again, and each retry would hold a slot that long.
+        return Outcome(JobStatus.FAILED, error=_error_of(exc))
+
+    async def _call(self, job_type: JobType, running: _Running) -> Any:
+        job = running.job
+        if job_type.executor is Executor.PROCESS:
+            return await run_in_process(
+                job_type.handler, running.ctx, job, job_type.params_cls, self._processes
+            )
+        params = job_type.structure(job.params)
+        if job_type.executor is Executor.THREAD:
+            return await run_in_thread(job_type.handler, running.ctx, params, self._threads)
+        return await job_type.handler(running.ctx, params)
 
     def _failure(self, job_type: JobType, job: Job, error: JobError) -> Outcome:
         if job.attempts < job.max_attempts:
@@ -297,11 +390,40 @@ class Worker:
         return Outcome(JobStatus.FAILED, error=error)
 
     async def _finish(self, running: _Running, outcome: Outcome) -> None:
-        try:
-            await self.store.finish(running.job.id, running.token, outcome, now=self.clock())
-        except (LeaseLost, JobNotFound):
-            logger.warning(
-                "job %s ended (%s) after this worker lost its lease; the new holder decides",
-                running.job.id,
-                outcome.status.value,
-            )
+        """Store the end of an attempt, retrying while the store fails, for at most
+        ``finish_timeout`` seconds; shielded, so a shutdown does not lose it.
+
+        The deadline is kept by the heartbeat loop (:meth:`_cut_overdue_finishes`),
+        not by a timer per finish: on a fast store a timer costs a sixth of a job.
+        """
+        job_id = running.job.id
+        running.finish_by = anyio.current_time() + self.config.finish_timeout
+        with anyio.CancelScope(shield=True) as running.finish_scope:
+            while True:
+                try:
+                    await self.store.finish(job_id, running.token, outcome, now=self.clock())
+                except (LeaseLost, JobNotFound):
+                    logger.warning(
+                        "job %s ended (%s) after this worker lost its lease; the new holder "
+                        "decides",
+                        job_id,
+                        outcome.status.value,
+                    )
+                    return
+                except Exception as exc:  # the finish's edge: retry while time is left
+                    delay = self.supervisor.failed("finish", exc)
+                    left = running.finish_by - anyio.current_time()
+                    if left <= 0:
+                        break
+                    await anyio.sleep(min(delay, left))
+                    continue
+                self.supervisor.recovered("finish")
+                return
+        # Only a passed deadline gets here: cut off by the heartbeat loop, or out of time.
+        logger.error(
+            "could not store the end (%s) of job %s within %gs; it is left to lease "
+            "expiry and will run again",
+            outcome.status.value,
+            job_id,
+            self.config.finish_timeout,
+        )

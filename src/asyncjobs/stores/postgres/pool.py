@@ -48,15 +48,25 @@ class Pool:
             # where the next query fails this way before the socket reports closed.
             asyncpg.exceptions.InternalClientError,
         )
+        # A statement past command_timeout leaves its connection mid-query too.
+        self._broken = (*self._errors, asyncio.TimeoutError)
 
     @classmethod
     async def open(
-        cls, dsn: str, *, name: str, min_size: int, max_size: int, reconnect_timeout: float
+        cls,
+        dsn: str,
+        *,
+        name: str,
+        min_size: int,
+        max_size: int,
+        reconnect_timeout: float,
+        command_timeout: float | None = None,
     ) -> Pool:
         raw = await import_asyncpg().create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
+            command_timeout=command_timeout,
             # Named so that operators see who holds a connection in pg_stat_activity.
             server_settings={"application_name": name},
             # asyncpg's default reset costs a round trip per release (UNLISTEN, RESET
@@ -90,9 +100,10 @@ class Pool:
                     in_op = True
                     try:
                         return await op(conn)
-                    except self._errors:
+                    except self._broken:
                         # Never hand it back: with no reset query on release, nothing
-                        # else would notice a connection left in a broken state.
+                        # else would notice a connection left in a broken state (a
+                        # statement that hit command_timeout may still be running).
                         conn.terminate()
                         raise
             except self._errors as exc:

@@ -95,6 +95,9 @@ class PostgresStore:
         max_pool: Connections the pool opens at most (one more is used for LISTEN).
         reconnect_timeout: Seconds a call keeps retrying while the server cannot be
             reached (a restart, a failover) before it raises the connection error.
+        command_timeout: Seconds one statement may take before it is abandoned (the
+            connection is dropped) and the call raises ``TimeoutError``; a server that
+            stops answering cannot hang a worker's finish or a shutdown.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class PostgresStore:
         min_pool: int = 1,
         max_pool: int = 10,
         reconnect_timeout: float = 30.0,
+        command_timeout: float | None = 30.0,
     ) -> None:
         self.dsn = dsn
         self.schema = check_schema_name(schema)
@@ -112,6 +116,7 @@ class PostgresStore:
         self._min_pool = min_pool
         self._max_pool = max_pool
         self._reconnect_timeout = reconnect_timeout
+        self._command_timeout = command_timeout
         self._channel = f"asyncjobs_{schema}"
         self._instance = secrets.token_hex(8)  # our own notifications are skipped
         self._prefix = make_prefix(self._instance)
@@ -162,6 +167,7 @@ class PostgresStore:
             min_size=self._min_pool,
             max_size=self._max_pool,
             reconnect_timeout=self._reconnect_timeout,
+            command_timeout=self._command_timeout,
         )
         listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._notify_work)
         try:
