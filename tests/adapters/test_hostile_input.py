@@ -269,3 +269,25 @@ async def test_free_text_a_job_produces_is_repaired_not_lost(
             listing = await client.get("/jobs")
             assert listing.status_code == 200
             assert listing.json()["jobs"][0]["error"]["message"] == "broke on \ufffd"
+
+
+async def test_a_remote_worker_cannot_store_what_no_store_can_hold(serve: Any) -> None:
+    queue = build_queue(concurrency=0)
+    async with opened(queue):
+        url = await serve(JobsApp(queue))
+        job = await queue.submit("echo")
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            claim = await client.post("/worker/claim", json={"worker": "w", "types": ["echo"]})
+            (claimed,) = claim.json()["jobs"]
+            token = claimed["token"]
+            bad = await post_to(client, f"/worker/jobs/{job.id}/complete", token, "1e400")
+            assert bad.status_code == 422, bad.text
+            assert (await queue.get(job.id)).status.value == "running"
+            good = await post_to(client, f"/worker/jobs/{job.id}/complete", token, '"ok"')
+            assert good.status_code == 200
+            assert (await client.get("/jobs")).status_code == 200
+
+
+async def post_to(client: httpx.AsyncClient, path: str, token: str, result: str) -> httpx.Response:
+    body = f'{{"token": "{token}", "result": {result}}}'
+    return await client.post(path, content=body, headers=JSON)
