@@ -54,6 +54,15 @@ _UNAUTHORIZED: Final = {
 _UNAVAILABLE: Final = {"503": _error("The queue is not open.")}
 
 
+#: Text every store can hold: no NUL (lone surrogates are not valid JSON text anyway).
+_NO_NUL: Final = "^[^\\u0000]*$"
+#: Free-form params: any JSON value that every store can hold.
+_FREE_FORM: Final = {
+    "type": "object",
+    "propertyNames": {"pattern": _NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+}
+
 #: ``delay`` and ``run_at`` exclude each other.
 _DELAY_AND_RUN_AT: Final = {"required": ["delay", "run_at"]}
 
@@ -72,11 +81,17 @@ def _options() -> dict[str, Any]:
             "type": ["string", "null"],
             "minLength": 1,
             "maxLength": MAX_STRING,
+            "pattern": _NO_NUL,
         },
         "tags": {
             "type": ["array", "null"],
             "maxItems": MAX_TAGS,
-            "items": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
+            "items": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_STRING,
+                "pattern": _NO_NUL,
+            },
         },
     }
 
@@ -103,6 +118,8 @@ def _submission(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]
     variants = []
     for job_type in job_types:
         params = job_type["params_schema"]
+        if params == {"type": "object", "additionalProperties": True}:
+            params = _FREE_FORM  # what a plain-dict type takes, stated exactly
         variants.append(
             {
                 "title": job_type["name"],
@@ -123,6 +140,16 @@ def _submission(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]
 
 def _schemas(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
     return {
+        "JsonValue": {
+            "description": "A JSON value every store can hold: no NUL in text, numbers "
+            "within a double's range, at most 64 levels deep.",
+            "anyOf": [
+                {"type": ["null", "boolean", "number"]},
+                {"type": "string", "pattern": _NO_NUL},
+                {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+                _FREE_FORM,
+            ],
+        },
         "JobError": {
             "type": ["object", "null"],
             "properties": {
