@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Final, final
 import anyio
 import attrs
 
-from asyncjobs.codec import clean_text, json_problems
 from asyncjobs.errors import InvalidSubmission, LeaseLost, UnknownJobType
 from asyncjobs.job import Job, JobError, JobStatus
+from asyncjobs.jsonrules import clean_text, json_problems
 from asyncjobs.registry import Backoff
 from asyncjobs.stores.protocol import Outcome
 

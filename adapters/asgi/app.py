@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 from asyncjobs.errors import AsyncJobsError
 
 from .auth import Authenticator
+from .docs import docs_routes
 from .errors import ApiError, handle_exception
 from .http import MAX_WAIT, HttpApi
 from .metrics import QueueMetrics
@@ -144,6 +145,7 @@ class JobsApp:
         routes = self.api.routes() + self.workers.routes()
         routes += [
             Route("/openapi.json", self._openapi, methods=["GET"]),
+            *docs_routes(STATIC_DIR),
             WebSocketRoute("/ws", self._websocket),
             Route("/", self._index, methods=["GET"]),
         ]
@@ -222,6 +224,7 @@ class JobsApp:
                             ("health", "/health"),
                             ("metrics", "/metrics"),
                             ("openapi", "/openapi.json"),
+                            ("docs", "/docs"),
                             ("websocket", "/ws"),
                         ]
                     },

@@ -32,6 +32,7 @@ from .wire import (
     parse_submission,
     stats_to_wire,
 )
+from .workers import WorkersEndpoint
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -220,6 +221,7 @@ class HttpApi:
             "/stats": {"GET": (self.stats, _NONE)},
             "/health": {"GET": (self.health, _NONE)},
             "/metrics": {"GET": (self.render_metrics, _NONE)},
+            "/workers": {"GET": (WorkersEndpoint(self.queue, self.auth), _NONE)},
         }
         return [
             Route(path, _dispatch(methods), methods=list(methods))

@@ -15,9 +15,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from asyncjobs.codec import json_problems, parse_time
+from asyncjobs.codec import parse_time
 from asyncjobs.errors import FieldError
 from asyncjobs.job import TERMINAL, JobStatus
+from asyncjobs.jsonrules import json_problems
 from asyncjobs.stores.protocol import Stats
 
 from .errors import ApiError

@@ -8,9 +8,9 @@ from typing import Any, final
 
 import anyio.from_thread
 
-from .codec import clean_text
 from .errors import JobCancelled
 from .job import Job
+from .jsonrules import clean_text
 
 __all__ = ["JobContext", "ProcessJobContext", "ThreadJobContext"]
 

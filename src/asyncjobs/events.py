@@ -10,7 +10,10 @@ by a slow subscriber. Each subscriber owns a buffer of pending events:
 * final events (completed, failed, cancelled, deleted) are never coalesced away;
 * a subscriber whose buffer still reaches ``4 * max_pending`` is cut off: its iterator
   raises :class:`~asyncjobs.errors.SubscriberOverflow` and it must resubscribe (it then
-  gets fresh snapshots, so nothing is silently lost).
+  gets fresh snapshots, so nothing is silently lost);
+* :meth:`EventBus.resync` (the store may have missed events) flags every subscriber:
+  its next :meth:`Subscriber.get` returns ``None`` once, and its reader re-reads the
+  jobs it shows.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Subscriber:
         "_closed",
         "_overflowed",
         "_pending",
+        "_resync",
         "_wakeup",
         "job_id",
         "max_pending",
@@ -53,6 +57,7 @@ class Subscriber:
         self._wakeup: anyio.Event | None = None
         self._closed = False
         self._overflowed = False
+        self._resync = False
 
     @property
     def pending(self) -> int:
@@ -82,13 +87,22 @@ class Subscriber:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    async def get(self) -> JobEvent:
-        """The next pending event; waits for one.
+    def mark_resync(self) -> None:
+        """Events may have been missed: the next :meth:`get` returns ``None``."""
+        self._resync = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def get(self) -> JobEvent | None:
+        """The next pending event, or ``None`` once after :meth:`mark_resync`; waits.
 
         Raises:
             SubscriberOverflow: the subscriber fell too far behind and was cut off.
         """
         while not self._pending:
+            if self._resync and not self._closed:
+                self._resync = False
+                return None
             if self._overflowed:
                 raise SubscriberOverflow(
                     "this subscriber fell too far behind the event stream; resubscribe"
@@ -156,6 +170,14 @@ class EventBus:
                 sub.offer(event)
         for sub in self._by_type.get(job.type, ()):
             sub.offer(event)
+
+    def resync(self) -> None:
+        """Flag every subscriber: the store may have missed events."""
+        for sub in list(self._all):
+            sub.mark_resync()
+        for group in list(self._by_job.values()) + list(self._by_type.values()):
+            for sub in list(group):
+                sub.mark_resync()
 
     def _discard(self, sub: Subscriber) -> None:
         if sub.job_id is not None:

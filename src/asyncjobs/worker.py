@@ -6,6 +6,7 @@ import enum
 import logging
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -14,17 +15,21 @@ from typing import Any, final
 import anyio
 import attrs
 
+from . import joblog
 from ._ulid import new_ulid
-from .codec import clean_text, json_problems
 from .context import JobContext
 from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
 from .executors import Executor, HandlerFailed, process_context, run_in_process, run_in_thread
 from .job import EventType, Job, JobError, JobEvent, JobStatus
+from .jsonrules import clean_text, json_problems
 from .registry import JobRegistry, JobType
-from .stores.protocol import Outcome, Store
+from .stores.protocol import Outcome, Store, WorkerInfo
 from .supervision import Supervisor
 
 __all__ = ["Worker", "WorkerConfig"]
+
+#: Seconds a stopping worker gives the store to drop its registry record.
+_UNREGISTER_TIMEOUT = 5.0
 
 logger = logging.getLogger("asyncjobs.worker")
 
@@ -84,13 +89,13 @@ class _Running:
 
 
 def _clean(error: JobError) -> JobError:
-    """An error from a child process, repaired like ours (see codec.clean_text)."""
+    """An error from a child process, repaired like ours (see jsonrules.clean_text)."""
     tb = None if error.traceback is None else clean_text(error.traceback)
     return JobError(type=clean_text(error.type), message=clean_text(error.message), traceback=tb)
 
 
 def _error_of(exc: BaseException) -> JobError:
-    # Repaired, not refused: an error must always be storable (see codec.clean_text).
+    # Repaired, not refused: an error must always be storable (see jsonrules.clean_text).
     return JobError(
         type=type(exc).__qualname__,
         message=clean_text(str(exc)),
@@ -120,7 +125,9 @@ class Worker:
         # Sync handlers run on threads of their own limiter, never anyio's shared one.
         self._threads = anyio.CapacityLimiter(max(config.concurrency, 1))
         self._processes = process_context()
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
+        self.host = socket.gethostname()
+        self.id = f"{self.host}:{os.getpid()}:{new_ulid()[-8:]}"
+        self.started_at = clock()
         self._running: dict[str, _Running] = {}
         self._stopping = False
         self._changed = anyio.Event()  # a slot freed up or stop() was called
@@ -197,6 +204,9 @@ class Worker:
                 if free <= 0:
                     await self._wait_changed()
                     continue
+                # Read before the claim: a wake-up that lands while the claim is on its
+                # way back moves the generation on, and the wait below returns at once.
+                generation = self.store.work_generation()
                 try:
                     jobs = await self.store.claim(
                         self.id,
@@ -216,10 +226,10 @@ class Worker:
                     running = _Running(job, job.lease.token, ctx)
                     self._running[job.id] = running
                     tg.start_soon(self._run_job, running)
-                if not jobs:
+                if not jobs and not self._stopping:  # stop() during the claim: no wait
                     with anyio.CancelScope() as self._idle_scope:
                         try:
-                            await self.store.wait_for_work(cfg.idle_wait)
+                            await self.store.wait_for_work(cfg.idle_wait, since=generation)
                         except Exception as exc:  # a notifier outage: claim on a timer
                             await anyio.sleep(min(self.supervisor.failed("wake", exc), 1.0))
                         else:
@@ -227,6 +237,37 @@ class Worker:
                     self._idle_scope = None
             await self._drain()
             tg.cancel_scope.cancel()
+        with anyio.move_on_after(_UNREGISTER_TIMEOUT, shield=True):
+            await self._unregister()
+
+    def info(self) -> WorkerInfo:
+        """This worker's registry record as of now."""
+        now = self.clock()
+        return WorkerInfo(
+            id=self.id,
+            host=self.host,
+            pid=os.getpid(),
+            types=tuple(self.registry.names()),
+            slots=self.config.concurrency,
+            running=tuple(self._running),
+            started_at=self.started_at,
+            last_heartbeat=now,
+            expires_at=now + timedelta(seconds=self.config.lease),
+        )
+
+    async def _register(self) -> None:
+        # The registry is for operators to look at: a failure to refresh it must never
+        # stop jobs from running, so it is logged and retried with the next heartbeat.
+        try:
+            await self.store.register_worker(self.info())
+        except Exception:  # the registry's edge: any store error
+            logger.warning("could not refresh worker %s in the registry", self.id, exc_info=True)
+
+    async def _unregister(self) -> None:
+        try:
+            await self.store.remove_worker(self.id)
+        except Exception:  # the registry's edge: the record then expires with its lease
+            logger.warning("could not remove worker %s from the registry", self.id, exc_info=True)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep between retries; :meth:`stop` ends the sleep early."""
@@ -268,10 +309,12 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval
         delay = interval
+        await self._register()  # here, not before run() starts: a slow store delays nothing
         while True:
             await anyio.sleep(delay)
             delay = interval
             self._cut_overdue_finishes()
+            await self._register()
             for running in list(self._running.values()):
                 # A halted job keeps its lease until its body has returned: a thread
                 # runs on after a cancel, and nobody else may start the job meanwhile.
@@ -305,6 +348,8 @@ class Worker:
         job = running.job
         job_type = self.registry.get(job.type)
         outcome: Outcome | None = None
+        joblog.attempt_started(job)
+        began = time.monotonic()
         try:
             with running.scope:
                 outcome = await self._attempt(job_type, running)
@@ -325,6 +370,7 @@ class Worker:
             try:
                 if outcome is not None:
                     await self._finish(running, outcome)
+                joblog.attempt_ended(job, outcome, time.monotonic() - began)
             finally:
                 del self._running[job.id]
                 self._poke()

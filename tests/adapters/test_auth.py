@@ -230,3 +230,19 @@ async def test_idempotency_keys_are_per_owner_on_every_transport(url: str, queue
     assert carol.params == {"carol": 1}
     again = await queue.submit("echo", {}, idempotency_key="k1", owner="alice")
     assert again.id == a.json()["id"]
+
+
+async def test_workers_need_the_read_scope(url: str, queue: Queue) -> None:
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/workers")).status_code == 401
+        with anyio.fail_after(10):  # the worker registers on its first heartbeat step
+            while not await queue.workers():
+                await anyio.sleep(0.01)
+        reply = await client.get("/workers", headers=bearer(READER))
+        assert reply.status_code == 200
+        workers = reply.json()["workers"]
+        assert queue.worker is not None and [w["id"] for w in workers] == [queue.worker.id]
+        assert set(workers[0]) == {
+            "id", "host", "pid", "types", "slots", "running",
+            "started_at", "last_heartbeat", "expires_at",
+        }  # fmt: skip

@@ -61,10 +61,17 @@ def test_every_route_is_documented(queue: Queue) -> None:
 
 def test_submission_schema_follows_the_registered_types(queue: Queue) -> None:
     document = openapi_document(job_types=queue.registry.describe())
-    variants = document["components"]["schemas"]["Submission"]["oneOf"]
+    schemas = document["components"]["schemas"]
+    submission = schemas["Submission"]
+    # Named components, so code generators make one class per type.
+    variants = [schemas[v["$ref"].rsplit("/", 1)[1]] for v in submission["oneOf"]]
     by_type = {v["properties"]["type"]["const"]: v for v in variants}
     assert set(by_type) == {"echo", "sleep", "fail", "block"}
-    sleep_params = by_type["sleep"]["properties"]["params"]["anyOf"][0]
+    assert submission["discriminator"]["mapping"]["sleep"] == "#/components/schemas/SleepSubmission"
+    sleep_params = schemas["SleepParams"]
+    assert by_type["sleep"]["properties"]["params"]["anyOf"][0] == {
+        "$ref": "#/components/schemas/SleepParams"
+    }
     assert sleep_params["properties"]["seconds"]["maximum"] == 30
 
 

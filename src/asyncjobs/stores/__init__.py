@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 from .memory import MemoryStore
-from .protocol import EventListener, Outcome, Page, Stats, Store
+from .protocol import (
+    EventListener,
+    Notifier,
+    Outcome,
+    Page,
+    StateStore,
+    Stats,
+    Store,
+    WorkerInfo,
+)
 
-__all__ = ["EventListener", "MemoryStore", "Outcome", "Page", "Stats", "Store", "open_store"]
+__all__ = [
+    "EventListener",
+    "MemoryStore",
+    "Notifier",
+    "Outcome",
+    "Page",
+    "StateStore",
+    "Stats",
+    "Store",
+    "WorkerInfo",
+    "open_store",
+]
 
 
 def open_store(url: str) -> Store:
     """Build the store a URL names (nothing connects until ``await store.open()``).
 
     ``memory://``, ``sqlite:///path/to/jobs.db`` (``sqlite:///:memory:`` for a throwaway
-    database), ``postgresql://user@host/db`` (extra ``asyncjobs[postgres]``).
+    database), ``postgresql://user@host/db`` (extra ``asyncjobs[postgres]``),
+    ``redis://host:6379/0[?prefix=name]`` or ``rediss://`` (extra ``asyncjobs[redis]``).
 
     Raises:
         ConfigurationError: the scheme is unknown or its extra is not installed.
@@ -35,6 +56,10 @@ def open_store(url: str) -> Store:
         from .postgres import PostgresStore
 
         return PostgresStore.from_url(url)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisStore
+
+        return RedisStore.from_url(url)
     raise ConfigurationError(
-        f"unknown store scheme {scheme!r} in {url!r}; use memory://, sqlite:/// or postgresql://"
+        f"unknown store scheme {scheme!r} in {url!r}; use memory://, sqlite:///, postgresql:// or redis://"
     )

@@ -71,6 +71,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
     (
         2,
+        """
+        -- the worker registry: one row per live worker, refreshed with its heartbeat
+        CREATE TABLE {s}.workers (
+            id text COLLATE "C" PRIMARY KEY,
+            expires_at timestamptz NOT NULL,
+            record jsonb NOT NULL
+        );
+        """,
+    ),
+    (
+        3,
         # Idempotency keys are unique per owner (a NULL owner is one owner of its own).
         """
         CREATE UNIQUE INDEX jobs_owner_idempotency_key
