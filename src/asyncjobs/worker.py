@@ -222,6 +222,11 @@ class Worker:
                 self.supervisor.recovered("claim")
                 for job in jobs:
                     assert job.lease is not None
+                    stale = self._running.get(job.id)
+                    if stale is not None and stale.stop is None:
+                        # We still run it under a lease that ran out (renewals stalled):
+                        # the store handed it out again, so that run is fenced off.
+                        self._halt(stale, _Stop.LOST)
                     ctx = JobContext(job, self._progress_sink(job.id, job.lease.token))
                     running = _Running(job, job.lease.token, ctx)
                     self._running[job.id] = running
@@ -372,7 +377,8 @@ class Worker:
                     await self._finish(running, outcome)
                 joblog.attempt_ended(job, outcome, time.monotonic() - began)
             finally:
-                del self._running[job.id]
+                if self._running.get(job.id) is running:  # not a later claim's entry
+                    del self._running[job.id]
                 self._poke()
 
     async def _attempt(self, job_type: JobType, running: _Running) -> Outcome | None:
