@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import httpx
 import pytest
 from asyncjobs.adapters.asgi import BearerTokens, JobsApp, Principal, openapi_document
 from openapi_spec_validator import validate
-from starlette.routing import Route
+from schemathesis.core.warnings import SchemathesisWarning
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from asyncjobs import Queue
 
@@ -42,21 +44,60 @@ def test_every_variant_validates(dashboard: bool) -> None:
     validate(openapi_document())
 
 
-def test_every_route_is_documented(queue: Queue) -> None:
-    app = JobsApp(queue)
-    document = openapi_document(job_types=queue.registry.describe())
+_METHODS = {"get", "post", "put", "delete", "patch"}
+#: Served, but not HTTP operations: the WebSocket (described in info.description) and
+#: the dashboard's static files.
+_NOT_OPERATIONS = {"/ws", "/static"}
+
+
+def _served(app: JobsApp) -> dict[str, set[str]]:
     served: dict[str, set[str]] = {}
-    for route in app.api.routes() + app.workers.routes():
-        assert isinstance(route, Route)
+    for route in app._app.routes:
+        if isinstance(route, (WebSocketRoute, Mount)):
+            assert route.path in _NOT_OPERATIONS, route.path
+            continue
+        assert isinstance(route, Route), route
         assert route.methods is not None
-        served[route.path] = {m.lower() for m in route.methods} - {"head"}
-    served["/openapi.json"] = {"get"}
-    served["/"] = {"get"}
+        methods = {m.lower() for m in route.methods} - {"head"}
+        assert not served.get(route.path, set()) & methods, f"{route.path} served twice"
+        served.setdefault(route.path, set()).update(methods)
+    return served
+
+
+@pytest.mark.parametrize("dashboard", [True, False])
+def test_every_served_route_is_documented_and_every_documented_path_served(
+    queue: Queue, dashboard: bool
+) -> None:
+    # Walks the app's real Starlette routes, so a new route cannot go undocumented.
+    app = JobsApp(queue, dashboard=dashboard)
+    document = openapi_document(dashboard=dashboard, job_types=queue.registry.describe())
     documented = {
-        path: {m for m in item if m in {"get", "post", "put", "delete", "patch"}}
-        for path, item in document["paths"].items()
+        path: {m for m in item if m in _METHODS} for path, item in document["paths"].items()
     }
-    assert documented == served
+    assert documented == _served(app)
+    for path, item in document["paths"].items():
+        names = {p["name"] for p in item.get("parameters", []) if p["in"] == "path"}
+        for op in (item[m] for m in _METHODS if m in item):
+            names |= {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+        assert names == set(re.findall(r"{(\w+)}", path)), path
+
+
+def test_ops_routes_name_their_schemas_and_errors(queue: Queue) -> None:
+    document = openapi_document(job_types=queue.registry.describe())
+    paths, schemas = document["paths"], document["components"]["schemas"]
+    assert schemas["Job"]["properties"]["history"]["items"] == {"$ref": "#/components/schemas/Run"}
+    assert set(schemas["Run"]["required"]) == {"status", "attempts"}
+    assert set(paths["/jobs/{job_id}/retry"]["post"]["responses"]) >= {"200", "404", "409"}
+    batch = paths["/jobs/batch"]["post"]
+    assert set(batch["responses"]) >= {"202", "400", "413", "422"}
+    assert batch["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BatchRequest"
+    }
+    assert "422" in paths["/webhooks"]["post"]["responses"]
+    assert "404" in paths["/webhooks/{webhook_id}/deliveries"]["get"]["responses"]
+    health = paths["/health"]["get"]["responses"]["503"]["content"]["application/json"]
+    assert health["schema"] == {"$ref": "#/components/schemas/Health"}
+    assert schemas["Worker"]["required"][0] == "id"
 
 
 def test_submission_schema_follows_the_registered_types(queue: Queue) -> None:
@@ -91,8 +132,20 @@ def _schemathesis() -> str:
     return found
 
 
-@pytest.mark.timeout(240)
-async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(serve: Serve) -> None:
+#: Every schemathesis warning but ``missing_test_data``: an operation on a job or webhook
+#: id answers 404 for every made-up id, and whether a fuzzed run also reaches it with a
+#: live id depends on timing (its own ``DELETE /jobs`` removes jobs), so that warning
+#: came and went with the machine's load. Every other warning still shows and fails.
+_WARNINGS = ",".join(sorted(w.value for w in SchemathesisWarning if w.value != "missing_test_data"))
+
+
+@pytest.mark.timeout(300)
+async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The WebhookRequest examples: 127.0.0.1 is allowed here (201), localhost is not
+    # (a refused loopback target must be 422, never 5xx). Neither is ever sent to.
+    monkeypatch.setenv("ASYNCJOBS_WEBHOOK_ALLOW", "127.0.0.1")
     queue = Queue("memory://", max_queued=50)
 
     @queue.job_type("echo", max_attempts=1)
@@ -128,10 +181,15 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(serve: 
                 "1",
                 "--request-timeout",
                 "15",
+                "--warnings",
+                _WARNINGS,
                 "--no-color",
             ],
             check=False,
         )
     output = result.stdout.decode(errors="replace")
     assert result.returncode == 0, output[-6000:]
-    assert "No issues found" in output
+    assert "No issues found" in output, output[-6000:]
+    # The new routes were fuzzed too, not skipped.
+    for operation in ("POST /jobs/batch", "POST /webhooks", "GET /schedules"):
+        assert operation in output, operation

@@ -84,7 +84,10 @@ async def check_target(url: str, allow: frozenset[str]) -> None:
     Raises:
         TargetRefused: with the reason and how to allow the host.
     """
-    host = (urlsplit(url).hostname or "").lower()
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:  # "http://[::1": not a URL at all
+        raise TargetRefused(f"webhook URL {url!r} is not a valid URL") from None
     if not host:
         raise TargetRefused(f"webhook URL {url!r} has no host")
     if host in allow:
@@ -94,7 +97,7 @@ async def check_target(url: str, allow: frozenset[str]) -> None:
     except ValueError:
         try:
             infos = await anyio.getaddrinfo(host, None)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a label IDNA cannot encode
             raise TargetRefused(f"cannot resolve webhook host {host!r}: {exc}") from None
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for address in addresses:
