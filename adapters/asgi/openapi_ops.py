@@ -86,7 +86,7 @@ def ops_schemas() -> dict[str, Any]:
                     "maxLength": 2048,
                     "description": "An http(s) URL; private and loopback hosts are refused "
                     "(422) unless listed in `ASYNCJOBS_WEBHOOK_ALLOW`.",
-                    "examples": ["http://127.0.0.1:9/hook", "http://localhost:9/hook"],
+                    "examples": ["http://127.0.0.1:9/hook"],
                 },
                 events={
                     "type": "array",
@@ -95,10 +95,11 @@ def ops_schemas() -> dict[str, Any]:
                     "description": "All of them by default.",
                 },
                 secret={
-                    "type": "string",
+                    "type": ["string", "null"],
                     "minLength": 8,
                     "maxLength": 512,
-                    "description": "`whsec_<base64>` or any string; generated when omitted.",
+                    "description": "`whsec_<base64>` or any string; generated when omitted "
+                    "or null.",
                 },
             ),
             "additionalProperties": False,

@@ -132,20 +132,33 @@ def _schemathesis() -> str:
     return found
 
 
-#: Every schemathesis warning but ``missing_test_data``: an operation on a job or webhook
-#: id answers 404 for every made-up id, and whether a fuzzed run also reaches it with a
-#: live id depends on timing (its own ``DELETE /jobs`` removes jobs), so that warning
-#: came and went with the machine's load. Every other warning still shows and fails.
-_WARNINGS = ",".join(sorted(w.value for w in SchemathesisWarning if w.value != "missing_test_data"))
+#: Every schemathesis warning but two, and these fail the run. The two come and go with
+#: the machine's load: an operation on a job or webhook id answers 404 to made-up ids, and
+#: whether a run also reaches it with a live id depends on timing (its own DELETE /jobs
+#: removes jobs), so "missing test data" / "low valid rate" made the test flaky.
+_QUIET = {SchemathesisWarning.MISSING_TEST_DATA, SchemathesisWarning.LOW_VALID_RATE}
+_CONFIG = f"""
+[warnings]
+display = {sorted(w.value for w in SchemathesisWarning if w not in _QUIET)!r}
+fail-on = true
+
+# A schema-valid URL may still be refused (a private host, one that does not resolve):
+# 422 is the documented answer there. A 5xx still fails not_a_server_error.
+[[operations]]
+include-operation-id = "createWebhook"
+checks.positive_data_acceptance.expected-statuses = ["201", "401", "403", "422"]
+"""
 
 
 @pytest.mark.timeout(300)
 async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
-    serve: Serve, monkeypatch: pytest.MonkeyPatch
+    serve: Serve, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # The WebhookRequest examples: 127.0.0.1 is allowed here (201), localhost is not
-    # (a refused loopback target must be 422, never 5xx). Neither is ever sent to.
+    # The WebhookRequest example, 127.0.0.1, is allowed here (201); other loopback and
+    # private targets the fuzzer makes up must be 422, never 5xx. Nothing is sent to them.
     monkeypatch.setenv("ASYNCJOBS_WEBHOOK_ALLOW", "127.0.0.1")
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(_CONFIG)
     queue = Queue("memory://", max_queued=50)
 
     @queue.job_type("echo", max_attempts=1)
@@ -161,10 +174,13 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
         # left out (tests/adapters/test_sse.py covers them). The fenced worker routes
         # need a live claim's token, which fuzzing cannot make up; test_worker_routes.py
         # covers their bodies and answers.
-        url = await serve(JobsApp(queue, max_wait=1.0))
+        seen: set[tuple[str, str, int]] = set()
+        url = await serve(_recording(JobsApp(queue, max_wait=1.0), seen))
         result = await anyio.run_process(
             [
                 _schemathesis(),
+                "--config-file",
+                str(config),
                 "run",
                 f"{url}/openapi.json",
                 "--checks",
@@ -181,8 +197,6 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
                 "1",
                 "--request-timeout",
                 "15",
-                "--warnings",
-                _WARNINGS,
                 "--no-color",
             ],
             check=False,
@@ -190,6 +204,37 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     output = result.stdout.decode(errors="replace")
     assert result.returncode == 0, output[-6000:]
     assert "No issues found" in output, output[-6000:]
-    # The new routes were fuzzed too, not skipped.
-    for operation in ("POST /jobs/batch", "POST /webhooks", "GET /schedules"):
-        assert operation in output, operation
+    # The operations routes were fuzzed too, and reached past validation.
+    answered: dict[tuple[str, str], set[int]] = {}
+    for method, path, status in seen:
+        answered.setdefault((method, path), set()).add(status)
+    assert 202 in answered["POST", "/jobs/batch"]
+    assert {201, 422} <= answered["POST", "/webhooks"]
+    assert 200 in answered["GET", "/webhooks"]
+    assert 200 in answered["GET", "/schedules"]
+    assert 200 in answered["POST", "/jobs/retry"]
+    assert {404, 409} & answered["POST", "/jobs/{id}/retry"]
+    assert 404 in answered["GET", "/webhooks/{id}/deliveries"]
+    assert 404 in answered["DELETE", "/webhooks/{id}"]
+
+
+_ID_SEGMENT = re.compile(r"^/(jobs|webhooks)/(?!batch$|retry$)[^/]+")
+
+
+def _recording(app: Any, seen: set[tuple[str, str, int]]) -> Any:
+    """Wrap ``app`` to note each request's method, path (ids as ``{id}``) and status."""
+
+    async def recorder(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        path = _ID_SEGMENT.sub(lambda m: f"/{m.group(1)}/{{id}}", scope["path"])
+
+        async def noting(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                seen.add((scope["method"], path, message["status"]))
+            await send(message)
+
+        await app(scope, receive, noting)
+
+    return recorder
