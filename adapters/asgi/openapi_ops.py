@@ -157,7 +157,12 @@ def _param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
-def _webhook_paths(common: dict[str, Any], error: Error) -> dict[str, Any]:
+def _webhook_paths(
+    common: dict[str, Any],
+    error: Error,
+    not_json: dict[str, Any],
+    unknown_query: dict[str, Any],
+) -> dict[str, Any]:
     webhook_id = {
         "name": "webhook_id",
         "in": "path",
@@ -176,6 +181,7 @@ def _webhook_paths(common: dict[str, Any], error: Error) -> dict[str, Any]:
                         _object(["webhooks"], webhooks={"type": "array", "items": _ref("Webhook")}),
                         "The webhooks (never their secrets).",
                     ),
+                    **unknown_query,
                     **common,
                 },
             },
@@ -188,11 +194,11 @@ def _webhook_paths(common: dict[str, Any], error: Error) -> dict[str, Any]:
                 },
                 "responses": {
                     "201": _json(_ref("CreatedWebhook"), "Registered; the secret is shown once."),
-                    "400": error("The body is not JSON."),
-                    "413": error("The body is larger than `max_body`."),
+                    **not_json,
                     "422": error(
-                        "A bad field, or a refused target (a private or loopback host not "
-                        "allowed by `ASYNCJOBS_WEBHOOK_ALLOW`, or one that does not resolve)."
+                        "A bad field or query parameter, or a refused target (a private or "
+                        "loopback host not allowed by `ASYNCJOBS_WEBHOOK_ALLOW`, or one that "
+                        "does not resolve)."
                     ),
                     **common,
                 },
@@ -203,7 +209,12 @@ def _webhook_paths(common: dict[str, Any], error: Error) -> dict[str, Any]:
             "delete": {
                 "operationId": "deleteWebhook",
                 "summary": "Remove a webhook and its deliveries (admin scope).",
-                "responses": {"204": {"description": "Deleted."}, **not_found, **common},
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    **not_found,
+                    **unknown_query,
+                    **common,
+                },
             },
         },
         "/webhooks/{webhook_id}/deliveries": {
@@ -230,7 +241,7 @@ def _webhook_paths(common: dict[str, Any], error: Error) -> dict[str, Any]:
                         ),
                         "The deliveries.",
                     ),
-                    "422": error("A bad `status` or `limit`."),
+                    "422": error("A bad `status` or `limit`, or an unknown query parameter."),
                     **not_found,
                     **common,
                 },
@@ -254,8 +265,14 @@ def ops_paths(
         "name": "job_id",
         "in": "path",
         "required": True,
-        "description": "The job's id.",
-        "schema": {"type": "string"},
+        "description": "The job's id (a 26-character ULID).",
+        "schema": {"type": "string", "pattern": "^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"},
+    }
+    unknown_query = {"422": error("An unknown query parameter.")}
+    not_json = {
+        "400": error("The body is not JSON, or holds text that is not valid Unicode."),
+        "413": error("The body is larger than `max_body`."),
+        "415": error("The body is not sent as `Content-Type: application/json`."),
     }
     listed = {"type": "array", "items": {"type": "string"}}
     return {
@@ -269,8 +286,7 @@ def ops_paths(
                 },
                 "responses": {
                     "202": _json(_ref("BatchReply"), "Every job stored, in input order."),
-                    "400": error("The body is not JSON."),
-                    "413": error("The body is larger than `max_body`."),
+                    **not_json,
                     "422": error(
                         "A bad submission; each field error's `loc` starts with "
                         '`["jobs", index]`. Nothing was stored.'
@@ -309,8 +325,12 @@ def ops_paths(
                 "description": "The run that ended is kept in the job's `history`.",
                 "responses": {
                     "200": _json(_ref("Job"), "The re-queued job."),
+                    "400": error(
+                        "The job id is malformed (not a 26-character ULID): `invalid_id`."
+                    ),
                     "404": error("No such job (or not visible to this token)."),
                     "409": error("The job is live or completed: only failed or cancelled retry."),
+                    **unknown_query,
                     **common,
                 },
             },
@@ -326,9 +346,10 @@ def ops_paths(
                         ),
                         "The schedules, by name.",
                     ),
+                    **unknown_query,
                     **unauthorized,
                 },
             },
         },
-        **_webhook_paths(common, error),
+        **_webhook_paths(common, error, not_json, unknown_query),
     }

@@ -26,8 +26,8 @@ from asyncjobs.job import JobStatus
 
 from .auth import READ, SUBMIT, Authenticator, require
 from .errors import ApiError
-from .http import read_body, visible_to
-from .wire import invalid, loads, parse_statuses, parse_submission
+from .http import check_query, read_body, visible_to
+from .wire import check_job_id, invalid, loads, parse_statuses, parse_submission
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -37,6 +37,7 @@ __all__ = ["MAX_BATCH", "OpsApi"]
 #: The most submissions one ``POST /jobs/batch`` may carry.
 MAX_BATCH: Final = 1000
 _RETRYABLE: Final = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 @final
@@ -66,6 +67,7 @@ class OpsApi:
     async def schedules(self, request: Request) -> Response:
         """``GET /schedules``: the queue's schedules with their next run (read scope)."""
         await require(self.auth, request.scope, READ)
+        check_query(request, _NONE)
         now = self.queue.clock()
         items = sorted(self.queue.schedules.values(), key=lambda s: s.name)
         return JSONResponse({"schedules": [s.to_wire(now) for s in items]})
@@ -73,7 +75,8 @@ class OpsApi:
     async def retry_job(self, request: Request) -> Response:
         """``POST /jobs/{id}/retry``: 200 with the re-queued job."""
         principal = await require(self.auth, request.scope, SUBMIT)
-        job_id = request.path_params["job_id"]
+        check_query(request, _NONE)
+        job_id = check_job_id(request.path_params["job_id"])
         job = await self.queue.get(job_id)
         visible = visible_to(principal)
         if visible is not None and not visible(job):
@@ -83,9 +86,7 @@ class OpsApi:
     async def retry_many(self, request: Request) -> Response:
         """``POST /jobs/retry?status=failed,cancelled&type=``: ``{"retried": n}``."""
         principal = await require(self.auth, request.scope, SUBMIT)
-        unknown = sorted(set(request.query_params) - {"status", "type"})
-        if unknown:
-            raise invalid([{"loc": ["query", k], "msg": "unknown parameter"} for k in unknown])
+        check_query(request, frozenset({"status", "type"}))
         statuses = parse_statuses(request.query_params.getlist("status"), loc=["query", "status"])
         statuses = statuses or [JobStatus.FAILED]
         if any(s not in _RETRYABLE for s in statuses):
@@ -102,6 +103,7 @@ class OpsApi:
     async def submit_batch(self, request: Request) -> Response:
         """``POST /jobs/batch``: 202 with the jobs, in input order."""
         principal = await require(self.auth, request.scope, SUBMIT)
+        check_query(request, _NONE)
         body = loads(await read_body(request, self.max_body))
         if (
             not isinstance(body, dict)

@@ -32,17 +32,48 @@ async def test_a_refused_retry_changes_nothing(client: httpx.AsyncClient, queue:
     await queue.cancel(live["id"])
 
 
-@pytest.mark.parametrize("job_id", ["01JDOESNOTEXIST0000000000A", "not-an-id", "%20", "a" * 300])
-async def test_retry_of_an_unknown_or_malformed_id_is_404(
-    client: httpx.AsyncClient, job_id: str
+async def test_retry_of_an_unknown_id_is_404_and_of_a_malformed_one_400(
+    client: httpx.AsyncClient,
 ) -> None:
-    # A malformed id is an unknown one on every job route (GET /jobs/{id} too), so the
-    # retry route answers the same 404 with the shared error shape.
-    for route in (f"/jobs/{job_id}", f"/jobs/{job_id}/retry"):
-        method = client.get if route.endswith(job_id) else client.post
-        response = await method(route)
-        assert response.status_code == 404, (route, response.text)
-        assert response.json()["error"]["code"] == "job_not_found"
+    unknown = await client.post("/jobs/01JDZZZZZZZZZZZZZZZZZZZZZZ/retry")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "job_not_found"
+    # The same rule as GET /jobs/{id}: an id that is not a ULID is 400 invalid_id.
+    for bad in ("not-an-id", "%20", "a" * 300, "01JDOESNOTEXIST0000000000A"):
+        for method, route in (("GET", f"/jobs/{bad}"), ("POST", f"/jobs/{bad}/retry")):
+            response = await client.request(method, route)
+            assert response.status_code == 400, (route, response.text)
+            assert response.json()["error"]["code"] == "invalid_id"
+
+
+async def test_ops_routes_refuse_unknown_query_parameters(
+    client: httpx.AsyncClient, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASYNCJOBS_WEBHOOK_ALLOW", "127.0.0.1")
+    hook = (await client.post("/webhooks", json={"url": "http://127.0.0.1:9/"})).json()
+    for method, route, body in [
+        ("POST", "/jobs/batch?wait=1", {"jobs": [{"type": "echo"}]}),
+        ("POST", "/jobs/01JDZZZZZZZZZZZZZZZZZZZZZZ/retry?force=1", None),
+        ("POST", "/jobs/retry?statuss=failed", None),
+        ("GET", "/schedules?all=1", None),
+        ("GET", "/webhooks?limit=1", None),
+        ("POST", "/webhooks?x=1", {"url": "http://127.0.0.1:9/other"}),
+        ("DELETE", f"/webhooks/{hook['id']}?x=1", None),
+        ("GET", f"/webhooks/{hook['id']}/deliveries?page=2", None),
+    ]:
+        response = await client.request(method, route, json=body)
+        assert response.status_code == 422, (route, response.text)
+        assert response.json()["error"]["details"][0]["loc"][0] == "query"
+    assert (await queue.stats()).total == 0
+    assert [h.id for h in await queue.list_webhooks()] == [hook["id"]]
+
+
+async def test_batch_and_webhook_bodies_must_be_json(client: httpx.AsyncClient) -> None:
+    for route in ("/jobs/batch", "/webhooks"):
+        response = await client.post(
+            route, content=b"jobs=1", headers={"content-type": "text/plain"}
+        )
+        assert response.status_code == 415, route
 
 
 async def test_bad_batch_bodies_store_nothing(client: httpx.AsyncClient, queue: Queue) -> None:
