@@ -14,8 +14,10 @@ per-owner isolation a principal retries only its own jobs.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -40,6 +42,21 @@ _RETRYABLE: Final = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 _NONE: Final[frozenset[str]] = frozenset()
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+_EVERY_METHOD: Final = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _post_only(endpoint: Endpoint) -> Endpoint:
+    async def only(request: Request) -> Response:
+        if request.method != "POST":
+            raise HTTPException(
+                405, f"{request.method} is not allowed here; use POST", {"Allow": "POST"}
+            )
+        return await endpoint(request)
+
+    return only
+
+
 @final
 class OpsApi:
     """Route handlers for retry in place and batch submit.
@@ -57,9 +74,11 @@ class OpsApi:
 
     def routes(self) -> list[BaseRoute]:
         """The Starlette routes, relative to the mount point."""
+        # Every method, so that GET /jobs/batch is 405 rather than GET /jobs/{id} with
+        # the id "batch" (Starlette tries later routes when only the method differs).
         return [
-            Route("/jobs/batch", self.submit_batch, methods=["POST"]),
-            Route("/jobs/retry", self.retry_many, methods=["POST"]),
+            Route("/jobs/batch", _post_only(self.submit_batch), methods=_EVERY_METHOD),
+            Route("/jobs/retry", _post_only(self.retry_many), methods=_EVERY_METHOD),
             Route("/jobs/{job_id}/retry", self.retry_job, methods=["POST"]),
             Route("/schedules", self.schedules, methods=["GET"]),
         ]

@@ -68,6 +68,17 @@ async def test_ops_routes_refuse_unknown_query_parameters(
     assert [h.id for h in await queue.list_webhooks()] == [hook["id"]]
 
 
+async def test_other_methods_on_batch_and_retry_are_405_not_a_job_id(
+    client: httpx.AsyncClient,
+) -> None:
+    for route in ("/jobs/batch", "/jobs/retry"):
+        for method in ("GET", "DELETE", "PUT"):
+            response = await client.request(method, route)
+            assert response.status_code == 405, (method, route, response.text)
+            assert response.headers["allow"] == "POST"
+            assert response.json()["error"]["code"] == "method_not_allowed"
+
+
 async def test_batch_and_webhook_bodies_must_be_json(client: httpx.AsyncClient) -> None:
     for route in ("/jobs/batch", "/webhooks"):
         response = await client.post(
