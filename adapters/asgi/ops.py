@@ -43,7 +43,7 @@ _NONE: Final[frozenset[str]] = frozenset()
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-_EVERY_METHOD: Final = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_EVERY_METHOD: Final = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def _post_only(endpoint: Endpoint) -> Endpoint:

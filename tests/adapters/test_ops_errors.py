@@ -72,7 +72,7 @@ async def test_other_methods_on_batch_and_retry_are_405_not_a_job_id(
     client: httpx.AsyncClient,
 ) -> None:
     for route in ("/jobs/batch", "/jobs/retry"):
-        for method in ("GET", "DELETE", "PUT"):
+        for method in ("GET", "DELETE", "PUT", "OPTIONS"):
             response = await client.request(method, route)
             assert response.status_code == 405, (method, route, response.text)
             assert response.headers["allow"] == "POST"
