@@ -469,8 +469,7 @@ class Worker:
                 await self.store.finish(job_id, running.token, outcome, now=self.clock())
             except (LeaseLost, JobNotFound):
                 logger.warning(
-                    "job %s ended (%s) after this worker lost its lease; the new holder "
-                    "decides",
+                    "job %s ended (%s) after this worker lost its lease; the new holder decides",
                     job_id,
                     outcome.status.value,
                 )
