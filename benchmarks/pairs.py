@@ -69,8 +69,9 @@ def table(doc: dict[str, Any]) -> str:
     for p in PAIRS:
         ours = _value(results, p.ours, p.field)
         theirs = _value(results, p.theirs, p.field)
+        goal = f"{p.goal:g}" if p.theirs is None else f"{p.goal:g}x"
         if ours is None or (p.theirs is not None and theirs is None):
-            rows.append(f"| {p.name} | - | - | - | {p.goal:g} | not run |")
+            rows.append(f"| {p.name} | - | - | - | {goal} | not run |")
             continue
         if p.theirs is None:
             met = ours <= p.goal if p.lower_is_better else ours >= p.goal

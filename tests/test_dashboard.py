@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ HOSTILE = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>"
 DASH_MODULE = textwrap.dedent(
     """
     import attrs
-    from asyncjobs import JobContext
+    from asyncjobs import Backoff, JobContext
     from asyncjobs.demo import build_demo_queue
 
     queue = build_demo_queue(concurrency=4)
@@ -51,6 +54,10 @@ DASH_MODULE = textwrap.dedent(
     @queue.job_type("even", max_attempts=1)
     async def even(ctx: JobContext, params: EvenParams) -> dict:
         return {"half": params.n // 2}
+
+    @queue.job_type("flaky", max_attempts=2, backoff=Backoff(base=0.2, jitter=0))
+    async def flaky(ctx: JobContext, params: dict) -> None:
+        raise ValueError(f"attempt {ctx.attempt} failed: " + "a long line " * 30)
     """
 )
 
@@ -291,6 +298,14 @@ def test_retry_resubmits_the_same_params_and_clear_finished(
     pg.wait_for_function(
         "() => document.querySelector('#detail-badge').textContent === 'completed'"
     )
+    # It asks first: dismissed, nothing is deleted; accepted, the finished jobs go.
+    asked: list[str] = []
+    pg.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    pg.click("#clear-finished")
+    pg.wait_for_timeout(300)
+    assert asked and "cannot be undone" in asked[0]
+    assert httpx.get(f"{server}jobs/{new_id}").status_code == 200
+    pg.once("dialog", lambda d: d.accept())
     pg.click("#clear-finished")
     pg.wait_for_function(
         "() => ![...document.querySelectorAll('#job-rows tr:not([hidden])')]"
@@ -368,3 +383,229 @@ def test_page_never_writes_markup_from_data() -> None:
         text = (static / name).read_text()
         assert "http://" not in text, f"{name} must work offline"
         assert "https://" not in text, f"{name} must work offline"
+
+
+# ---------------------------------------------------------------------------- usability
+
+
+def test_dark_mode_follows_the_system(browser: Any, server: str, shots: Path) -> None:
+    luminance = {}
+    for scheme in ("light", "dark"):
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, color_scheme=scheme)
+        pg = context.new_page()
+        open_dashboard(pg, server)
+        rgb = pg.evaluate(
+            "() => getComputedStyle(document.body).backgroundColor.match(/\\d+/g).map(Number)"
+        )
+        luminance[scheme] = sum(rgb[:3]) / (3 * 255)
+        pg.screenshot(path=str(shots / f"{scheme}.png"))
+        context.close()
+    assert luminance["light"] > 0.8 and luminance["dark"] < 0.2
+
+
+def test_phone_layout_has_no_sideways_scroll_and_scrolls_to_the_detail(
+    browser: Any, server: str, shots: Path
+) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    console = Console(pg)
+    for _ in range(12):
+        rest_submit(server, {"type": "echo", "params": {"message": "m" * 80, "delay": 0}})
+    open_dashboard(pg, server)
+    pg.wait_for_function(f"{VISIBLE_ROWS}.length >= 12")
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 390
+    pg.locator("#job-rows tr:not([hidden])").nth(10).click()
+    pg.wait_for_selector("#detail:not([hidden])")
+    pg.wait_for_function(
+        "() => { const r = document.querySelector('#detail').getBoundingClientRect();"
+        " return r.top >= -1 && r.top < innerHeight / 2; }"
+    )
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 390
+    pg.screenshot(path=str(shots / "phone.png"))
+    context.close()
+    assert console.unexpected() == []
+
+
+def test_keyboard_and_screen_reader_labels(page: tuple[Any, Console], server: str) -> None:
+    pg, _ = page
+    job_id = rest_submit(server, {"type": "countdown", "params": {"seconds": 20}})
+    open_dashboard(pg, server)
+    wait_pct_above(pg, job_id, 0)
+    tr = row(pg, job_id)
+    bar = tr.get_by_role("progressbar")
+    assert bar.get_attribute("aria-valuenow") == str(pct_of(pg, job_id))
+    assert job_id in (bar.get_attribute("aria-label") or "")
+    cancel = tr.get_by_role("button", name=f"Cancel countdown job {job_id}")
+    assert cancel.count() == 1
+    tr.focus()  # rows take focus; Enter opens the job
+    pg.keyboard.press("Enter")
+    pg.wait_for_function(
+        "(id) => document.querySelector('#detail-id').textContent === id", arg=job_id
+    )
+    detail_bar = pg.locator("#detail-progress")
+    assert detail_bar.get_attribute("role") == "progressbar"
+    assert int(detail_bar.get_attribute("aria-valuenow") or "0") > 0
+    cancel.click()
+    pg.wait_for_function(
+        '(id) => document.querySelector(`tr[data-id="${id}"] .badge`).textContent'
+        " === 'cancelled'",
+        arg=job_id,
+    )
+
+
+def test_retried_job_timeline_shows_attempts_errors_and_an_intact_traceback(
+    page: tuple[Any, Console], server: str, shots: Path
+) -> None:
+    pg, _ = page
+    open_dashboard(pg, server)  # watching while it runs: every attempt is seen
+    job_id = rest_submit(server, {"type": "flaky", "params": {}})
+    pg.wait_for_function(
+        "(id) => document.querySelector(`tr[data-id=\"${id}\"] .badge`)?.textContent === 'failed'",
+        arg=job_id,
+    )
+    row(pg, job_id).click()
+    timeline = pg.locator("#timeline li")
+    pg.wait_for_selector('#timeline li[data-kind="job_failed"]')
+    kinds = [li.get_attribute("data-kind") for li in timeline.all()]
+    assert kinds.count("job_started") == 2 and "job_retrying" in kinds
+    retry = pg.locator('#timeline li[data-kind="job_retrying"]').inner_text()
+    assert "attempt 1 failed: ValueError: attempt 1 failed" in retry
+    assert "attempt 2 failed" in pg.locator('#timeline li[data-kind="job_failed"]').inner_text()
+
+    traceback = pg.locator("#detail-traceback")
+    assert traceback.evaluate("n => getComputedStyle(n).whiteSpace") == "pre"
+    expected = httpx.get(f"{server}jobs/{job_id}").json()["error"]["traceback"]
+    assert traceback.inner_text().rstrip("\n") == expected.rstrip("\n")
+    # The long line scrolls inside the block instead of wrapping.
+    assert traceback.evaluate("n => n.scrollWidth > n.clientWidth")
+    pg.screenshot(path=str(shots / "retried.png"))
+
+    # Opened later (nothing seen live), the timeline is built from the job itself.
+    pg.goto(f"{server}#job={job_id}")
+    pg.reload()
+    pg.wait_for_selector('#timeline li[data-kind="job_failed"]')
+    text = pg.locator("#timeline").inner_text()
+    assert "attempt 2 of 2" in text and "1 earlier attempt failed" in text
+
+
+def test_throughput_and_queue_wait_charts_draw_live(page: tuple[Any, Console], server: str) -> None:
+    pg, _ = page
+    open_dashboard(pg, server)
+    for _ in range(5):
+        rest_submit(server, {"type": "echo", "params": {"delay": 0}})
+    rest_submit(server, {"type": "flaky", "params": {}})
+    pg.wait_for_function(
+        "() => { const c = document.querySelector('#tp-chart');"
+        " return +c.dataset.completed >= 5 && +c.dataset.failed >= 1; }",
+        timeout=20_000,
+    )
+    assert int(pg.locator("#wait-chart").get_attribute("data-starts") or "0") >= 5
+    assert "completed" in (pg.locator("#tp-chart").get_attribute("aria-label") or "")
+    assert "avg" in pg.locator("#wait-summary").inner_text()
+    # Pixels of the completed and failed colours were drawn (no CDN, a plain canvas).
+    drawn = pg.evaluate(
+        """() => {
+            const c = document.querySelector('#tp-chart');
+            const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let painted = 0;
+            for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted++;
+            return painted;
+        }"""
+    )
+    assert drawn > 20
+
+
+def test_workers_panel_appears_only_with_worker_data(
+    page: tuple[Any, Console], server: str
+) -> None:
+    pg, _ = page
+    open_dashboard(pg, server)
+    pg.wait_for_timeout(500)
+    has_route = "/workers" in httpx.get(f"{server}openapi.json").json()["paths"]
+    if not has_route:  # an older server: no panel, and no request that could 404
+        assert pg.locator("#workers-panel").is_hidden()
+    # A server with the worker registry: the panel lists GET /workers' entries.
+    workers = {
+        "workers": [
+            {
+                "id": "web-1:4242:ABCDEFGH",
+                "host": "web-1",
+                "pid": 4242,
+                "types": ["countdown", "echo"],
+                "slots": 4,
+                "running": ["01J0000000000000000000000A"],
+                "started_at": "2026-01-01T00:00:00Z",
+                "last_heartbeat": "2026-01-01T00:00:01Z",
+            }
+        ]
+    }
+    document = httpx.get(f"{server}openapi.json").json()
+    document["paths"].setdefault("/workers", {"get": {"responses": {"200": {}}}})
+    pg.route("**/openapi.json", lambda r: r.fulfill(json=document))
+    pg.route("**/workers", lambda r: r.fulfill(json=workers))
+    open_dashboard(pg, server)
+    pg.wait_for_selector("#workers-panel:not([hidden])")
+    entry = pg.locator('#worker-list li[data-id="web-1:4242:ABCDEFGH"]').inner_text()
+    assert "1/4 busy" in entry and "web-1 pid 4242" in entry and "countdown, echo" in entry
+    assert "1 · 1/4 slots busy" in pg.locator("#workers-count").inner_text()
+
+
+CSP_HOST = textwrap.dedent(
+    """
+    from asyncjobs.adapters.asgi import JobsApp
+    from asyncjobs.demo import build_demo_queue
+
+    queue = build_demo_queue()
+    jobs = JobsApp(queue)
+    POLICY = b"default-src 'self'; frame-ancestors 'none'"  # no inline script or style
+
+    async def app(scope, receive, send):
+        async def with_policy(message):
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"content-security-policy", POLICY)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await jobs(scope, receive, with_policy if scope["type"] == "http" else send)
+    """
+)
+
+
+def test_dashboard_runs_under_a_strict_content_security_policy(
+    browser: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "csphost.py").write_text(CSP_HOST)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "csphost:app", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = f"http://127.0.0.1:{port}/"
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    console = Console(pg)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(server + "health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert "default-src" in httpx.get(server).headers["content-security-policy"]
+        job_id = rest_submit(server, {"type": "echo", "params": {"delay": 0}})
+        open_dashboard(pg, server)
+        row(pg, job_id).click()
+        pg.wait_for_selector('#timeline li[data-kind="job_completed"]')
+        dot = pg.locator('.counter[data-status="completed"] .dot')
+        assert dot.evaluate("n => getComputedStyle(n).backgroundColor") != "rgba(0, 0, 0, 0)"
+    finally:
+        context.close()
+        proc.terminate()
+        proc.wait(timeout=15)
+    assert console.unexpected() == []

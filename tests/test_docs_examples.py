@@ -28,6 +28,7 @@ DOCS = [
     ROOT / "docs" / "quickstart.md",
     ROOT / "docs" / "concepts.md",
     ROOT / "docs" / "executors.md",
+    ROOT / "docs" / "logging.md",
     ROOT / "README.md",
 ]
 

@@ -19,11 +19,13 @@ from starlette.websockets import WebSocket
 from asyncjobs.errors import AsyncJobsError
 
 from .auth import Authenticator
+from .docs import docs_routes
 from .errors import ApiError, handle_exception
 from .http import MAX_WAIT, HttpApi
 from .metrics import QueueMetrics
 from .openapi import openapi_document
 from .websocket import serve_websocket
+from .worker import WorkerApi
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -110,6 +112,7 @@ class JobsApp:
             metrics=self.metrics,
             max_wait=max_wait,
         )
+        self.workers = WorkerApi(queue, auth=auth, max_body=max_body, max_wait=max_wait)
         self._warned = False
         # A store listener, not a task: it counts events from now on and needs no lifespan.
         self.metrics.attach()
@@ -122,9 +125,10 @@ class JobsApp:
         self._app = Starlette(routes=self._routes(), exception_handlers=handlers)
 
     def _routes(self) -> list[BaseRoute]:
-        routes = self.api.routes()
+        routes = self.api.routes() + self.workers.routes()
         routes += [
             Route("/openapi.json", self._openapi, methods=["GET"]),
+            *docs_routes(STATIC_DIR),
             WebSocketRoute("/ws", self._websocket),
             Route("/", self._index, methods=["GET"]),
         ]
@@ -198,6 +202,7 @@ class JobsApp:
                             ("health", "/health"),
                             ("metrics", "/metrics"),
                             ("openapi", "/openapi.json"),
+                            ("docs", "/docs"),
                             ("websocket", "/ws"),
                         ]
                     },

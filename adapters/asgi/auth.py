@@ -11,7 +11,7 @@ scope     allows
 read      list and get jobs, job types, stats, metrics, SSE, WebSocket
 submit    create jobs
 cancel    cancel jobs, delete jobs, clear finished jobs
-worker    the remote-worker routes (reserved; not served yet)
+worker    the remote-worker routes (/worker/*, the gRPC WorkerService)
 admin     everything, and every owner's jobs
 ========  ===========================================================
 

@@ -25,6 +25,7 @@ from .errors import ApiError
 from .metrics import CONTENT_TYPE, QueueMetrics
 from .sse import EventStream, FrameCache, event_stream
 from .wire import invalid, loads, parse_statuses, parse_submission, stats_to_wire
+from .workers import WorkersEndpoint
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -166,6 +167,7 @@ class HttpApi:
             "/stats": {"GET": self.stats},
             "/health": {"GET": self.health},
             "/metrics": {"GET": self.render_metrics},
+            "/workers": {"GET": WorkersEndpoint(self.queue, self.auth)},
         }
         return [
             Route(path, _dispatch(methods), methods=list(methods))

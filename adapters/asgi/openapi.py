@@ -8,12 +8,14 @@ operations); its messages are in ``docs/websocket.md``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from asyncjobs.job import TERMINAL, JobStatus
 
 from .http import MAX_LIMIT, MAX_WAIT
+from .openapi_worker import worker_paths, worker_schemas
 from .wire import MAX_DELAY, MAX_STRING, MAX_TAGS, PRIORITY_RANGE
 
 __all__ = ["openapi_document"]
@@ -84,40 +86,70 @@ def _or_null(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+def _component_name(type_name: str, suffix: str) -> str:
+    """``"send-email"`` -> ``"SendEmailSubmission"``: a name code generators can use."""
+    words = [w for w in re.split(r"[^0-9A-Za-z]+", type_name) if w]
+    stem = "".join(w[:1].upper() + w[1:] for w in words) or "Job"
+    if stem[0].isdigit():
+        stem = "Type" + stem
+    return stem + suffix
+
+
 def _submission(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
-    """One schema per registered job type (its params schema included), or a generic one."""
+    """The ``Submission`` schema and, per registered job type, ``<Type>Submission`` and
+    ``<Type>Params`` components.
+
+    Each type gets named components, referenced from a ``oneOf`` with a discriminator
+    on ``type``: code generators (openapi-python-client and others) turn named
+    components into classes, and drop or misname inline variants.
+    """
     options = _options()
     if not job_types:
         return {
-            "type": "object",
-            "properties": {
-                "type": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
-                "params": {"type": ["object", "null"]},
-                **options,
-            },
-            "required": ["type"],
-            "additionalProperties": False,
-            "not": _DELAY_AND_RUN_AT,
-        }
-    variants = []
-    for job_type in job_types:
-        params = job_type["params_schema"]
-        variants.append(
-            {
-                "title": job_type["name"],
+            "Submission": {
                 "type": "object",
                 "properties": {
-                    "type": {"const": job_type["name"]},
-                    # null params mean "all defaults", which only works without required fields
-                    "params": params if params.get("required") else _or_null(params),
+                    "type": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
+                    "params": {"type": ["object", "null"]},
                     **options,
                 },
-                "required": ["type", "params"] if params.get("required") else ["type"],
+                "required": ["type"],
                 "additionalProperties": False,
                 "not": _DELAY_AND_RUN_AT,
             }
-        )
-    return {"oneOf": variants}
+        }
+    components: dict[str, Any] = {}
+    mapping: dict[str, str] = {}
+    for job_type in job_types:
+        name = str(job_type["name"])
+        submission, params_name = (_component_name(name, s) for s in ("Submission", "Params"))
+        while submission in components or params_name in components:  # "a-b" and "a_b"
+            submission, params_name = submission + "_", params_name + "_"
+        params = {k: v for k, v in job_type["params_schema"].items() if k != "$schema"}
+        params["title"] = params_name
+        components[params_name] = params
+        params_ref = _ref(params_name)
+        components[submission] = {
+            "title": submission,
+            "description": f"A `{name}` job."
+            + (f" {d}" if (d := job_type.get("description")) else ""),
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "const": name},
+                # null params mean "all defaults", which only works without required fields
+                "params": params_ref if params.get("required") else _or_null(params_ref),
+                **options,
+            },
+            "required": ["type", "params"] if params.get("required") else ["type"],
+            "additionalProperties": False,
+            "not": _DELAY_AND_RUN_AT,
+        }
+        mapping[name] = _REF + submission
+    components["Submission"] = {
+        "oneOf": [{"$ref": ref} for ref in mapping.values()],
+        "discriminator": {"propertyName": "type", "mapping": mapping},
+    }
+    return components
 
 
 def _schemas(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
@@ -167,7 +199,7 @@ def _schemas(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
             },
             "required": ["type", "seq", "at", "job"],
         },
-        "Submission": _submission(job_types),
+        **_submission(job_types),
         "JobPage": {
             "type": "object",
             "properties": {
@@ -452,6 +484,26 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 },
             },
         },
+        "/workers": {
+            "get": {
+                "operationId": "listWorkers",
+                "summary": "Live workers of every process (the worker registry).",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["workers"],
+                            "properties": {
+                                "workers": {"type": "array", "items": {"type": "object"}}
+                            },
+                        },
+                        "Each worker: id, host, pid, types, slots, running, started_at, "
+                        "last_heartbeat, expires_at.",
+                    ),
+                    **_UNAUTHORIZED,
+                },
+            },
+        },
         "/health": {
             "get": {
                 "operationId": "health",
@@ -511,6 +563,35 @@ def _paths(dashboard: bool) -> dict[str, Any]:
     return paths
 
 
+def _type_names(job_types: Sequence[Mapping[str, Any]] | None) -> list[str] | None:
+    return None if job_types is None else [str(t["name"]) for t in job_types]
+
+
+_DESCRIPTION: Final = """Submit, watch, cancel and clear jobs. Live updates come from the SSE
+routes below and from the WebSocket.
+
+## WebSocket `/ws`
+
+`ws(s)://<host><mount>/ws` (a browser that cannot set headers passes
+`?access_token=<token>`). OpenAPI cannot describe a WebSocket, so here is the protocol:
+
+- On connect the server sends **`queue_state`** first:
+  `{"type": "queue_state", "jobs": [Job...], "stats": Stats, "job_types": [JobType...]}`
+  (and `"workers": [...]` where the store registers workers).
+- Then every **JobEvent** as it happens: `{"type": "job_created" | "job_started" |
+  "job_progress" | "job_retrying" | "job_completed" | "job_failed" | "job_cancelled" |
+  "job_deleted", "seq", "at", "job": Job}`.
+- The client may send (each gets a reply; a malformed one gets `{"type": "error", ...}`):
+  - `{"type": "create_job", "job_type": "...", "params": {...}, "priority"?, "delay"?}`
+  - `{"type": "cancel_job", "job_id": "..."}`
+  - `{"type": "clear_completed"}`
+  - `{"type": "get_state"}` (a fresh `queue_state`)
+  - `{"type": "subscribe", "job_id"?: "...", "job_type"?: "..."}` (narrow the events)
+
+The `Job`, `JobEvent`, `Stats` and `JobType` schemas are in the Schemas section below.
+"""
+
+
 def openapi_document(
     *,
     root_path: str = "",
@@ -532,13 +613,16 @@ def openapi_document(
         "info": {
             "title": "asyncjobs",
             "version": "1",
-            "description": "Submit, watch, cancel and clear jobs. Live updates: the SSE "
-            "routes here, and a WebSocket at `ws(s)://<host><mount>/ws` (see the docs).",
+            "description": _DESCRIPTION,
         },
         "servers": [{"url": root_path or "/"}],
-        "paths": _paths(dashboard),
+        "paths": {
+            **_paths(dashboard),
+            # The remote-worker protocol, described in its own module.
+            **worker_paths(_UNAUTHORIZED, _UNAVAILABLE, _error("An error.")),
+        },
         "components": {
-            "schemas": _schemas(job_types),
+            "schemas": {**_schemas(job_types), **worker_schemas(_type_names(job_types))},
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "accessToken": {"type": "apiKey", "in": "query", "name": "access_token"},

@@ -136,7 +136,9 @@ async def event_stream(
     )
     # A first frame at once, so clients and proxies see the stream open before any event.
     yield encode_comment("connected")
-    async with queue.subscribe(job_id=job_id, type=job_type) as subscription:
+    # A resumed whole-queue stream also learns of the jobs that finished meanwhile.
+    after = seen if job_id is None else None
+    async with queue.subscribe(job_id=job_id, type=job_type, after_seq=after) as subscription:
         events = subscription.__aiter__()
         while True:
             event: JobEvent | None = None

@@ -3,7 +3,7 @@
 Server to client, as JSON text frames:
 
 * ``{"type": "queue_state", "jobs": [...], "next_cursor", "stats": {...}, "job_types":
-  [...]}`` on connect and in reply to ``get_state``;
+  [...], "workers": [...]}`` on connect and in reply to ``get_state``;
 * every job event, as ``{"type": "job_created" | "job_progress" | ..., "seq", "at",
   "job"}`` (the same JSON as SSE ``data:``), filtered by the last ``subscribe``;
 * a reply to every client message: ``{"type": "ack", "op", "request_id", ...}``,
@@ -42,6 +42,7 @@ from asyncjobs.job import TERMINAL, Job, JobEvent, JobStatus
 from .auth import CANCEL, READ, SUBMIT, Authenticator, Principal, require
 from .errors import ApiError, error_payload
 from .wire import invalid, parse_statuses, parse_submission, stats_to_wire
+from .workers import workers_to_wire
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -324,6 +325,7 @@ class _Connection:
             "next_cursor": page.next_cursor,
             "stats": stats,
             "job_types": self.queue.registry.describe(),
+            "workers": workers_to_wire(await self.queue.workers()),
         }
 
     async def subscribe(self, message: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,17 @@ from .janitor import Janitor, JanitorConfig, JanitorReport
 from .job import EventType, Job, JobError, JobEvent, JobStatus
 from .queue import Queue
 from .registry import Backoff, JobRegistry, JobType
-from .stores import MemoryStore, Outcome, Page, Stats, Store, open_store
+from .stores import (
+    MemoryStore,
+    Notifier,
+    Outcome,
+    Page,
+    StateStore,
+    Stats,
+    Store,
+    WorkerInfo,
+    open_store,
+)
 from .subscription import Subscription
 from .supervision import Health, Problem
 from .worker import Worker, WorkerConfig
@@ -66,12 +76,14 @@ __all__ = [
     "JobType",
     "LeaseLost",
     "MemoryStore",
+    "Notifier",
     "Outcome",
     "Page",
     "Problem",
     "ProcessJobContext",
     "Queue",
     "QueueFull",
+    "StateStore",
     "Stats",
     "Store",
     "SubscriberOverflow",
@@ -81,6 +93,7 @@ __all__ = [
     "WaitTimeout",
     "Worker",
     "WorkerConfig",
+    "WorkerInfo",
     "__version__",
     "open_store",
 ]

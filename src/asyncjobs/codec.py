@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import cattrs
 
 from .job import EventType, Job, JobEvent, JobStatus
+from .stores.protocol import WorkerInfo
 
 if TYPE_CHECKING:
     from .supervision import Problem
@@ -22,6 +23,8 @@ __all__ = [
     "dumps",
     "event_from_record",
     "event_to_record",
+    "worker_from_record",
+    "worker_to_record",
     "event_to_wire",
     "format_time",
     "job_from_record",
@@ -108,6 +111,16 @@ def event_from_record(record: dict[str, Any]) -> JobEvent:
         at=parse_time(record["at"]),
         job=job_from_record(record["job"]),
     )
+
+
+def worker_to_record(info: WorkerInfo) -> dict[str, Any]:
+    """The JSON record of a worker registry entry (for stores and the wire)."""
+    out: dict[str, Any] = _conv.unstructure(info)
+    return out
+
+
+def worker_from_record(record: dict[str, Any]) -> WorkerInfo:
+    return _conv.structure(record, WorkerInfo)
 
 
 def dumps(value: Any) -> str:

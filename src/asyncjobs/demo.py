@@ -91,6 +91,12 @@ async def countdown(ctx: JobContext, params: CountdownParams) -> dict[str, Any]:
 
 #: Numbers sieved between two progress reports (and two yields to the event loop).
 _PRIME_CHUNK = 20_000
+#: At most this many primes (the smallest) are listed in a prime job's result.
+PRIME_LIST_CAP = 1_000
+#: At most this many Fibonacci terms are listed in a result (10,000 terms are ~10 MB).
+FIBONACCI_LIST_CAP = 1_000
+#: Integers above this lose precision as JSON numbers in browsers; they are strings.
+_JS_SAFE = 2**53
 
 
 async def prime(ctx: JobContext, params: PrimeParams) -> dict[str, Any]:
@@ -110,6 +116,7 @@ async def prime(ctx: JobContext, params: PrimeParams) -> dict[str, Any]:
     base_primes = [n for n in range(2, root + 1) if base[n]]
 
     count, largest = 0, 0
+    listed: list[int] = []
     for low in range(2, limit + 1, _PRIME_CHUNK):
         high = min(low + _PRIME_CHUNK - 1, limit)
         segment = bytearray([1]) * (high - low + 1)
@@ -122,21 +129,45 @@ async def prime(ctx: JobContext, params: PrimeParams) -> dict[str, Any]:
         if found:
             count += found
             largest = low + segment.rindex(1)
+            if len(listed) < PRIME_LIST_CAP:
+                at = segment.find(1)
+                while at != -1 and len(listed) < PRIME_LIST_CAP:
+                    listed.append(low + at)
+                    at = segment.find(1, at + 1)
         await ctx.progress((high - 1) / (limit - 1), f"{count:,} primes up to {high:,}")
         # Small limits finish in one segment; a short sleep keeps long runs watchable.
         await anyio.sleep(0.01)
-    return {"limit": limit, "count": count, "largest": largest}
+    await ctx.progress(1.0, f"{count:,} primes up to {limit:,}")
+    return {
+        "limit": limit,
+        "count": count,
+        "largest": largest,
+        "primes": listed,  # the smallest PRIME_LIST_CAP of them
+        "truncated": count > len(listed),
+    }
 
 
 async def fibonacci(ctx: JobContext, params: FibonacciParams) -> dict[str, Any]:
-    """Compute terms one by one. Big terms are returned as strings (JSON numbers in
-    browsers lose precision above 2**53)."""
+    """Compute terms one by one (1, 1, 2, 3, 5, ...) and return the sequence.
+
+    Terms above 2**53 are strings (JSON numbers in browsers lose precision there); the
+    sequence lists the first ``FIBONACCI_LIST_CAP`` terms, ``last`` is always the N-th.
+    """
     a, b = 0, 1
+    sequence: list[int | str] = []
     for i in range(params.terms):
         a, b = b, a + b
+        if len(sequence) < FIBONACCI_LIST_CAP:
+            sequence.append(a if a <= _JS_SAFE else str(a))
         await ctx.progress((i + 1) / params.terms, f"term {i + 1}: {_short(a)}")
         await anyio.sleep(0.1)
-    return {"terms": params.terms, "last": str(a), "digits": len(str(a))}
+    return {
+        "terms": params.terms,
+        "sequence": sequence,
+        "truncated": params.terms > len(sequence),
+        "last": str(a),
+        "digits": len(str(a)),
+    }
 
 
 async def echo(ctx: JobContext, params: EchoParams) -> dict[str, Any]:
@@ -144,6 +175,7 @@ async def echo(ctx: JobContext, params: EchoParams) -> dict[str, Any]:
     if params.delay > 0:
         await ctx.progress(0.0, f"waiting {params.delay:g}s")
         await anyio.sleep(params.delay)
+    await ctx.progress(1.0, "answered")  # not "waiting ..." on a finished job
     return {"message": params.message}
 
 

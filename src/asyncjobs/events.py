@@ -10,7 +10,10 @@ by a slow subscriber. Each subscriber owns a buffer of pending events:
 * final events (completed, failed, cancelled, deleted) are never coalesced away;
 * a subscriber whose buffer still reaches ``4 * max_pending`` is cut off: its iterator
   raises :class:`~asyncjobs.errors.SubscriberOverflow` and it must resubscribe (it then
-  gets fresh snapshots, so nothing is silently lost).
+  gets fresh snapshots, so nothing is silently lost);
+* :meth:`EventBus.resync` (the store may have missed events) flags every subscriber:
+  its next :meth:`Subscriber.get` returns ``None`` once, and its reader re-reads the
+  jobs it shows.
 
 Subscribers with the same filter share one wake-up: a publish sets at most one event
 per filter group it reaches (everything, its job, its type), however many subscribers
@@ -59,6 +62,7 @@ class Subscriber:
         "_group",
         "_overflowed",
         "_pending",
+        "_resync",
         "job_id",
         "max_pending",
         "type",
@@ -80,6 +84,7 @@ class Subscriber:
         self._pending: OrderedDict[Hashable, JobEvent] = OrderedDict()
         self._closed = False
         self._overflowed = False
+        self._resync = False
 
     @property
     def pending(self) -> int:
@@ -107,13 +112,21 @@ class Subscriber:
             self._overflowed = True
             self._closed = True
 
-    async def get(self) -> JobEvent:
-        """The next pending event; waits for one.
+    def mark_resync(self) -> None:
+        """Events may have been missed: the next :meth:`get` returns ``None``."""
+        self._resync = True
+        self._group.wake()  # the others in the group find nothing new and wait again
+
+    async def get(self) -> JobEvent | None:
+        """The next pending event, or ``None`` once after :meth:`mark_resync`; waits.
 
         Raises:
             SubscriberOverflow: the subscriber fell too far behind and was cut off.
         """
         while not self._pending:
+            if self._resync and not self._closed:
+                self._resync = False
+                return None
             if self._overflowed:
                 raise SubscriberOverflow(
                     "this subscriber fell too far behind the event stream; resubscribe"
@@ -195,6 +208,13 @@ class EventBus:
             for sub in group.subs:
                 sub.offer(event)
             group.wake()
+
+    def resync(self) -> None:
+        """Flag every subscriber: the store may have missed events."""
+        groups = [self._all, *self._by_job.values(), *self._by_type.values()]
+        for group in groups:
+            for sub in list(group.subs):
+                sub.mark_resync()
 
     def _discard(self, sub: Subscriber) -> None:
         group = sub._group

@@ -14,6 +14,7 @@ import linecache
 import re
 import typing
 from collections.abc import Callable, Mapping
+from datetime import date, datetime
 from typing import Any
 
 import attrs
@@ -47,6 +48,21 @@ def _strict(kind: type, accept: tuple[type, ...]) -> Callable[[Any, Any], Any]:
     return hook
 
 
+def _register_time_hooks(conv: cattrs.Converter) -> None:
+    # JSON has no dates: ISO 8601 text in (a trailing "Z" included), ISO 8601 text out.
+    def hook(kind: type[date]) -> Callable[[Any, Any], Any]:
+        def structure(value: Any, tp: Any) -> Any:
+            if not isinstance(value, str):
+                raise TypeError(f"expected an ISO 8601 string, got {type(value).__name__}")
+            return kind.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+
+        return structure
+
+    for kind in (datetime, date):
+        conv.register_structure_hook(kind, hook(kind))
+        conv.register_unstructure_hook(kind, lambda value: value.isoformat())
+
+
 def make_params_converter() -> cattrs.Converter:
     """The cattrs converter used for params: strict scalars, unknown keys rejected."""
     conv = cattrs.Converter(forbid_extra_keys=True)
@@ -54,6 +70,7 @@ def make_params_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict(float, (int, float)))
     conv.register_structure_hook(str, _strict(str, (str,)))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
+    _register_time_hooks(conv)
     # cattrs' defaults iterate whatever they get: "abc" would pass as ["a", "b", "c"] and
     # a string for a dict would escape as AttributeError. JSON shapes are checked first.
     conv.register_structure_hook_factory(cols.is_any_set, lambda tp: _set_hook(tp, conv))

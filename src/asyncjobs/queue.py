@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+import builtins
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
@@ -19,7 +22,7 @@ from .janitor import Janitor, JanitorConfig
 from .job import TERMINAL, Job, JobStatus
 from .registry import Backoff, Handler, JobRegistry
 from .stores import open_store
-from .stores.protocol import Page, Stats, Store
+from .stores.protocol import Page, Stats, Store, WorkerInfo
 from .subscription import Subscription
 from .supervision import STORE_RETRY, Background, Health, Supervisor
 from .worker import Worker, WorkerConfig
@@ -30,6 +33,8 @@ logger = logging.getLogger("asyncjobs.queue")
 
 #: Seconds closing an owned store may take once the queue has stopped.
 _CLOSE_TIMEOUT = 10.0
+#: Recent event (seq, time) pairs a Queue remembers for resumed streams.
+_RECENT_EVENTS = 100_000
 
 
 def _utcnow() -> datetime:
@@ -96,11 +101,17 @@ class Queue:
         self.max_queued = max_queued
         self.clock = clock
         self.bus = EventBus(max_pending=event_buffer)
+        # (seq, at) of recent events, so a stream resumed at a seq (SSE Last-Event-ID)
+        # knows from when on to list the jobs that finished while it was away.
+        self._recent: collections.deque[tuple[int, datetime]] = collections.deque(
+            maxlen=_RECENT_EVENTS
+        )
         self.worker: Worker | None = None
         self.janitor: Janitor | None = None
         self.supervisor = Supervisor(store_retry, clock)
         self._background: Background | None = None
         self._remove_listener: Callable[[], None] | None = None
+        self._remove_resync: Callable[[], None] | None = None
 
     # -- registry shortcut ---------------------------------------------------------
 
@@ -147,6 +158,8 @@ class Queue:
             )
             starters.append(self.worker.run)
         self._remove_listener = self.store.add_listener(self._on_event)
+        # Events may have been lost (a reconnect, a gap): subscriptions re-read.
+        self._remove_resync = self.store.add_resync_listener(self.bus.resync)
         try:
             await background.start(*starters)
         except BaseException:
@@ -200,9 +213,10 @@ class Queue:
             await self._release()
 
     async def _release(self) -> None:
-        remove, self._remove_listener = self._remove_listener, None
-        if remove is not None:
-            remove()
+        for remove in (self._remove_listener, self._remove_resync):
+            if remove is not None:
+                remove()
+        self._remove_listener = self._remove_resync = None
         if self._owns_store:
             with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                 await self.store.close()
@@ -216,6 +230,8 @@ class Queue:
             yield
 
     def _on_event(self, event: Any) -> None:
+        if event.seq > 0:
+            self._recent.append((event.seq, event.at))
         self.bus.publish(event)
         if self.worker is not None:
             self.worker.on_event(event)
@@ -353,14 +369,40 @@ class Queue:
         self._require_open()
         return await self.store.stats()
 
+    async def workers(self) -> builtins.list[WorkerInfo]:
+        """The live workers of every process attached to the store, by id (a worker
+        that died disappears once its lease has passed without a heartbeat)."""
+        self._require_open()
+        return await self.store.list_workers(now=self.clock())
+
+    def seq_time(self, seq: int) -> datetime | None:
+        """When the first event after ``seq`` happened, as far as this process knows
+        (its oldest remembered event when ``seq`` is older); None before any event."""
+        recent = self._recent
+        if not recent:
+            return None
+        if seq < recent[0][0]:
+            return recent[0][1]  # older than memory: everything since memory begins
+        index = bisect.bisect_right(recent, (seq, datetime.max.replace(tzinfo=timezone.utc)))
+        return recent[index][1] if index < len(recent) else self.clock()
+
     def subscribe(
-        self, job_id: str | None = None, type: str | None = None, *, snapshot: bool = True
+        self,
+        job_id: str | None = None,
+        type: str | None = None,
+        *,
+        snapshot: bool = True,
+        after_seq: int | None = None,
     ) -> Subscription:
         """Events of one job, one type, or the whole queue: current snapshots first
         (``job_snapshot`` events), then live events. A one-job subscription ends after
-        the job's final event. Use as ``async for`` or ``async with ... as sub``."""
+        the job's final event. Use as ``async for`` or ``async with ... as sub``.
+
+        ``after_seq`` resumes a stream whose last event had that seq: the snapshot then
+        also has the final event of each job that finished since (as far back as this
+        process remembers, and among the newest 2000 finished jobs)."""
         self._require_open()
-        return Subscription(self, job_id=job_id, type=type, snapshot=snapshot)
+        return Subscription(self, job_id=job_id, type=type, snapshot=snapshot, after_seq=after_seq)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Wait until the job is finished and return it.

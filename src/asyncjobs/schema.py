@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import types
 import typing
+from datetime import date, datetime
 from typing import Any, Literal, Union
 
 import attrs
@@ -22,6 +23,9 @@ _SCALARS: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
     bool: {"type": "boolean"},
     type(None): {"type": "null"},
+    # Params carry them as ISO 8601 strings (the registry's converter parses them).
+    datetime: {"type": "string", "format": "date-time"},
+    date: {"type": "string", "format": "date"},
 }
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
 import anyio
 
+from .errors import JobNotFound
 from .job import EventType, Job, JobEvent, JobStatus
 
 if TYPE_CHECKING:
@@ -17,6 +19,13 @@ if TYPE_CHECKING:
 __all__ = ["Subscription"]
 
 _LIVE = [JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.RUNNING]
+#: Pages of 500 finished jobs a resumed stream looks through (newest first).
+_FINISHED_PAGES = 4
+_END_EVENTS = {
+    JobStatus.COMPLETED: EventType.COMPLETED,
+    JobStatus.FAILED: EventType.FAILED,
+    JobStatus.CANCELLED: EventType.CANCELLED,
+}
 
 
 @final
@@ -26,20 +35,44 @@ class Subscription:
     The subscriber is registered before the snapshots are read, so no change falls in
     between; events whose version the subscription has already shown are dropped.
     Iterating registers lazily; leaving ``async with`` or :meth:`aclose` unregisters.
+
+    When the store says it may have missed events (resync), the subscription re-reads
+    the jobs it shows and sends what changed, with ``seq`` 0: a job that finished
+    meanwhile as its final event (``job_completed``, ...), one that was deleted as
+    ``job_deleted``, a live one that moved on as a ``job_snapshot``.
     """
 
-    __slots__ = ("_done", "_job_id", "_queue", "_seen", "_snapshot", "_snapshots", "_sub", "_type")
+    __slots__ = (
+        "_after_seq",
+        "_done",
+        "_found",
+        "_job_id",
+        "_queue",
+        "_seen",
+        "_snapshot",
+        "_snapshots",
+        "_sub",
+        "_type",
+    )
 
     def __init__(
-        self, queue: Queue, *, job_id: str | None, type: str | None, snapshot: bool
+        self,
+        queue: Queue,
+        *,
+        job_id: str | None,
+        type: str | None,
+        snapshot: bool,
+        after_seq: int | None = None,
     ) -> None:
         self._queue = queue
+        self._after_seq = after_seq
         self._job_id = job_id
         self._type = type
         self._snapshot = snapshot
         self._sub: Subscriber | None = None
         self._snapshots: list[JobEvent] = []
-        self._seen: dict[str, int] = {}
+        self._found: list[JobEvent] = []
+        self._seen: dict[str, Job] = {}  # the newest snapshot shown, per job
         self._done = False
 
     async def __aenter__(self) -> Subscription:
@@ -86,9 +119,14 @@ class Subscription:
             raise
         now = queue.clock()
         for job in jobs:
-            self._seen[job.id] = job.version
+            self._seen[job.id] = job
             if self._snapshot or self._job_id is not None:
                 self._snapshots.append(JobEvent(EventType.SNAPSHOT, 0, now, job))
+        if self._after_seq is not None and self._job_id is None and self._snapshot:
+            since = queue.seq_time(self._after_seq)
+            if since is not None:
+                for job in await self._finished_since(since):
+                    self._snapshots.append(JobEvent(_END_EVENTS[job.status], 0, now, job))
         self._snapshots.reverse()  # popped from the end: oldest first
 
     async def _live_jobs(self) -> list[Job]:
@@ -105,6 +143,22 @@ class Subscription:
         jobs.reverse()
         return jobs
 
+    async def _finished_since(self, since: datetime) -> list[Job]:
+        """Finished jobs (of this type) that ended at or after ``since``, oldest first."""
+        types = None if self._type is None else [self._type]
+        found: list[Job] = []
+        cursor: str | None = None
+        for _ in range(_FINISHED_PAGES):
+            page = await self._queue.store.list(
+                statuses=list(_END_EVENTS), types=types, cursor=cursor, limit=500
+            )
+            found += [j for j in page.jobs if j.finished_at is not None and j.finished_at >= since]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        found.sort(key=lambda j: (j.finished_at, j.id))
+        return found
+
     async def __anext__(self) -> JobEvent:
         await self._start()
         if self._snapshots:
@@ -114,20 +168,58 @@ class Subscription:
             return event
         assert self._sub is not None
         while not self._done:
-            try:
-                event = await self._sub.get()
-            except anyio.EndOfStream:
-                break
+            if self._found:  # what a resync found changed
+                event = self._found.pop()
+            else:
+                try:
+                    got = await self._sub.get()
+                except anyio.EndOfStream:
+                    break
+                if got is None:
+                    await self._resync()
+                    continue
+                event = got
             job = event.job
+            seen = self._seen.get(job.id)
             if event.type is EventType.DELETED:
                 self._seen.pop(job.id, None)
-            elif job.version <= self._seen.get(job.id, 0):
+            elif seen is not None and job.version <= seen.version:
                 continue  # shown already (in the snapshot or a newer coalesced event)
             elif event.type.is_final and self._job_id is None:
                 self._seen.pop(job.id, None)  # bounded memory on whole-queue streams
             else:
-                self._seen[job.id] = job.version
+                self._seen[job.id] = job
             if self._job_id is not None and event.type.is_final:
                 await self.aclose()
             return event
         raise StopAsyncIteration
+
+    async def _resync(self) -> None:
+        """Re-read the jobs this subscription shows; queue what changed as events."""
+        queue = self._queue
+        now = queue.clock()
+        found: list[JobEvent] = []
+        if self._job_id is not None:
+            ids = [self._job_id]
+            current: dict[str, Job] = {}
+        else:
+            live = await self._live_jobs()
+            current = {job.id: job for job in live}
+            ids = [i for i in self._seen if i not in current]
+            for job in live:  # jobs that started or moved on while events were lost
+                seen = self._seen.get(job.id)
+                if seen is None or job.version > seen.version:
+                    found.append(JobEvent(EventType.SNAPSHOT, 0, now, job))
+        for job_id in ids:  # jobs shown as live that are no longer: how they ended
+            last = self._seen.get(job_id)
+            try:
+                job = await queue.store.get(job_id)
+            except JobNotFound:
+                if last is not None:
+                    found.append(JobEvent(EventType.DELETED, 0, now, last))
+                continue
+            if last is None or job.version > last.version:
+                found.append(JobEvent(_END_EVENTS.get(job.status, EventType.SNAPSHOT), 0, now, job))
+        found.sort(key=lambda e: e.job.id)
+        found.reverse()  # popped from the end: oldest first
+        self._found.extend(found)

@@ -17,16 +17,20 @@ from typing import Any, final
 import anyio
 import attrs
 
+from . import joblog
 from ._ulid import new_ulid
 from .context import JobContext
 from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
 from .executors import Executor, HandlerFailed, process_context, run_in_process, run_in_thread
 from .job import EventType, Job, JobError, JobEvent, JobStatus
 from .registry import JobRegistry, JobType
-from .stores.protocol import Outcome, Store
+from .stores.protocol import Outcome, Store, WorkerInfo
 from .supervision import Supervisor
 
 __all__ = ["Worker", "WorkerConfig"]
+
+#: Seconds a stopping worker gives the store to drop its registry record.
+_UNREGISTER_TIMEOUT = 5.0
 
 logger = logging.getLogger("asyncjobs.worker")
 
@@ -83,6 +87,7 @@ class _Running:
     scope: anyio.CancelScope | None = None
     stop: _Stop | None = None
     finishing: bool = False  # the attempt is over; heartbeats would race the finish
+    began: float = 0.0  # time.monotonic() at the attempt's start, for its log line
     finish_scope: anyio.CancelScope | None = None  # the shielded finish, while it runs
     # Its deadline, kept by the heartbeat loop; time.monotonic() is the asyncio loop's
     # clock, without the per-call async-library lookup of anyio.current_time().
@@ -121,7 +126,9 @@ class Worker:
         # Sync handlers run on threads of their own limiter, never anyio's shared one.
         self._threads = anyio.CapacityLimiter(max(config.concurrency, 1))
         self._processes = process_context()
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{new_ulid()[-8:]}"
+        self.host = socket.gethostname()
+        self.id = f"{self.host}:{os.getpid()}:{new_ulid()[-8:]}"
+        self.started_at = clock()
         self._running: dict[str, _Running] = {}
         # Claimed jobs waiting for a slot task; the slots wait on _ready_event.
         self._ready: deque[_Running] = deque()
@@ -206,6 +213,9 @@ class Worker:
                 if free <= 0:
                     await self._wait_changed()
                     continue
+                # Read before the claim: a wake-up that lands while the claim is on its
+                # way back moves the generation on, and the wait below returns at once.
+                generation = self.store.work_generation()
                 try:
                     jobs = await self.store.claim(
                         self.id,
@@ -227,10 +237,10 @@ class Worker:
                     self._ready.append(running)
                 if jobs:
                     self._ready_event.set()  # renewed by the slots (_take)
-                else:
+                elif not self._stopping:  # stop() during the claim: no wait
                     with anyio.CancelScope() as self._idle_scope:
                         try:
-                            await self.store.wait_for_work(cfg.idle_wait)
+                            await self.store.wait_for_work(cfg.idle_wait, since=generation)
                         except Exception as exc:  # a notifier outage: claim on a timer
                             await anyio.sleep(min(self.supervisor.failed("wake", exc), 1.0))
                         else:
@@ -238,6 +248,37 @@ class Worker:
                     self._idle_scope = None
             await self._drain()
             tg.cancel_scope.cancel()
+        with anyio.move_on_after(_UNREGISTER_TIMEOUT, shield=True):
+            await self._unregister()
+
+    def info(self) -> WorkerInfo:
+        """This worker's registry record as of now."""
+        now = self.clock()
+        return WorkerInfo(
+            id=self.id,
+            host=self.host,
+            pid=os.getpid(),
+            types=tuple(self.registry.names()),
+            slots=self.config.concurrency,
+            running=tuple(self._running),
+            started_at=self.started_at,
+            last_heartbeat=now,
+            expires_at=now + timedelta(seconds=self.config.lease),
+        )
+
+    async def _register(self) -> None:
+        # The registry is for operators to look at: a failure to refresh it must never
+        # stop jobs from running, so it is logged and retried with the next heartbeat.
+        try:
+            await self.store.register_worker(self.info())
+        except Exception:  # the registry's edge: any store error
+            logger.warning("could not refresh worker %s in the registry", self.id, exc_info=True)
+
+    async def _unregister(self) -> None:
+        try:
+            await self.store.remove_worker(self.id)
+        except Exception:  # the registry's edge: the record then expires with its lease
+            logger.warning("could not remove worker %s from the registry", self.id, exc_info=True)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep between retries; :meth:`stop` ends the sleep early."""
@@ -279,10 +320,12 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval
         delay = interval
+        await self._register()  # here, not before run() starts: a slow store delays nothing
         while True:
             await anyio.sleep(delay)
             delay = interval
             self._cut_overdue_finishes()
+            await self._register()
             for running in list(self._running.values()):
                 # A halted job keeps its lease until its body has returned: a thread
                 # runs on after a cancel, and nobody else may start the job meanwhile.
@@ -333,6 +376,8 @@ class Worker:
                 with anyio.CancelScope() as scope:
                     while True:
                         current, outcome = await self._take(), None
+                        joblog.attempt_started(current.job)
+                        current.began = time.monotonic()
                         if current.stop is None:  # halted while it waited for the slot
                             current.scope = scope
                             try:
@@ -371,6 +416,7 @@ class Worker:
         try:
             if outcome is not None:
                 await self._finish(running, outcome, scope)
+            joblog.attempt_ended(running.job, outcome, time.monotonic() - running.began)
         finally:
             del self._running[running.job.id]
             self._poke()

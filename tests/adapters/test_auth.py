@@ -184,3 +184,19 @@ def test_tokens_and_principals_are_checked() -> None:
     assert Principal("x", {"admin"}).allows("cancel")
     assert Principal("x", {"admin"}, owner="o").isolated_owner is None
     assert Principal("x", {"read"}, owner="o").isolated_owner == "o"
+
+
+async def test_workers_need_the_read_scope(url: str, queue: Queue) -> None:
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/workers")).status_code == 401
+        with anyio.fail_after(10):  # the worker registers on its first heartbeat step
+            while not await queue.workers():
+                await anyio.sleep(0.01)
+        reply = await client.get("/workers", headers=bearer(READER))
+        assert reply.status_code == 200
+        workers = reply.json()["workers"]
+        assert queue.worker is not None and [w["id"] for w in workers] == [queue.worker.id]
+        assert set(workers[0]) == {
+            "id", "host", "pid", "types", "slots", "running",
+            "started_at", "last_heartbeat", "expires_at",
+        }  # fmt: skip

@@ -962,8 +962,6 @@ async def test_a_failing_listener_does_not_undo_a_change(store: Store) -> None:
 
 
 async def test_events_reach_another_instance(store_factory: StoreFactory, backend: Backend) -> None:
-    if backend.kind == "sqlite":
-        pytest.skip("SQLite delivers events within the store instance that made them")
     one, two = await store_factory(), await store_factory()
     log = EventLog(two)
     (job,) = await add(one, make_job())
@@ -1013,6 +1011,4 @@ async def test_wait_for_work_wakes_up(store: Store, trigger: str) -> None:
 async def test_wait_for_work_wakes_up_across_instances(
     store_factory: StoreFactory, backend: Backend, trigger: str
 ) -> None:
-    if backend.kind == "sqlite":
-        pytest.skip("SQLite wakes workers within the store instance that made the change")
     await _wake_with(trigger, await store_factory(), await store_factory())

@@ -309,6 +309,7 @@ async def test_second_store_on_same_file_sees_and_never_double_claims(
         assert sorted(j.id for j in claimed) == sorted(j.id for j in jobs)
         # events of the second store carry seq from the shared, persisted counter
         seen: list[int] = []
+        await other.tail.poll()  # the first store's claims reach `other` before this
         other.add_listener(lambda e: seen.append(e.seq))
         await other.add(make_job())
         assert seen == [81]
@@ -360,3 +361,41 @@ async def test_cancelled_caller_never_splits_commit_from_event(
     assert set(created) == stored
     if how == "anyio":
         assert stored == {j.id for j in jobs}  # a shielded write always completes
+
+
+async def test_a_store_alone_on_its_file_appends_no_events(tmp_path: Path) -> None:
+    """One process alone pays nothing for cross-process events; a second one makes the
+    first append them, and stops it again once it has left."""
+    import sqlite3
+
+    first = SqliteStore(tmp_path / "alone.db")
+    await first.open()
+    try:
+        await first.add(make_job())
+
+        def rows() -> int:
+            conn = sqlite3.connect(tmp_path / "alone.db")
+            try:
+                return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            finally:
+                conn.close()
+
+        assert rows() == 0
+        second = SqliteStore(tmp_path / "alone.db")
+        await second.open()  # returns once the first has seen it
+        try:
+            seen: list[str] = []
+            second.add_listener(lambda e: seen.append(e.type.value))
+            await first.add(make_job())
+            assert rows() == 1
+            with anyio.fail_after(10):
+                while not seen:
+                    await anyio.sleep(0.01)
+            assert seen == ["job_created"]
+        finally:
+            await second.close()
+        await first.tail.refresh_peers()  # the second left: nobody to write for
+        await first.add(make_job())
+        assert rows() == 1
+    finally:
+        await first.close()

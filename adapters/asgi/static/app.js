@@ -49,7 +49,13 @@
     generation: 0,         // bumps on each queue_state so stale background loads stop
     renderQueued: false,
     timeline: null,        // {jobId, source, keys:Set, lastProgress}
+    history: new Map(),    // id -> events seen for it (attempts, retries, errors), bounded
+    workersRoute: false,   // the server has GET /workers (from its OpenAPI document)
   };
+  const HISTORY_JOBS = 500;       // jobs whose events are remembered for their timeline
+  const HISTORY_EVENTS = 60;      // events remembered per job (progress runs collapse)
+  const activity = window.AsyncJobsActivity;
+  const narrow = window.matchMedia("(max-width: 820px)");
 
   const $ = (id) => document.getElementById(id);
 
@@ -186,9 +192,28 @@
     if (status in state.counts) state.counts[status] = Math.max(0, state.counts[status] + delta);
   }
 
+  // What happened to each job while this page watched, so that the timeline of a job
+  // that finished (or retried) shows its attempts and their errors, not only its end.
+  function remember(event) {
+    const id = event.job.id;
+    let list = state.history.get(id);
+    if (!list) {
+      if (state.history.size >= HISTORY_JOBS) state.history.delete(state.history.keys().next().value);
+      list = [];
+      state.history.set(id, list);
+    }
+    const last = list[list.length - 1];
+    if (event.type === "job_progress" && last && last.type === "job_progress") list[list.length - 1] = event;
+    else if (list.length < HISTORY_EVENTS) list.push(event);
+  }
+
   function applyEvent(event) {
     const job = event.job;
     if (!job || !job.id) return;
+    if (event.type !== "job_snapshot") {
+      remember(event);
+      if (activity) activity.record(event);
+    }
     if (event.type === "job_deleted") {
       const prev = state.jobs.get(job.id);
       bump((prev || job).status, -1);
@@ -218,6 +243,7 @@
     state.truncated = false;
     setCounts(msg.stats);
     if (Array.isArray(msg.job_types)) setTypes(msg.job_types);
+    if (activity && Array.isArray(msg.workers)) activity.setWorkers(msg.workers);
     scheduleRender();
     loadOlder(state.generation, msg.next_cursor);
   }
@@ -251,6 +277,20 @@
       setCounts(res.data);
       scheduleRender();
     }
+    refreshWorkers();
+  }
+
+  // The workers panel, where the server lists workers. Its OpenAPI document says whether
+  // GET /workers exists, so an older server is never asked (no 404 in the console).
+  async function findWorkersRoute() {
+    const res = await api("GET", "openapi.json");
+    state.workersRoute = Boolean(res.ok && res.data && res.data.paths && res.data.paths["/workers"]);
+    refreshWorkers();
+  }
+  async function refreshWorkers() {
+    if (!state.workersRoute || !activity) return;
+    const res = await api("GET", "workers");
+    if (res.ok && res.data && Array.isArray(res.data.workers)) activity.setWorkers(res.data.workers);
   }
 
   // ---------- WebSocket ----------
@@ -671,6 +711,8 @@
   }
 
   async function clearFinished() {
+    const finished = ["completed", "failed", "cancelled"].reduce((n, s) => n + state.counts[s], 0);
+    if (!window.confirm(`Delete all ${finished.toLocaleString()} finished jobs (completed, failed and cancelled)? This cannot be undone.`)) return;
     const viaWs = wsRequest({ type: "clear_completed" });
     const res = viaWs ? await viaWs : await api("DELETE", "jobs");
     if (!res.ok) { toast(`Clear failed: ${errorText(res)}`, true); return; }
@@ -695,6 +737,7 @@
   }
 
   function render() {
+    if (activity) activity.draw();
     renderCounters();
     renderWorkers();
     renderTable();
@@ -708,7 +751,7 @@
       for (const s of [...STATUSES, "total"]) {
         const b = el("b", { text: "0" });
         const node = el("button", { type: "button", className: "counter", dataset: { status: s } },
-          s === "total" ? null : el("span", { className: "dot", style: `background: var(--s-${s})` }),
+          s === "total" ? null : el("span", { className: "dot", dataset: { status: s } }),
           el("span", { text: s }), b);
         node.addEventListener("click", () => {
           const status = s === "total" ? "" : s;
@@ -767,6 +810,7 @@
     const idCell = el("td", { className: "c-id" });
     const typeCell = el("td", { className: "c-type" });
     const fill = el("div", { className: "progress-fill" });
+    const bar = el("div", { className: "progress", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" }, fill);
     const pctNode = el("span", { className: "prog-pct" });
     const msg = el("div", { className: "prog-msg" });
     const created = el("td", { className: "c-time" });
@@ -776,11 +820,18 @@
     const tr = el("tr", null,
       el("td", { className: "c-status" }, badge), idCell, typeCell,
       el("td", { className: "c-progress" }, el("div", { className: "prog-cell" },
-        el("div", { className: "prog-top" }, el("div", { className: "progress" }, fill), pctNode), msg)),
+        el("div", { className: "prog-top" }, bar, pctNode), msg)),
       created, started, dur, el("td", { className: "c-act" }, cancel));
-    tr.addEventListener("click", () => select(tr.dataset.id));
+    // Rows take focus; Enter (or Space) opens the job, as a click does.
+    tr.tabIndex = 0;
+    tr.addEventListener("click", () => select(tr.dataset.id, true));
+    tr.addEventListener("keydown", (ev) => {
+      if (ev.target !== tr || (ev.key !== "Enter" && ev.key !== " ")) return;
+      ev.preventDefault();
+      select(tr.dataset.id, true);
+    });
     cancel.addEventListener("click", (ev) => { ev.stopPropagation(); cancelJob(tr.dataset.id); });
-    const row = { tr, badge, idCell, typeCell, fill, pctNode, msg, created, started, dur, cancel };
+    const row = { tr, badge, idCell, typeCell, bar, fill, pctNode, msg, created, started, dur, cancel };
     rowPool.push(row);
     $("job-rows").append(tr);
     return row;
@@ -808,6 +859,10 @@
       const p = pct(job);
       row.fill.style.width = p + "%";
       row.fill.dataset.status = job.status;
+      row.bar.setAttribute("aria-valuenow", String(p));
+      row.bar.setAttribute("aria-label", `Progress of ${job.type} job ${job.id}`);
+      row.tr.setAttribute("aria-label", `${job.type} job ${job.id}, ${job.status}, ${p}%`);
+      row.cancel.setAttribute("aria-label", `Cancel ${job.type} job ${job.id}`);
       row.pctNode.textContent = p + "%";
       row.msg.textContent = job.status === "failed" && job.error ? job.error.message || job.error.type : job.message || "";
       row.created.textContent = fmtTime(job.created_at);
@@ -847,7 +902,7 @@
   $("filter-type").addEventListener("change", (ev) => { state.filter.type = ev.target.value; state.page = 0; scheduleRender(); });
 
   // ---------- detail pane ----------
-  function select(id) {
+  function select(id, picked) {
     if (!id) return;
     state.selected = id;
     $("detail").hidden = false;
@@ -856,6 +911,10 @@
     openTimeline(id);
     scheduleRender();
     if (!state.jobs.has(id)) fetchJob(id);
+    // On a phone the detail pane sits below the table: bring it into view.
+    if (picked && narrow.matches) {
+      requestAnimationFrame(() => $("detail").scrollIntoView({ block: "start" }));
+    }
   }
   // A job outside the loaded set (old, or opened from a #job= link) is fetched alone.
   async function fetchJob(id) {
@@ -903,6 +962,9 @@
     $("detail-badge").textContent = job.cancel_requested && live ? "cancelling" : job.status;
     $("detail-badge").dataset.status = job.status;
     $("detail-bar").style.width = pct(job) + "%";
+    $("detail-progress").setAttribute("aria-valuenow", String(pct(job)));
+    $("detail-cancel").setAttribute("aria-label", `Cancel ${job.type} job ${job.id}`);
+    $("detail-retry").setAttribute("aria-label", `Resubmit ${job.type} job ${job.id}`);
     $("detail-bar").dataset.status = job.status;
     $("detail-message").textContent = `${pct(job)}%${job.message ? " · " + job.message : ""}`;
     $("detail-cancel").hidden = !live;
@@ -942,15 +1004,22 @@
     $("timeline").replaceChildren();
     $("timeline-state").textContent = "· connecting";
     const source = new EventSource(streamUrl(`jobs/${encodeURIComponent(id)}/events`));
-    const tl = { jobId: id, source, keys: new Set(), lastProgress: null };
+    const tl = { jobId: id, source, keys: new Set(), lastProgress: null, seeded: false };
     state.timeline = tl;
+    seedTimeline(tl, id);
     const onEvent = (ev) => {
       if (state.timeline !== tl) return;
       let event;
       try { event = JSON.parse(ev.data); } catch { return; }
       if (!event || !event.job) return;
       $("timeline-state").textContent = "· live";
-      addTimeline(tl, event);
+      if (event.type === "job_snapshot" && !tl.seeded) {
+        tl.seeded = true;
+        if (TERMINAL.has(event.job.status)) { for (const e of synthesize(event.job)) addTimeline(tl, e); }
+        else addTimeline(tl, event);
+      } else if (event.type !== "job_snapshot") {
+        addTimeline(tl, event);
+      }
       if (event.type !== "job_snapshot") applyEvent(event);
       else if (upsert(event.job, false)) scheduleRender();
       if (FINAL_EVENTS.has(event.type) || (event.type === "job_snapshot" && TERMINAL.has(event.job.status))) {
@@ -972,9 +1041,40 @@
     };
   }
 
+  // The events this page saw for the job, if any; the SSE stream adds what follows.
+  function seedTimeline(tl, id) {
+    const seen = state.history.get(id);
+    if (!seen || !seen.length) return;
+    tl.seeded = true;
+    const first = seen[0].type;
+    const job = state.jobs.get(id);
+    if (first !== "job_created" && job) {
+      addTimeline(tl, { type: "job_created", at: job.created_at, job: Object.assign({}, job, { version: 0 }) });
+    }
+    for (const event of seen) addTimeline(tl, event);
+  }
+
+  // A job that ended before this page opened: its timeline from the snapshot. Earlier
+  // attempts' errors come from job.errors where the server keeps them.
+  function synthesize(job) {
+    const out = [{ type: "job_created", at: job.created_at, job, synthetic: "created" }];
+    const earlier = Array.isArray(job.errors) ? job.errors : [];
+    earlier.forEach((error, i) => {
+      out.push({ type: "job_started", at: error.started_at || null, job: Object.assign({}, job, { attempts: i + 1 }), synthetic: `s${i}` });
+      out.push({ type: "job_retrying", at: error.at || error.finished_at || null, job: Object.assign({}, job, { error, attempts: i + 1 }), synthetic: `r${i}` });
+    });
+    if ((job.attempts || 0) > earlier.length + 1) {
+      out.push({ type: "job_retrying", at: null, job: Object.assign({}, job, { error: null }), synthetic: "gap",
+        note: `${job.attempts - 1} earlier attempt${job.attempts > 2 ? "s" : ""} failed (their errors are not kept)` });
+    }
+    if (job.started_at) out.push({ type: "job_started", at: job.started_at, job, synthetic: "last" });
+    out.push({ type: `job_${job.status}`, at: job.finished_at, job, synthetic: "end" });
+    return out;
+  }
+
   function addTimeline(tl, event) {
     const job = event.job;
-    const key = `${event.type}:${job.version}`;
+    const key = event.synthetic ? `synthetic:${event.synthetic}` : `${event.type}:${job.version}`;
     if (tl.keys.has(key)) return;
     tl.keys.add(key);
     const list = $("timeline");
@@ -990,9 +1090,11 @@
     let detail = "";
     if (event.type === "job_progress") detail = `${pct(job)}%${job.message ? " · " + job.message : ""}`;
     else if (event.type === "job_failed" && job.error) detail = `${job.error.type}: ${job.error.message}`;
-    else if (event.type === "job_retrying" && job.error) detail = `after ${job.error.type}: ${job.error.message}`;
+    else if (event.type === "job_retrying" && event.note) detail = event.note;
+    else if (event.type === "job_retrying" && job.error) detail = `attempt ${job.attempts} failed: ${job.error.type}: ${job.error.message}`;
     else if (event.type === "job_snapshot") detail = `status ${job.status}, ${pct(job)}%`;
-    else if (event.type === "job_started") detail = `attempt ${job.attempts}`;
+    else if (event.type === "job_started") detail = `attempt ${job.attempts} of ${job.max_attempts || 1}`;
+    else if (event.type === "job_completed" && job.started_at && job.finished_at) detail = `after ${duration(job)}`;
     const time = el("span", { className: "tl-time", text: at });
     const msg = el("span", { className: "tl-msg", text: detail });
     const li = el("li", { dataset: { kind: event.type } },
@@ -1004,6 +1106,7 @@
   // ---------- start ----------
   setInterval(() => {
     tickConn();
+    if (activity) activity.draw();  // the charts' window slides even when nothing happens
     // Durations of running jobs grow every second.
     if (state.counts.running > 0 || (state.selected && state.jobs.get(state.selected)?.status === "running")) scheduleRender();
   }, 1000);
@@ -1014,6 +1117,7 @@
   renderCounters();
   loadTypes();
   connect();
+  findWorkersRoute();
   const hash = /^#job=([0-9A-Za-z]+)$/.exec(location.hash);
   if (hash) select(hash[1]);
 })();

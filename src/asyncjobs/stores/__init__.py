@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 from .memory import MemoryStore
-from .protocol import EventListener, Outcome, Page, Stats, Store
+from .protocol import (
+    EventListener,
+    Notifier,
+    Outcome,
+    Page,
+    StateStore,
+    Stats,
+    Store,
+    WorkerInfo,
+)
 
-__all__ = ["EventListener", "MemoryStore", "Outcome", "Page", "Stats", "Store", "open_store"]
+__all__ = [
+    "EventListener",
+    "MemoryStore",
+    "Notifier",
+    "Outcome",
+    "Page",
+    "StateStore",
+    "Stats",
+    "Store",
+    "WorkerInfo",
+    "open_store",
+]
 
 
 def open_store(url: str) -> Store:

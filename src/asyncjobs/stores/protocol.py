@@ -1,4 +1,9 @@
-"""The Store protocol: the one pluggable seam for job state.
+"""The Store protocol: the one pluggable seam for job state and notification.
+
+A :class:`Store` is two halves that every backend provides: :class:`StateStore`, the
+atomic job operations (and the worker registry), and :class:`Notifier`, which delivers
+events to every process attached to the store, wakes idle workers (level-triggered: a
+generation counter) and says ``resync`` when it may have missed events.
 
 A store keeps jobs and publishes an event for every visible change. Each method is
 atomic: it either applies its whole change and publishes its events, or raises and
@@ -18,9 +23,14 @@ Rules every store follows (the conformance suite in ``tests/stores`` checks them
   job is running under exactly that token: a worker whose lease expired can never
   finish, or report progress on, a job that was handed to someone else.
 * Events: one per change, with ``seq`` strictly increasing per store, delivered to
-  every listener registered with :meth:`Store.add_listener` in this process and (for
-  server-backed stores) in every other process attached to the same store. Listeners
-  are plain callables run on the event loop; they must not block.
+  every listener registered with :meth:`Notifier.add_listener` in this process and in
+  every other process attached to the same store (SQLite: every process on the same
+  file). Listeners are plain callables run on the event loop; they must not block.
+* Wake-ups are level-triggered: :meth:`Notifier.work_generation` grows on every
+  wake-up (a job added, promoted, requeued, a running one ended, in any process), and
+  ``wait_for_work(timeout, since=g)`` returns at once when the generation is past ``g``.
+* A notifier that may have missed events (a reconnect, a gap in a sequence, a full
+  inbox) calls every resync listener; they re-read what they show.
 
 Event types per change:
 
@@ -49,7 +59,16 @@ import attrs
 
 from ..job import TERMINAL, Job, JobError, JobEvent, JobStatus
 
-__all__ = ["EventListener", "Outcome", "Page", "Stats", "Store"]
+__all__ = [
+    "EventListener",
+    "Notifier",
+    "Outcome",
+    "Page",
+    "StateStore",
+    "Stats",
+    "Store",
+    "WorkerInfo",
+]
 
 EventListener = Callable[[JobEvent], None]
 
@@ -90,8 +109,36 @@ class Stats:
         return sum(self.counts.values())
 
 
+@attrs.frozen
+class WorkerInfo:
+    """One live worker, as it registered itself with its last heartbeat.
+
+    Attributes:
+        id: The worker's id (``host:pid:suffix``), also the lease holder of its jobs.
+        host: The machine's host name.
+        pid: The worker's process id.
+        types: The job types it runs.
+        slots: Jobs it runs at once (its concurrency).
+        running: Ids of the jobs it runs now.
+        started_at: When it started.
+        last_heartbeat: When it last refreshed this record.
+        expires_at: When the record is dropped unless refreshed (``last_heartbeat +
+            ttl``): a worker that died disappears then.
+    """
+
+    id: str
+    host: str
+    pid: int
+    types: tuple[str, ...]
+    slots: int
+    running: tuple[str, ...]
+    started_at: datetime
+    last_heartbeat: datetime
+    expires_at: datetime
+
+
 @runtime_checkable
-class Store(Protocol):
+class StateStore(Protocol):
     """Persistent (or not) job state shared by every Queue attached to it."""
 
     async def open(self) -> None:
@@ -214,11 +261,43 @@ class Store(Protocol):
         """
         ...
 
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace the record of worker ``info.id`` (its heartbeat)."""
+        ...
+
+    async def list_workers(self, *, now: datetime) -> builtins.list[WorkerInfo]:
+        """Workers whose record has not expired at ``now``, by id; expired ones go."""
+        ...
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Drop a worker's record (it stopped cleanly). Unknown ids are ignored."""
+        ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Events to every process attached to the store, wake-ups, resync."""
+
     def add_listener(self, listener: EventListener) -> Callable[[], None]:
         """Call ``listener`` with every event; return a function that removes it."""
         ...
 
-    async def wait_for_work(self, timeout: float) -> None:
-        """Return when a job may have become claimable (a job was added, promoted,
-        requeued, or a running one ended), or after ``timeout`` seconds."""
+    def add_resync_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever events may have been missed (a reconnect, a gap);
+        return a function that removes it."""
         ...
+
+    def work_generation(self) -> int:
+        """A counter that grows on every wake-up; read it before a claim."""
+        ...
+
+    async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
+        """Return at once if :meth:`work_generation` is past ``since``; else on the next
+        wake-up (a job was added, promoted, requeued, or a running one ended) or after
+        ``timeout`` seconds. ``since=None`` waits for the next wake-up."""
+        ...
+
+
+@runtime_checkable
+class Store(StateStore, Notifier, Protocol):
+    """A whole store: the state operations and the notifier."""

@@ -8,17 +8,23 @@ persist and publish; what a change *is* lives here once, so all stores agree.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 
 import attrs
 
 from ..errors import IllegalTransition, LeaseLost
 from ..job import TERMINAL, EventType, Job, JobError, JobStatus, Lease, advance
-from .protocol import Outcome
+from .protocol import Outcome, Stats
 
 __all__ = [
+    "EXPIRED_ERROR",
+    "check_delete",
     "check_lease",
+    "claim_room",
+    "purge_matches",
+    "select_claims",
+    "stats_from_counts",
     "claim_step",
     "cancel_step",
     "expire_step",
@@ -28,7 +34,6 @@ __all__ = [
     "promote_step",
     "renew_step",
     "check_purge_statuses",
-    "EXPIRED_ERROR",
 ]
 
 EXPIRED_ERROR = JobError(
@@ -149,3 +154,69 @@ def check_purge_statuses(statuses: Iterable[JobStatus | str]) -> frozenset[JobSt
     if live:
         raise ValueError(f"only finished jobs can be purged; not {sorted(s.value for s in live)}")
     return chosen
+
+
+def check_delete(job: Job) -> None:
+    """Raise IllegalTransition unless ``job`` is finished (only those can be deleted)."""
+    if not job.is_terminal:
+        raise IllegalTransition(job.id, job.status.value, "deleted")
+
+
+def purge_matches(
+    job: Job,
+    *,
+    now: datetime,
+    statuses: Collection[JobStatus],
+    types: Collection[str] | None = None,
+    finished_before: datetime | None = None,
+    expired: bool = False,
+) -> bool:
+    """Whether :meth:`Store.purge` deletes ``job``: the exact predicate every store
+    applies (a SQL store may pre-filter coarsely, then check each candidate here)."""
+    if job.status not in statuses or (types is not None and job.type not in types):
+        return False
+    finished = job.finished_at
+    if finished_before is not None and (finished is None or finished >= finished_before):
+        return False
+    return not expired or (
+        job.retention is not None
+        and finished is not None
+        and finished.timestamp() + job.retention <= now.timestamp()
+    )
+
+
+def claim_room(
+    types: Collection[str], type_limits: Mapping[str, int] | None, running: Mapping[str, int]
+) -> dict[str, int]:
+    """Free per-type slots of the limited ones among ``types``, given the jobs of each
+    type running now; types without a limit are absent (unbounded)."""
+    limits = type_limits or {}
+    return {t: limits[t] - running.get(t, 0) for t in types if t in limits}
+
+
+def select_claims(candidates: Iterable[Job], room: dict[str, int], limit: int) -> list[Job]:
+    """The jobs a claim takes from ``candidates`` (best first: priority, then id), at
+    most ``limit``, skipping types whose ``room`` ran out; ``room`` is decremented."""
+    chosen: list[Job] = []
+    for job in candidates:
+        if len(chosen) >= limit:
+            break
+        if room.get(job.type, 1) <= 0:
+            continue
+        chosen.append(job)
+        if job.type in room:
+            room[job.type] -= 1
+    return chosen
+
+
+def stats_from_counts(rows: Iterable[tuple[str, JobStatus | str, int]]) -> Stats:
+    """:class:`Stats` from ``(type, status, count)`` rows (one per pair, any order)."""
+    counts = {s: 0 for s in JobStatus}
+    by_type: dict[str, dict[JobStatus, int]] = {}
+    for type_, status_value, n in rows:
+        if not n:
+            continue
+        status = JobStatus(status_value)
+        counts[status] += n
+        by_type.setdefault(type_, {s: 0 for s in JobStatus})[status] += n
+    return Stats(counts, by_type)

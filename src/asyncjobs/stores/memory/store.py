@@ -15,22 +15,24 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import final
 
-import anyio
-
-from ...errors import IllegalTransition, JobNotFound, QueueFull
+from ...errors import JobNotFound, QueueFull
 from ...job import EventType, Job, JobEvent, JobStatus
-from ..listeners import Listeners
-from ..protocol import EventListener, Outcome, Page, Stats
+from ..listeners import LocalNotifier
+from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
+    check_delete,
     check_purge_statuses,
+    claim_room,
     claim_step,
     expire_step,
     finish_step,
     new_token,
     progress_step,
     promote_step,
+    purge_matches,
     renew_step,
+    stats_from_counts,
 )
 
 __all__ = ["MemoryStore"]
@@ -54,9 +56,9 @@ class MemoryStore:
         self._running: set[str] = set()
         self._counts: Counter[tuple[str, JobStatus]] = Counter()
         self._idempotency: dict[str, str] = {}
-        self._listeners = Listeners()
+        self._notifier = LocalNotifier()
+        self._workers: dict[str, WorkerInfo] = {}
         self._seq = 0
-        self._wake = anyio.Event()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -96,11 +98,10 @@ class MemoryStore:
 
     def _emit(self, type: EventType, job: Job, now: datetime) -> None:
         self._seq += 1
-        self._listeners.emit((JobEvent(type=type, seq=self._seq, at=now, job=job),))
+        self._notifier.emit((JobEvent(type=type, seq=self._seq, at=now, job=job),), wake=False)
 
     def _notify_work(self) -> None:
-        # Renewed by wait_for_work, not here: add() and finish() call this once per job.
-        self._wake.set()
+        self._notifier.wake()
 
     def _get(self, job_id: str) -> Job:
         try:
@@ -160,13 +161,7 @@ class MemoryStore:
         return Page(found, None)
 
     async def stats(self) -> Stats:
-        counts: Counter[JobStatus] = Counter({s: 0 for s in JobStatus})
-        by_type: dict[str, dict[JobStatus, int]] = {}
-        for (type_, status), n in self._counts.items():
-            if n:
-                counts[status] += n
-                by_type.setdefault(type_, {s: 0 for s in JobStatus})[status] += n
-        return Stats(dict(counts), by_type)
+        return stats_from_counts((t, s, n) for (t, s), n in self._counts.items())
 
     async def claim(
         self,
@@ -178,9 +173,9 @@ class MemoryStore:
         now: datetime,
         type_limits: Mapping[str, int] | None = None,
     ) -> builtins.list[Job]:
-        limits = type_limits or {}
         claimed: builtins.list[Job] = []
-        room = {t: limits[t] - self._counts[(t, JobStatus.RUNNING)] for t in types if t in limits}
+        running_now = {t: self._counts[(t, JobStatus.RUNNING)] for t in types}
+        room = claim_room(types, type_limits, running_now)
         while len(claimed) < limit:
             best: tuple[int, str] | None = None
             best_type = ""
@@ -243,8 +238,7 @@ class MemoryStore:
 
     async def delete(self, job_id: str, *, now: datetime) -> Job:
         job = self._get(job_id)
-        if not job.is_terminal:
-            raise IllegalTransition(job.id, job.status.value, "deleted")
+        check_delete(job)
         self._remove(job)
         self._emit(EventType.DELETED, job, now)
         return job
@@ -294,15 +288,13 @@ class MemoryStore:
         chosen = check_purge_statuses(statuses)
         doomed: builtins.list[Job] = []
         for job in self._jobs.values():
-            if job.status not in chosen or (types is not None and job.type not in types):
-                continue
-            finished = job.finished_at
-            if finished_before is not None and (finished is None or finished >= finished_before):
-                continue
-            if expired and (
-                job.retention is None
-                or finished is None
-                or finished.timestamp() + job.retention > now.timestamp()
+            if not purge_matches(
+                job,
+                now=now,
+                statuses=chosen,
+                types=types,
+                finished_before=finished_before,
+                expired=expired,
             ):
                 continue
             doomed.append(job)
@@ -313,11 +305,32 @@ class MemoryStore:
             self._emit(EventType.DELETED, job, now)
         return len(doomed)
 
-    def add_listener(self, listener: EventListener) -> Callable[[], None]:
-        return self._listeners.add(listener)
+    # -- worker registry -----------------------------------------------------------
 
-    async def wait_for_work(self, timeout: float) -> None:
-        if self._wake.is_set():  # a wake-up from before this wait: already seen
-            self._wake = anyio.Event()
-        with anyio.move_on_after(timeout):
-            await self._wake.wait()
+    async def register_worker(self, info: WorkerInfo) -> None:
+        # Records of dead workers go here (as in the SQL stores): listing only reads.
+        beat = info.last_heartbeat
+        for worker_id in [w.id for w in self._workers.values() if w.expires_at <= beat]:
+            del self._workers[worker_id]
+        self._workers[info.id] = info
+
+    async def list_workers(self, *, now: datetime) -> builtins.list[WorkerInfo]:
+        alive = (w for w in self._workers.values() if w.expires_at > now)
+        return sorted(alive, key=lambda w: w.id)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    # -- notifier (one process: nothing is ever missed, so it never resyncs) -------
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        return self._notifier.add_listener(listener)
+
+    def add_resync_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self._notifier.add_resync_listener(callback)
+
+    def work_generation(self) -> int:
+        return self._notifier.work_generation()
+
+    async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
+        await self._notifier.wait_for_work(timeout, since=since)

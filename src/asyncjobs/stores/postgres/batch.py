@@ -11,7 +11,6 @@ written at once, as a batch of one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, final
@@ -20,6 +19,7 @@ import attrs
 
 from ...errors import ConfigurationError
 from ...job import EventType, Job, JobEvent
+from ..tasks import BackgroundTasks, TaskHandle
 from .sql import Statements
 
 __all__ = ["FinishBatcher"]
@@ -54,21 +54,17 @@ class FinishBatcher:
         self._sql = sql
         self._pending: list[_Item] = []
         self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: TaskHandle | None = None
 
-    def start(self) -> None:
+    def start(self, tasks: BackgroundTasks) -> None:
         self._pending = []
         self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(
-            self._loop(), name="asyncjobs-pg-finish"
-        )
+        self._task = tasks.start_soon(self._loop, "asyncjobs-pg-finish")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task.stop()
         pending, self._pending = self._pending, []
         for item in pending:
             if not item.done.done():

@@ -12,7 +12,6 @@ id), and the receiver reads the job back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection
@@ -30,6 +29,8 @@ from ...codec import (
     parse_time,
 )
 from ...job import EventType, Job, JobEvent
+from ..listeners import WAKE
+from ..tasks import BackgroundTasks, TaskHandle
 
 __all__ = ["WAKE", "RemoteEvents", "encode_head", "encode_suffix", "make_prefix"]
 
@@ -37,17 +38,9 @@ logger = logging.getLogger("asyncjobs.store.postgres")
 
 #: Below PostgreSQL's 8000-byte payload limit, with room for the seq.
 _NOTIFY_LIMIT = 7900
-#: Events after which a job may have become claimable (or a per-type slot freed up).
-WAKE = frozenset(
-    {
-        EventType.CREATED,
-        EventType.QUEUED,
-        EventType.RETRYING,
-        EventType.COMPLETED,
-        EventType.FAILED,
-        EventType.CANCELLED,
-    }
-)
+#: Notifications waiting to be decoded; beyond this they are dropped and the store
+#: resyncs once the backlog is worked off (memory stays bounded under a flood).
+INBOX_MAX = 10_000
 
 
 def make_prefix(instance: str) -> str:
@@ -92,6 +85,8 @@ class RemoteEvents:
         wake: Wakes this process's idle workers.
         fetch: Reads a job (None if it is gone) to complete a partial event.
         wanted: Whether anyone listens (events are not even decoded otherwise).
+        resync: Called when notifications were dropped (the inbox was full).
+        inbox_max: Notifications held at most.
     """
 
     def __init__(
@@ -102,27 +97,31 @@ class RemoteEvents:
         wake: Callable[[], None],
         fetch: Callable[[str], Awaitable[Job | None]],
         wanted: Callable[[], bool],
+        resync: Callable[[], None],
+        inbox_max: int = INBOX_MAX,
     ) -> None:
         self._instance = instance
         self._deliver = deliver
         self._wake = wake
         self._fetch = fetch
         self._wanted = wanted
-        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._resync = resync
+        self._inbox_max = inbox_max
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(inbox_max)
+        self._dropped = 0
+        self._task: TaskHandle | None = None
+        #: Notifications dropped because the inbox was full (tests and metrics).
+        self.dropped_total = 0
 
-    def start(self) -> None:
-        self._inbox = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(
-            self._consume(), name="asyncjobs-pg-events"
-        )
+    def start(self, tasks: BackgroundTasks) -> None:
+        self._inbox = asyncio.Queue(self._inbox_max)
+        self._dropped = 0
+        self._task = tasks.start_soon(self._consume, "asyncjobs-pg-events")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task.stop()
 
     def on_payload(self, payload: str) -> None:
         """Handle one notification (called by the LISTEN connection)."""
@@ -134,10 +133,18 @@ class RemoteEvents:
         if self._wanted():
             # One consumer keeps remote events in commit order, even when one of them
             # has to read its job back first.
-            self._inbox.put_nowait(data)
+            try:
+                self._inbox.put_nowait(data)
+            except asyncio.QueueFull:
+                self._dropped += 1
+                self.dropped_total += 1
 
     async def _consume(self) -> None:
         while True:
+            if self._dropped and self._inbox.empty():
+                logger.warning("dropped %d notifications (inbox full); resyncing", self._dropped)
+                self._dropped = 0
+                self._resync()
             data = await self._inbox.get()
             if not data.get("partial"):
                 self._deliver([event_from_record(data)])

@@ -4,8 +4,8 @@ LISTEN needs a connection of its own: a pooled connection is handed to other que
 and reset between uses, which would drop the subscription. This one connection lives
 as long as the store is open. If it drops (the server restarted, an admin terminated
 it, the network broke), it reconnects with capped exponential backoff and then calls
-``on_reconnect`` so the store can wake its idle workers: a job added while nobody was
-listening is then claimed by the next poll rather than waiting for another wake-up.
+``on_reconnect``: notifications sent while nobody listened are lost, so the store
+resyncs (subscriptions re-read their jobs, idle workers wake and claim).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
+
+from ..tasks import BackgroundTasks, TaskHandle
 
 __all__ = ["Listener"]
 
@@ -42,7 +44,7 @@ class Listener:
         self._max_backoff = max_backoff
         self._conn: Any = None
         self._lost = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: TaskHandle | None = None
         #: How many times the connection was re-established (tests and metrics read it).
         self.reconnects = 0
 
@@ -52,19 +54,15 @@ class Listener:
         conn = self._conn
         return None if conn is None or conn.is_closed() else int(conn.get_server_pid())
 
-    async def start(self) -> None:
+    async def start(self, tasks: BackgroundTasks) -> None:
         """Connect once (errors propagate to ``open()``), then watch the connection."""
         await self._connect()
-        self._task = asyncio.get_running_loop().create_task(
-            self._watch(), name=f"asyncjobs-listen-{self._channel}"
-        )
+        self._task = tasks.start_soon(self._watch, f"asyncjobs-listen-{self._channel}")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task.stop()
         await self._drop()
 
     async def _connect(self) -> None:

@@ -69,6 +69,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE SEQUENCE {s}.event_seq;
         """,
     ),
+    (
+        2,
+        """
+        -- the worker registry: one row per live worker, refreshed with its heartbeat
+        CREATE TABLE {s}.workers (
+            id text COLLATE "C" PRIMARY KEY,
+            expires_at timestamptz NOT NULL,
+            record jsonb NOT NULL
+        );
+        """,
+    ),
 )
 
 

@@ -17,7 +17,11 @@
   the same job. Per-type limits are exact across all workers: such a claim holds a
   transaction-level advisory lock per limited type while it counts its running jobs.
 * Events reach this process's listeners directly after commit, and every other process
-  through LISTEN on a dedicated connection (:mod:`.listen`, :mod:`.events`).
+  through LISTEN on a dedicated connection (:mod:`.listen`, :mod:`.events`). When that
+  connection drops, notifications sent meanwhile are lost: on reconnect the store
+  calls its resync listeners (subscriptions re-read their jobs) and wakes its workers.
+* Background loops (LISTEN keeper, remote events, finish batcher) run in one task
+  group the store owns (:mod:`..tasks`).
 """
 
 from __future__ import annotations
@@ -30,29 +34,32 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, final
 
-import anyio
-
 from ...codec import (
     dumps,
     format_time,
     job_from_record,
     job_to_record,
+    worker_from_record,
+    worker_to_record,
 )
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
-from ..listeners import Listeners
-from ..protocol import EventListener, Outcome, Page, Stats
+from ..listeners import LocalNotifier
+from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
+    check_delete,
     check_lease,
     check_purge_statuses,
     expire_step,
     finish_step,
     progress_step,
     promote_step,
+    stats_from_counts,
 )
+from ..tasks import BackgroundTasks
 from .batch import FinishBatcher
-from .events import WAKE, RemoteEvents, encode_suffix, make_prefix
+from .events import RemoteEvents, encode_suffix, make_prefix
 from .listen import Listener
 from .pool import Pool
 from .schema import (
@@ -122,15 +129,16 @@ class PostgresStore:
         self._sql = Statements(quote_ident(self.schema), self._channel, self._prefix)
         self._pool: Pool | None = None
         self._listener: Listener | None = None
-        self._listeners = Listeners()
+        self._notifier = LocalNotifier()
+        self._tasks = BackgroundTasks(f"asyncjobs-pg:{schema}")
         self._remote = RemoteEvents(
             self._instance,
             deliver=self._deliver,
             wake=self._notify_work,
             fetch=self._find,
-            wanted=lambda: bool(self._listeners),
+            wanted=lambda: self._notifier.wanted,
+            resync=self._notifier.resync,
         )
-        self._wake = anyio.Event()
         self._finishes = FinishBatcher(self._run, self._sql)
         # Job id -> the last snapshot this instance wrote or read of a job it claimed:
         # the starting point of the next progress or finish, saving a read.
@@ -168,15 +176,18 @@ class PostgresStore:
             reconnect_timeout=self._reconnect_timeout,
             command_timeout=self._command_timeout,
         )
-        listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._notify_work)
+        # Notifications sent while LISTEN was down are lost: on reconnect, resync.
+        listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._notifier.resync)
         try:
-            await listener.start()
+            await self._tasks.start()
+            await listener.start(self._tasks)
         except BaseException:
+            await self._tasks.aclose()
             await pool.close()
             raise
         self._pool, self._listener = pool, listener
-        self._remote.start()
-        self._finishes.start()
+        self._remote.start(self._tasks)
+        self._finishes.start(self._tasks)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -186,6 +197,7 @@ class PostgresStore:
             await listener.stop()
         await self._remote.stop()
         await self._finishes.stop()
+        await self._tasks.aclose()
         if pool is not None:
             await pool.close()
 
@@ -221,16 +233,13 @@ class PostgresStore:
 
     def _emit(self, events: Collection[JobEvent]) -> None:
         """Hand committed events to this process's listeners; wake idle workers."""
-        self._deliver(events)
-        if any(e.type in WAKE for e in events):
-            self._notify_work()
+        self._notifier.emit(events)
 
     def _deliver(self, events: Collection[JobEvent]) -> None:
-        self._listeners.emit(events)
+        self._notifier.emit(events, wake=False)  # remote wake-ups come with the payload
 
     def _notify_work(self) -> None:
-        self._wake.set()
-        self._wake = anyio.Event()
+        self._notifier.wake()
 
     async def _find(self, job_id: str) -> Job | None:
         try:
@@ -311,12 +320,7 @@ class PostgresStore:
 
     async def stats(self) -> Stats:
         rows = await self._run(lambda conn: conn.fetch(self._sql.stats))
-        counts = {s: 0 for s in JobStatus}
-        by_type: dict[str, dict[JobStatus, int]] = {}
-        for type_, status, n in rows:
-            counts[JobStatus(status)] += n
-            by_type.setdefault(type_, {s: 0 for s in JobStatus})[JobStatus(status)] += n
-        return Stats(counts, by_type)
+        return stats_from_counts((type_, status, n) for type_, status, n in rows)
 
     async def claim(
         self,
@@ -464,8 +468,7 @@ class PostgresStore:
         async def op(conn: Conn) -> tuple[Job, list[JobEvent]]:
             async with conn.transaction():
                 job = await self._locked(conn, job_id)
-                if not job.is_terminal:
-                    raise IllegalTransition(job.id, job.status.value, "deleted")
+                check_delete(job)
                 return job, await self._sql.delete(conn, [job], now)
 
         job, events = await self._run(op, retry=False)
@@ -535,12 +538,51 @@ class PostgresStore:
                 break
         return total
 
-    def add_listener(self, listener: EventListener) -> Callable[[], None]:
-        return self._listeners.add(listener)
+    # -- worker registry -----------------------------------------------------------
 
-    async def wait_for_work(self, timeout: float) -> None:
-        with anyio.move_on_after(timeout):
-            await self._wake.wait()
+    async def register_worker(self, info: WorkerInfo) -> None:
+        table = f"{quote_ident(self.schema)}.workers"
+        record = dumps(worker_to_record(info))
+
+        async def op(conn: Conn) -> None:
+            # Records of dead workers go here, so listing them stays a plain read.
+            await conn.execute(f"DELETE FROM {table} WHERE expires_at <= $1", info.last_heartbeat)
+            await conn.execute(
+                f"INSERT INTO {table} (id, expires_at, record) VALUES ($1, $2, $3::jsonb) "
+                "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, "
+                "record = EXCLUDED.record",
+                info.id,
+                info.expires_at,
+                record,
+            )
+
+        await self._run(op)
+
+    async def list_workers(self, *, now: datetime) -> list[WorkerInfo]:
+        sql = (
+            f"SELECT record::text FROM {quote_ident(self.schema)}.workers "
+            "WHERE expires_at > $1 ORDER BY id"
+        )
+        rows = await self._run(lambda conn: conn.fetch(sql, now))
+        return [worker_from_record(json.loads(r[0])) for r in rows]
+
+    async def remove_worker(self, worker_id: str) -> None:
+        sql = f"DELETE FROM {quote_ident(self.schema)}.workers WHERE id = $1"
+        await self._run(lambda conn: conn.execute(sql, worker_id))
+
+    # -- notifier ----------------------------------------------------------------
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        return self._notifier.add_listener(listener)
+
+    def add_resync_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self._notifier.add_resync_listener(callback)
+
+    def work_generation(self) -> int:
+        return self._notifier.work_generation()
+
+    async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
+        await self._notifier.wait_for_work(timeout, since=since)
 
     # Defined last: inside the class body, ``list`` names this method from here on.
     async def list(

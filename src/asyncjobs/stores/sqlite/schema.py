@@ -56,6 +56,35 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
         "INSERT INTO meta (key, value) VALUES ('seq', 0)",
     ),
+    (
+        # Every event, appended in the transaction of its change, so that the other
+        # processes on this file can tail it (see notify.py); trimmed by age.
+        # src: the store instance that wrote it; stamp: wall clock (us) for trimming.
+        """
+        CREATE TABLE events (
+            seq    INTEGER PRIMARY KEY,
+            src    TEXT NOT NULL,
+            stamp  INTEGER NOT NULL,
+            record TEXT NOT NULL
+        )
+        """,
+        # Store instances tailing the events table, each refreshed every second: a
+        # writer appends events only while another instance is there to read them.
+        """
+        CREATE TABLE peers (
+            src        TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
+        # The worker registry: one row per live worker, refreshed with its heartbeat.
+        """
+        CREATE TABLE workers (
+            id         TEXT PRIMARY KEY,
+            expires_at INTEGER NOT NULL,
+            record     TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 
 JOB_COLUMNS: Final = (

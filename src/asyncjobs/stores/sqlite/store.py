@@ -7,38 +7,47 @@ the file, so it keeps growing across restarts) and reach listeners on the event 
 after the commit. The file is in WAL mode with ``synchronous=NORMAL``: a crash of the
 process loses nothing committed; a power loss may lose the last transactions.
 
-Events and worker wake-ups stay inside the process: several processes may share one file
-(they see each other's jobs, and claims never overlap), but they only learn of each
-other's changes by polling. Use PostgreSQL to spread a queue over processes.
+Several processes on one machine may share the file: claims never overlap, and every
+change's events are also appended to an ``events`` table that each store instance tails
+(:mod:`.notify`), so events, wake-ups and cancel requests reach every process within a
+poll interval (25 ms) without reading the jobs table.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import json
 import os
+import secrets
 import sqlite3
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Final, final
 from urllib.parse import parse_qs
 
-import anyio
-
-from ...errors import ConfigurationError, IllegalTransition, JobNotFound, QueueFull
+from ...codec import dumps, worker_from_record, worker_to_record
+from ...errors import ConfigurationError, JobNotFound, QueueFull
 from ...job import TERMINAL, EventType, Job, JobStatus
-from ..listeners import Listeners
-from ..protocol import EventListener, Outcome, Page, Stats
+from ..listeners import LocalNotifier
+from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
+    check_delete,
     check_purge_statuses,
+    claim_room,
     claim_step,
     expire_step,
     finish_step,
     new_token,
     progress_step,
     promote_step,
+    purge_matches,
     renew_step,
+    select_claims,
+    stats_from_counts,
 )
+from ..tasks import BackgroundTasks, TaskHandle
+from .notify import EventTail
 from .schema import JOB_COLUMNS, job_from_row, job_params, micros
 from .thread import Changes, SqliteThread
 
@@ -46,6 +55,7 @@ __all__ = ["SqliteStore"]
 
 # `list` is a method name inside the class, so annotations there use this alias.
 _Jobs = list[Job]
+_Workers = list[WorkerInfo]
 
 _Q: Final = JobStatus.QUEUED.value
 _R: Final = JobStatus.RUNNING.value
@@ -87,9 +97,13 @@ class SqliteStore:
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
-        self._thread = SqliteThread(self.path, busy_timeout, self._publish, repr(self))
-        self._listeners = Listeners()
-        self._wake = asyncio.Event()
+        self._thread = SqliteThread(
+            self.path, busy_timeout, self._publish, repr(self), src=secrets.token_hex(8)
+        )
+        self._notifier = LocalNotifier()
+        self._tail = EventTail(self._thread, self._notifier)
+        self._tasks = BackgroundTasks(f"asyncjobs-sqlite:{self.path}")
+        self._tail_task: TaskHandle | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -131,18 +145,29 @@ class SqliteStore:
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self) -> None:
-        if not self._thread.is_open:
-            self._wake = asyncio.Event()
+        if self._thread.is_open:
+            return
         await self._thread.open()
+        if self.path != ":memory:":  # a private database has nobody else to hear
+            await self._tail.start()
+            await self._tasks.start()
+            self._tail_task = self._tasks.start_soon(self._tail.run, "sqlite-events-tail")
 
     async def close(self) -> None:
+        tailing, self._tail_task = self._tail_task, None
+        await self._tasks.aclose()
+        if tailing is not None and self._thread.is_open:
+            with contextlib.suppress(sqlite3.Error):  # the row expires by itself anyway
+                await self._tail.leave()
         await self._thread.close()
 
+    @property
+    def tail(self) -> EventTail:
+        """The tail of other processes' events (for tests and diagnostics)."""
+        return self._tail
+
     def _publish(self, changes: Changes) -> None:  # event loop, after a commit
-        self._listeners.emit(changes.events)
-        if changes.wake:
-            self._wake.set()
-            self._wake = asyncio.Event()
+        self._notifier.emit(changes.events, wake=changes.wake)
 
     # -- Store protocol: reads -----------------------------------------------------
 
@@ -191,13 +216,7 @@ class SqliteStore:
             sql = "SELECT type, status, COUNT(*) FROM jobs GROUP BY status, type"
             return list(conn.execute(sql))
 
-        counts = {s: 0 for s in JobStatus}
-        by_type: dict[str, dict[JobStatus, int]] = {}
-        for type_, status_value, n in await self._thread.read(body):
-            status = JobStatus(status_value)
-            counts[status] += n
-            by_type.setdefault(type_, {s: 0 for s in JobStatus})[status] += n
-        return Stats(counts, by_type)
+        return stats_from_counts(await self._thread.read(body))
 
     # -- Store protocol: writes ----------------------------------------------------
 
@@ -241,14 +260,15 @@ class SqliteStore:
             claimed: _Jobs = []
             if not wanted or limit <= 0:
                 return claimed
-            room: dict[str, int] = {t: limits[t] for t in wanted if t in limits}
-            if room:
+            running: dict[str, int] = {}
+            limited = [t for t in wanted if t in limits]
+            if limited:
                 sql = (
                     f"SELECT type, COUNT(*) FROM jobs WHERE status = ? "
-                    f"AND type IN ({_marks(room)}) GROUP BY type"
+                    f"AND type IN ({_marks(limited)}) GROUP BY type"
                 )
-                for type_, running in conn.execute(sql, (_R, *room)):
-                    room[type_] -= running
+                running = dict(conn.execute(sql, (_R, *limited)).fetchall())
+            room = claim_room(wanted, limits, running)
             eligible = [t for t in wanted if room.get(t, 1) > 0]
             # Each round takes the best queued jobs of the types with room left; a round
             # that skipped a type which ran out of room is followed by another.
@@ -260,16 +280,12 @@ class SqliteStore:
                 rows = conn.execute(sql, (_Q, *eligible, limit - len(claimed))).fetchall()
                 if not rows:
                     break
-                for (record,) in rows:
-                    job = job_from_row(record)
-                    if room.get(job.type, 1) <= 0:
-                        continue
+                candidates = [job_from_row(record) for (record,) in rows]
+                for job in select_claims(candidates, room, limit - len(claimed)):
                     running_job = claim_step(job, worker_id, new_token(), lease, now)
                     _save(conn, running_job)
                     changes.emit(EventType.STARTED, running_job, now)
                     claimed.append(running_job)
-                    if job.type in room:
-                        room[job.type] -= 1
                 eligible = [t for t in eligible if room.get(t, 1) > 0]
             return claimed
 
@@ -320,8 +336,7 @@ class SqliteStore:
     async def delete(self, job_id: str, *, now: datetime) -> Job:
         def body(conn: sqlite3.Connection, changes: Changes) -> Job:
             job = _get(conn, job_id)
-            if not job.is_terminal:
-                raise IllegalTransition(job.id, job.status.value, "deleted")
+            check_delete(job)
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             changes.emit(EventType.DELETED, job, now)
             return job
@@ -385,14 +400,19 @@ class SqliteStore:
             args.append(micros(now))
         sql = f"SELECT record FROM jobs WHERE {' AND '.join(clauses)} ORDER BY id"
 
+        wanted = check_purge_statuses(statuses)
+
         def body(conn: sqlite3.Connection, changes: Changes) -> int:
             doomed: _Jobs = []
             for (record,) in conn.execute(sql, args):
                 job = job_from_row(record)
-                if expired and (
-                    job.retention is None
-                    or job.finished_at is None
-                    or job.finished_at.timestamp() + job.retention > now.timestamp()
+                if not purge_matches(
+                    job,
+                    now=now,
+                    statuses=wanted,
+                    types=types,
+                    finished_before=finished_before,
+                    expired=expired,
                 ):
                     continue
                 doomed.append(job)
@@ -407,9 +427,45 @@ class SqliteStore:
 
     # -- events and wake-ups -----------------------------------------------------
 
-    def add_listener(self, listener: EventListener) -> Callable[[], None]:
-        return self._listeners.add(listener)
+    # -- worker registry -----------------------------------------------------------
 
-    async def wait_for_work(self, timeout: float) -> None:
-        with anyio.move_on_after(timeout):
-            await self._wake.wait()
+    async def register_worker(self, info: WorkerInfo) -> None:
+        row = (info.id, micros(info.expires_at), dumps(worker_to_record(info)))
+
+        def body(conn: sqlite3.Connection, changes: Changes) -> None:
+            # Records of dead workers go here, so listing them stays a plain read.
+            conn.execute(
+                "DELETE FROM workers WHERE expires_at <= ?", (micros(info.last_heartbeat),)
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO workers (id, expires_at, record) VALUES (?, ?, ?)", row
+            )
+
+        await self._thread.write(body)
+
+    async def list_workers(self, *, now: datetime) -> _Workers:
+        def body(conn: sqlite3.Connection) -> list[str]:
+            sql = "SELECT record FROM workers WHERE expires_at > ? ORDER BY id"
+            return [r[0] for r in conn.execute(sql, (micros(now),))]
+
+        return [worker_from_record(json.loads(r)) for r in await self._thread.read(body)]
+
+    async def remove_worker(self, worker_id: str) -> None:
+        def body(conn: sqlite3.Connection, changes: Changes) -> None:
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+        await self._thread.write(body)
+
+    # -- notifier ----------------------------------------------------------------
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        return self._notifier.add_listener(listener)
+
+    def add_resync_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self._notifier.add_resync_listener(callback)
+
+    def work_generation(self) -> int:
+        return self._notifier.work_generation()
+
+    async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
+        await self._notifier.wait_for_work(timeout, since=since)

@@ -12,15 +12,23 @@ import asyncio
 import concurrent.futures
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar, final
 
 import anyio
 
+from ...codec import dumps, event_to_record
 from ...errors import ConfigurationError
 from ...job import EventType, Job, JobEvent
 from .schema import migrate
+
+#: Events kept for other processes to tail: anything younger than this stays; a process
+#: that falls further behind sees a gap in the sequence and resyncs.
+EVENT_KEEP_SECONDS = 60.0
+#: Trim the events table once per this many writes that emitted events.
+_TRIM_EVERY = 256
 
 __all__ = ["Changes", "SqliteThread"]
 
@@ -54,9 +62,21 @@ class SqliteThread:
     """
 
     def __init__(
-        self, path: str, busy_timeout: float, publish: Callable[[Changes], None], name: str
+        self,
+        path: str,
+        busy_timeout: float,
+        publish: Callable[[Changes], None],
+        name: str,
+        src: str = "",
     ) -> None:
         self.path = path
+        self.src = src  # this store instance's id, written with each event
+        self._writes = 0
+        #: The last event seq this connection wrote (read on the thread by the tail).
+        self.last_seq = 0
+        #: Whether another store instance tails this file (set on the thread by the
+        #: tail); only then are events appended to the events table.
+        self.peers_present = False
         self.busy_timeout = busy_timeout
         self._publish = publish
         self._name = name
@@ -167,12 +187,28 @@ class SqliteThread:
                     JobEvent(type=type_, seq=last + n, at=at, job=job)
                     for n, (type_, job, at) in enumerate(changes.pending, start=1)
                 ]
+                self.last_seq = changes.events[-1].seq
+                if self.peers_present:
+                    self._append_events(conn, changes.events, last)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return value, changes
+
+    def _append_events(
+        self, conn: sqlite3.Connection, events: list[JobEvent], last: int
+    ) -> None:  # store thread, inside the write transaction
+        stamp = int(time.time() * 1e6)
+        conn.executemany(
+            "INSERT INTO events (seq, src, stamp, record) VALUES (?, ?, ?, ?)",
+            [(e.seq, self.src, stamp, dumps(event_to_record(e))) for e in events],
+        )
+        self._writes += 1
+        if self._writes % _TRIM_EVERY == 0:
+            cutoff = stamp - int(EVENT_KEEP_SECONDS * 1e6)
+            conn.execute("DELETE FROM events WHERE seq <= ? AND stamp < ?", (last, cutoff))
 
     def _publish_from_thread(self, future: concurrent.futures.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None or self._loop is None:

@@ -243,6 +243,13 @@ def watch(api: Api, job_id: str, out: TextIO) -> int:
     except ImportError:  # pragma: no cover - depends on the installed extras
         raise CliError("watch needs httpx-sse: pip install 'asyncjobs[cli]'") from None
     bar = _Bar(out)
+    try:
+        return _follow(api, job_id, bar, httpx, connect_sse)
+    except KeyboardInterrupt:
+        return bar.interrupted(job_id)
+
+
+def _follow(api: Api, job_id: str, bar: _Bar, httpx: Any, connect_sse: Any) -> int:
     last_id: str | None = None
     for attempt in range(6):
         headers = {"Last-Event-ID": last_id} if last_id else {}
@@ -291,10 +298,12 @@ class _Bar:
         percent = _percent(job)
         status = str(job.get("status", "?"))
         message = job.get("message") or ""
+        timing = self.timing(job)
         if self.tty:
             width = 30
             filled = round(width * percent / 100)
-            text = f"{status:<9} [{'#' * filled}{'.' * (width - filled)}] {percent:3d}%  {message}"
+            bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+            text = f"{status:<9} {bar} {percent:3d}% {timing}  {message}"
             columns = shutil.get_terminal_size((100, 20)).columns
             self.out.write("\r" + text[: columns - 1].ljust(columns - 1))
             self.drawn = True
@@ -304,8 +313,28 @@ class _Bar:
             if key == self.last_line:
                 return
             self.last_line = key
-            self.out.write(f"{status} {percent}% {message}".rstrip() + "\n")
+            self.out.write(f"{status} {percent}% {timing} {message}".rstrip() + "\n")
         self.out.flush()
+
+    def timing(self, job: Mapping[str, Any]) -> str:
+        """``elapsed 0:04 ETA 0:06``: time since the job started, and the time left at
+        the average rate so far (unknown until some progress is reported)."""
+        started = job.get("started_at")
+        if job.get("status") != "running" or not started:
+            return ""
+        elapsed = max(0.0, time.time() - _timestamp(started))
+        text = f"elapsed {_clock(elapsed)}"
+        progress = float(job.get("progress") or 0.0)
+        if 0.0 < progress < 1.0:
+            text += f" ETA {_clock(elapsed * (1 - progress) / progress)}"
+        return text
+
+    def interrupted(self, job_id: str) -> int:
+        if self.drawn:
+            self.out.write("\n")
+        self.out.write(f"stopped watching {job_id}; the job goes on (cancel: asyncjobs cancel)\n")
+        self.out.flush()
+        return 130
 
     def finish(self, event_type: str, job: Mapping[str, Any]) -> int:
         if self.drawn:
@@ -333,6 +362,19 @@ def _percent(job: Mapping[str, Any]) -> int:
         return max(0, min(100, round(float(job.get("progress") or 0.0) * 100)))
     except (TypeError, ValueError):
         return 0
+
+
+def _timestamp(value: str) -> float:
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _local_time(value: str | None) -> str:
