@@ -231,6 +231,11 @@ class Worker:
                 self.supervisor.recovered("claim")
                 for job in jobs:
                     assert job.lease is not None
+                    stale = self._running.get(job.id)
+                    if stale is not None and stale.stop is None:
+                        # We still run it under a lease that ran out (renewals stalled):
+                        # the store handed it out again, so that run is fenced off.
+                        self._halt(stale, _Stop.LOST)
                     ctx = JobContext(job, self._progress_sink(job.id, job.lease.token))
                     running = _Running(job, job.lease.token, ctx)
                     self._running[job.id] = running
@@ -418,7 +423,8 @@ class Worker:
                 await self._finish(running, outcome, scope)
             joblog.attempt_ended(running.job, outcome, time.monotonic() - running.began)
         finally:
-            del self._running[running.job.id]
+            if self._running.get(running.job.id) is running:  # not a later claim's entry
+                del self._running[running.job.id]
             self._poke()
 
     async def _attempt(self, running: _Running) -> Outcome | None:

@@ -1,6 +1,7 @@
 """Fixtures of the store conformance suite: every test runs once per store.
 
-``store`` is a fresh, opened store per test (ids ``memory``, ``sqlite``, ``postgres``);
+``store`` is a fresh, opened store per test (ids ``memory``, ``sqlite``, ``postgres``,
+``redis``);
 ``store_factory`` opens more stores attached to the *same* database, for behaviour seen
 across instances (claims, events, wake-ups). ``backend`` hands out fresh databases to
 tests that manage their own stores (the hypothesis state machine).
@@ -23,7 +24,7 @@ import pytest
 
 from asyncjobs.stores import MemoryStore, Store
 
-KINDS = ("memory", "sqlite", "postgres")
+KINDS = ("memory", "sqlite", "postgres", "redis")
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -60,10 +61,19 @@ class Database:
 
             assert self.dsn is not None
             return PostgresStore(self.dsn, schema=self.schema)
+        if self.kind == "redis":
+            from asyncjobs.stores.redis import RedisStore
+
+            assert self.dsn is not None
+            return RedisStore(self.dsn, prefix=self.schema)
         raise AssertionError(f"unknown store kind {self.kind!r}")
 
     async def destroy(self) -> None:
-        """Remove what the stores left behind (the PostgreSQL schema; files go with tmp)."""
+        """Remove what the stores left behind (the PostgreSQL schema, the Redis keys of
+        this database's prefix; files go with tmp)."""
+        if self.kind == "redis":
+            await destroy_redis_prefix(self.dsn, self.schema)
+            return
         if self.kind != "postgres":
             return
         import asyncpg
@@ -74,6 +84,25 @@ class Database:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
         finally:
             await conn.close()
+
+
+async def destroy_redis_prefix(url: str | None, prefix: str) -> None:
+    """Delete the keys of one prefix (SCAN + DEL: never FLUSHDB on a shared server)."""
+    import redis.asyncio as aioredis
+
+    assert url is not None and _SCHEMA_NAME.match(prefix)
+    client = aioredis.Redis.from_url(url)
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match="{" + prefix + "}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                await client.delete(*batch)
+                batch.clear()
+        if batch:
+            await client.delete(*batch)
+    finally:
+        await client.aclose()
 
 
 @final
@@ -106,11 +135,16 @@ StoreFactory = Callable[[], Awaitable[Store]]
         pytest.param("memory", id="memory"),
         pytest.param("sqlite", id="sqlite"),
         pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", id="redis", marks=pytest.mark.redis),
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     kind: str = request.param
-    dsn = request.getfixturevalue("postgres_url") if kind == "postgres" else None
+    dsn = None
+    if kind == "postgres":
+        dsn = request.getfixturevalue("postgres_url")
+    elif kind == "redis":
+        dsn = request.getfixturevalue("redis_url")
     return Backend(kind, tmp_dir=tmp_path, dsn=dsn)
 
 

@@ -32,7 +32,8 @@ def open_store(url: str) -> Store:
     """Build the store a URL names (nothing connects until ``await store.open()``).
 
     ``memory://``, ``sqlite:///path/to/jobs.db`` (``sqlite:///:memory:`` for a throwaway
-    database), ``postgresql://user@host/db`` (extra ``asyncjobs[postgres]``).
+    database), ``postgresql://user@host/db`` (extra ``asyncjobs[postgres]``),
+    ``redis://host:6379/0[?prefix=name]`` or ``rediss://`` (extra ``asyncjobs[redis]``).
 
     Raises:
         ConfigurationError: the scheme is unknown or its extra is not installed.
@@ -55,6 +56,10 @@ def open_store(url: str) -> Store:
         from .postgres import PostgresStore
 
         return PostgresStore.from_url(url)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisStore
+
+        return RedisStore.from_url(url)
     raise ConfigurationError(
-        f"unknown store scheme {scheme!r} in {url!r}; use memory://, sqlite:/// or postgresql://"
+        f"unknown store scheme {scheme!r} in {url!r}; use memory://, sqlite:///, postgresql:// or redis://"
     )

@@ -1,0 +1,5 @@
+"""The Redis store (extra ``asyncjobs[redis]``)."""
+
+from .store import RedisStore
+
+__all__ = ["RedisStore"]

@@ -1,0 +1,221 @@
+"""The event stream of :class:`~asyncjobs.stores.redis.RedisStore`: tail, decode, resync.
+
+Every change script appends one entry to the queue's stream: ``q`` (the event seq, one
+more than the previous entry's), ``t`` (type), ``a`` (time), ``i`` (the store instance
+that made it: an instance hands its own events to its listeners directly and skips
+their echo), ``d`` (the job record) and, for running jobs, ``w``/``k``/``e`` (the lease)
+and ``c`` (claimed at; see :mod:`.scripts`).
+
+A dedicated connection tails the stream with ``XREAD BLOCK`` from the last id it saw, so
+a reconnect (a dropped connection, a Redis restart) resumes exactly where it stopped.
+Because seqs are consecutive, a jump shows that entries were missed (the stream was
+trimmed past them, or a restarted server lost its tail): then the store signals resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, final
+
+import attrs
+
+from ...codec import job_from_record, parse_time
+from ...job import EventType, Job, JobEvent, Lease
+from ..steps import claim_step
+
+__all__ = ["StreamTail", "materialize"]
+
+logger = logging.getLogger("asyncjobs.store.redis")
+
+_Fields = Mapping[bytes, bytes]
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.decode()
+
+
+def materialize(
+    doc: bytes | str,
+    claimed_at: bytes | str | None,
+    worker: bytes | str | None,
+    token: bytes | str | None,
+    expires: bytes | str | None,
+) -> Job:
+    """The job a hash (or a stream entry) describes: the stored record, the claim step
+    applied when the claim script left it pending, and the lease from its own fields."""
+    job = job_from_record(json.loads(doc))
+    worker_s, token_s, expires_s = _text(worker), _text(token), _text(expires)
+    claimed = _text(claimed_at)
+    if claimed:
+        assert worker_s is not None
+        assert token_s is not None
+        job = claim_step(job, worker_s, token_s, 0.0, parse_time(claimed))
+    if token_s and worker_s is not None and expires_s is not None:
+        lease = Lease(worker_s, token_s, parse_time(expires_s))
+        if job.lease != lease:
+            job = attrs.evolve(job, lease=lease)
+    return job
+
+
+def decode_event(fields: _Fields) -> JobEvent:
+    job = materialize(
+        fields[b"d"], fields.get(b"c"), fields.get(b"w"), fields.get(b"k"), fields.get(b"e")
+    )
+    return JobEvent(
+        type=EventType(fields[b"t"].decode()),
+        seq=int(fields[b"q"]),
+        at=parse_time(fields[b"a"].decode()),
+        job=job,
+    )
+
+
+@final
+class StreamTail:
+    """Reads the stream on its own connection and hands every other instance's events on.
+
+    Args:
+        connect: Makes a new client (one connection) for the blocking reads.
+        poke: Appends an entry to the given (control) stream on another connection.
+        key: The stream's key.
+        instance: This store instance's id (its own entries are skipped).
+        deliver: Called with each decoded event of another instance.
+        resync: Called when entries may have been missed.
+        retry_cap: The longest pause between reconnection attempts.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        poke: Callable[[str], Awaitable[Any]],
+        key: str,
+        instance: str,
+        deliver: Callable[[JobEvent], None],
+        resync: Callable[[], None],
+        *,
+        retry_cap: float = 1.0,
+    ) -> None:
+        self._connect = connect
+        self._poke = poke
+        # Read with the events: an entry here ends the blocking read (see stop()).
+        self._control = f"{key}:stop:{instance}"
+        self._stopping = False
+        self._key = key
+        self._instance = instance.encode()
+        self._deliver = deliver
+        self._resync = resync
+        self._retry_cap = retry_cap
+        self._last_id = b"0-0"
+        self._seq = 0
+        self._positioned = False
+        self._client: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        """Note where the stream ends now (what came before is history), then tail it."""
+        self._client = self._connect()
+        self._stopping = False
+        if not self._positioned:  # a restart after stop() goes on from where it stopped
+            await self._position()
+            self._positioned = True
+        self.connected.set()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="asyncjobs-redis-tail"
+        )
+
+    async def _position(self) -> None:
+        last = await self._client.xrevrange(self._key, count=1)
+        if last:
+            entry_id, fields = last[0]
+            self._last_id, self._seq = entry_id, int(fields[b"q"])
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            # Cancelling a blocked XREAD can leave redis-py waiting on the dead read, so
+            # the read is ended from the server side instead; cancel only as a fallback.
+            self._stopping = True
+            with contextlib.suppress(Exception):
+                await self._poke(self._control)
+            done, _ = await asyncio.wait({task}, timeout=5.0)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task}, timeout=5.0)
+        client, self._client = self._client, None
+        if client is not None:
+            # Bounded: closing a connection that a cancelled read still holds can hang.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.aclose(), 5.0)
+
+    async def _run(self) -> None:
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        pause = 0.05
+        while not self._stopping:
+            try:
+                if not self.connected.is_set():
+                    await self._reconnected()
+                reply = await self._client.xread(
+                    {self._key: self._last_id, self._control: "0-0"}, count=1000, block=2000
+                )
+                pause = 0.05
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                if self.connected.is_set():
+                    logger.warning("redis event stream: %s; reconnecting", exc)
+                self.connected.clear()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self._retry_cap)
+                continue
+            for stream, entries in reply or ():
+                if stream != self._key.encode():
+                    continue
+                for entry_id, fields in entries:
+                    self._take(entry_id, fields)
+        with contextlib.suppress(Exception):
+            await self._client.delete(self._control)
+
+    async def _reconnected(self) -> None:
+        """After a reconnect: if the stream now ends before our last id, the server lost
+        history (a restart without persistence): start again from its end, and resync."""
+        last = await self._client.xrevrange(self._key, count=1)
+        self.connected.set()
+        if not last or _id_tuple(last[0][0]) < _id_tuple(self._last_id):
+            logger.warning("redis event stream went back in time; resyncing")
+            self._last_id = last[0][0] if last else b"0-0"
+            self._seq = int(last[0][1][b"q"]) if last else 0
+            self._signal_resync()
+        logger.info("redis event stream: reconnected")
+
+    def _take(self, entry_id: bytes, fields: _Fields) -> None:
+        self._last_id = entry_id
+        seq = int(fields[b"q"])
+        if seq != self._seq + 1:
+            logger.warning("redis event stream: seq %d after %d; resyncing", seq, self._seq)
+            self._signal_resync()
+        self._seq = seq
+        if fields.get(b"i") == self._instance:
+            return
+        try:
+            event = decode_event(fields)
+        except Exception:  # a malformed entry must not stop the stream
+            logger.exception("undecodable event entry %r", entry_id)
+            return
+        self._deliver(event)
+
+    def _signal_resync(self) -> None:
+        try:
+            self._resync()
+        except Exception:
+            logger.exception("resync callback failed")
+
+
+def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, n = text.partition("-")
+    return int(ms), int(n or 0)

@@ -1,0 +1,749 @@
+"""RedisStore: jobs in Redis, shared by many processes on many machines.
+
+* Every change is one Lua script (:mod:`.scripts`): the job hash, its indexes, the
+  counters behind ``stats`` and the event on the queue's stream change together.
+* ``claim`` runs entirely in Lua (priority then FIFO across types, per-type limits read
+  from the counters, a batch of up to ``limit`` jobs per call). Other single-job changes
+  are computed in Python by the shared steps of :mod:`..steps` and written by the commit
+  script only if the job still has the version they started from; for a job this
+  instance claimed, the step starts from the snapshot it holds, so progress and finish
+  are one round trip.
+* Events go to this process's listeners directly and to every other process through
+  the stream (:mod:`.events`); idle workers wake on the blocking stream read, never by
+  polling.
+* All keys of a queue share the hash tag ``{prefix}``, so one queue lives in one Redis
+  Cluster slot, and queues with different prefixes share a database.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+
+from ...codec import dumps, format_time, job_to_record
+from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
+from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ..listeners import Listeners
+from ..protocol import EventListener, Outcome, Page, Stats
+from ..steps import (
+    cancel_step,
+    check_purge_statuses,
+    claim_step,
+    expire_step,
+    finish_step,
+    new_token,
+    progress_step,
+    promote_step,
+)
+from .batch import CommitBatcher
+from .events import StreamTail, materialize
+from .scripts import CLAIM, COMMIT, RENEW
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("asyncjobs.store.redis")
+
+_BATCH = 500
+_HELD_MAX = 10_000
+_FIELDS = ("d", "c", "w", "k", "e")
+#: Events after which a job may have become claimable (or a per-type slot freed up).
+WAKE = frozenset(
+    {
+        EventType.CREATED,
+        EventType.QUEUED,
+        EventType.RETRYING,
+        EventType.COMPLETED,
+        EventType.FAILED,
+        EventType.CANCELLED,
+    }
+)
+
+
+def _import_redis() -> Any:
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        raise ConfigurationError(
+            "the Redis store needs redis-py: pip install 'asyncjobs[redis]'"
+        ) from None
+    return aioredis
+
+
+def _score(value: datetime) -> str:
+    return repr(value.timestamp())
+
+
+def _idem_field(job: Job) -> str:
+    if job.idempotency_key is None:
+        return ""
+    owner = job.owner or ""
+    return f"{len(owner)}:{owner}:{job.idempotency_key}"
+
+
+@final
+class RedisStore:
+    """A store in Redis: shared by every process attached to the same prefix.
+
+    Args:
+        url: ``redis://[:password@]host:6379/0`` or ``rediss://...`` (TLS).
+        prefix: Names this queue's keys (``{prefix}:...``); queues with different
+            prefixes share a database without seeing each other.
+        stream_maxlen: About how many events the stream keeps for processes that
+            reconnect (older ones are trimmed; a process that missed them resyncs).
+        max_connections: The connection pool's size (one more is used for events).
+        reconnect_timeout: Seconds a call keeps retrying while Redis cannot be reached
+            (a restart, a failover) before it raises the connection error.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "asyncjobs",
+        stream_maxlen: int = 10_000,
+        max_connections: int = 50,
+        reconnect_timeout: float = 30.0,
+    ) -> None:
+        if not prefix or any(ch in prefix for ch in "{}"):
+            raise ConfigurationError(f"invalid Redis key prefix {prefix!r}: no braces, not empty")
+        self.redis_url = url
+        self.prefix = prefix
+        self.url = _redact(url) + ("" if prefix == "asyncjobs" else f"?prefix={prefix}")
+        self._p = "{" + prefix + "}:"
+        self._maxlen = str(stream_maxlen)
+        self._max_connections = max_connections
+        self._reconnect_timeout = reconnect_timeout
+        self._instance = secrets.token_hex(8)
+        self._client: Any = None
+        self._tail: StreamTail | None = None
+        self._sha: dict[str, str] = {}
+        self._listeners = Listeners()
+        self._resync_items: builtins.list[Callable[[], None]] = []
+        self._generation = 0
+        self._wake = anyio.Event()
+        self._held: OrderedDict[str, Job] = OrderedDict()
+        self._finishes = CommitBatcher(
+            lambda calls: self._eval_many("commit", calls, raise_errors=False)
+        )
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
+        """Build a store from ``redis://host/db[?prefix=name]`` (or ``rediss://``)."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        rest = []
+        for name, value in query:
+            if name == "prefix":
+                kwargs.setdefault("prefix", value)
+            else:
+                rest.append((name, value))
+        return cls(urlunsplit(parts._replace(query=urlencode(rest))), **kwargs)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _make_client(self, *, single: bool = False) -> Any:
+        aioredis = _import_redis()
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        cap = 0.5
+        retry = Retry(
+            ExponentialBackoff(cap=cap, base=0.02), int(self._reconnect_timeout / cap) + 5
+        )
+        kwargs: dict[str, Any] = {
+            "retry": retry,
+            "retry_on_error": [ConnectionError, TimeoutError, OSError],
+            "socket_keepalive": True,
+        }
+        if single:
+            kwargs.update(single_connection_client=True, socket_timeout=15.0)
+            return aioredis.Redis.from_url(self.redis_url, **kwargs)
+        # Blocking: a burst of calls beyond the pool waits for a connection, not fails.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=self._max_connections, timeout=None, **kwargs
+        )
+        return aioredis.Redis.from_pool(pool)
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        client = self._make_client()
+        try:
+            for name, source in (("claim", CLAIM), ("commit", COMMIT), ("renew", RENEW)):
+                self._sha[name] = await client.script_load(source)
+            tail = StreamTail(
+                lambda: self._make_client(single=True),
+                lambda key: client.xadd(key, {"stop": "1"}),
+                self._p + "events",
+                self._instance,
+                self._on_remote,
+                self._on_resync,
+            )
+            await tail.start()
+        except BaseException:
+            await client.aclose()
+            raise
+        self._client, self._tail = client, tail
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        tail, self._tail = self._tail, None
+        self._held.clear()
+        await self._finishes.stop()
+        if tail is not None:
+            await tail.stop()
+        if client is not None:
+            await client.aclose()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            raise ConfigurationError("the Redis store is closed; await store.open() first")
+        return self._client
+
+    async def _eval(self, name: str, key: str, *args: Any) -> Any:
+        from redis.exceptions import NoScriptError
+
+        client = self._redis()
+        try:
+            return await client.evalsha(self._sha[name], 1, key, *args)
+        except NoScriptError:  # a restarted server forgot it: nothing ran, load and redo
+            self._sha[name] = await client.script_load(_SOURCES[name])
+            return await client.evalsha(self._sha[name], 1, key, *args)
+
+    async def _eval_many(
+        self, name: str, calls: Sequence[tuple[str, Sequence[Any]]], *, raise_errors: bool = True
+    ) -> list[Any]:
+        """Run one script for many keys in one pipeline (not a transaction: each call is
+        atomic on its own). With ``raise_errors=False`` a failed call's exception takes
+        its reply's place."""
+        from redis.exceptions import NoScriptError
+
+        if not calls:
+            return []
+        client = self._redis()
+        for _ in range(2):
+            pipe = client.pipeline(transaction=False)
+            for key, args in calls:
+                pipe.evalsha(self._sha[name], 1, key, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in results):
+                break
+            self._sha[name] = await client.script_load(_SOURCES[name])
+            # Only the calls that found no script ran nowhere; the others stand.
+            redo = [c for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
+            again = await self._eval_many(name, redo, raise_errors=False)
+            it = iter(again)
+            results = [next(it) if isinstance(r, NoScriptError) else r for r in results]
+            break
+        if raise_errors:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+        return results
+
+    def _key(self, job_id: str) -> str:
+        return self._p + "job:" + job_id
+
+    def _commit_args(
+        self,
+        expected: int,
+        nxt: Job,
+        type_: EventType,
+        now: datetime,
+        *,
+        delete: bool = False,
+        max_queued: int | None = None,
+        lease_was: str = "",
+    ) -> list[Any]:
+        expiry = ""
+        if nxt.finished_at is not None and nxt.retention is not None:
+            expiry = repr(nxt.finished_at.timestamp() + nxt.retention)
+        return [
+            self._p,
+            nxt.id,
+            str(expected),
+            "" if delete else dumps(job_to_record(nxt)),
+            nxt.status.value,
+            nxt.type,
+            str(nxt.priority),
+            _score(nxt.run_at),
+            "" if nxt.finished_at is None else _score(nxt.finished_at),
+            expiry,
+            type_.value,
+            format_time(now),
+            self._instance,
+            self._maxlen,
+            _idem_field(nxt) if (expected == 0 or delete) else "",
+            "" if max_queued is None else str(max_queued),
+            lease_was,
+        ]
+
+    def _hold(self, jobs: Sequence[Job]) -> None:
+        held = self._held
+        for job in jobs:
+            held[job.id] = job
+            held.move_to_end(job.id)
+        while len(held) > _HELD_MAX:
+            held.popitem(last=False)
+
+    def _emit(self, events: Collection[JobEvent]) -> None:
+        self._listeners.emit(events)
+        if any(e.type in WAKE for e in events):
+            self._notify_work()
+
+    def _on_remote(self, event: JobEvent) -> None:
+        if self._listeners:
+            self._listeners.emit((event,))
+        if event.type in WAKE:
+            self._notify_work()
+
+    def _on_resync(self) -> None:
+        self._notify_work()  # a missed wake-up is as good as lost: claim again
+        for callback in builtins.list(self._resync_items):
+            try:
+                callback()
+            except Exception:
+                logger.exception("resync listener %r failed", callback)
+
+    def _notify_work(self) -> None:
+        self._generation += 1
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    async def _read(self, job_ids: Sequence[str]) -> builtins.list[Job | None]:
+        if not job_ids:
+            return []
+        pipe = self._redis().pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self._key(job_id), *_FIELDS)
+        rows = await pipe.execute()
+        return [None if row[0] is None else materialize(*row) for row in rows]
+
+    # -- Store protocol ----------------------------------------------------------
+
+    async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        args = self._commit_args(0, job, EventType.CREATED, job.created_at, max_queued=max_queued)
+        reply = await self._eval("commit", self._key(job.id), *args)
+        code = reply[0]
+        if code == 1:
+            self._emit([JobEvent(EventType.CREATED, int(reply[1]), job.created_at, job)])
+            return job, True
+        if code == 2:
+            return materialize(*reply[1:6]), False
+        if code == 3:
+            assert max_queued is not None
+            raise QueueFull(max_queued)
+        stored = await self.get(job.id)
+        if stored == job:  # our own first attempt landed before a dropped reply
+            return job, True
+        raise ValueError(f"a job with id {job.id} exists already")
+
+    async def get(self, job_id: str) -> Job:
+        (job,) = await self._read([job_id])
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def stats(self) -> Stats:
+        raw = await self._redis().hgetall(self._p + "counts")
+        counts = {s: 0 for s in JobStatus}
+        by_type: dict[str, dict[JobStatus, int]] = {}
+        for field, value in raw.items():
+            n = int(value)
+            if n <= 0:
+                continue
+            status, _, type_ = field.decode().partition("|")
+            counts[JobStatus(status)] += n
+            by_type.setdefault(type_, {s: 0 for s in JobStatus})[JobStatus(status)] += n
+        return Stats(counts, by_type)
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        types: Collection[str],
+        limit: int,
+        lease: float,
+        now: datetime,
+        type_limits: Mapping[str, int] | None = None,
+    ) -> builtins.list[Job]:
+        wanted = sorted(set(types))
+        if not wanted or limit <= 0:
+            return []
+        limits = type_limits or {}
+        pairs: builtins.list[str] = []
+        for type_ in wanted:
+            pairs += [type_, str(limits.get(type_, -1))]
+        expires = now + timedelta(seconds=lease)
+        tokens = [new_token() for _ in range(limit)]
+        flat = await self._eval(
+            "claim",
+            self._p + "seq",
+            self._p,
+            worker_id,
+            format_time(now),
+            format_time(expires),
+            _score(expires),
+            str(limit),
+            self._instance,
+            self._maxlen,
+            str(len(wanted)),
+            *pairs,
+            *tokens,
+        )
+        claimed: builtins.list[Job] = []
+        events: builtins.list[JobEvent] = []
+        for i in range(0, len(flat), 4):
+            queued = materialize(flat[i + 1], None, None, None, None)
+            job = claim_step(queued, worker_id, flat[i + 2].decode(), lease, now)
+            claimed.append(job)
+            events.append(JobEvent(EventType.STARTED, int(flat[i + 3]), now, job))
+        if events:
+            self._emit(events)
+            self._hold(claimed)
+        return claimed
+
+    async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
+        expires = now + timedelta(seconds=lease)
+        reply = await self._eval(
+            "renew",
+            self._key(job_id),
+            self._p,
+            job_id,
+            token,
+            format_time(expires),
+            _score(expires),
+        )
+        if reply[0] == -1:
+            self._held.pop(job_id, None)
+            raise JobNotFound(job_id)
+        if reply[0] == 0:
+            self._held.pop(job_id, None)
+            raise LeaseLost(job_id)
+        job = materialize(*reply[1:6])
+        if job_id in self._held:
+            self._held[job_id] = job
+        return job
+
+    async def _change(
+        self,
+        job_id: str,
+        step: Callable[[Job], tuple[Job, EventType] | None],
+        now: datetime,
+        token: str | None = None,
+    ) -> Job:
+        """Apply ``step`` to one job (None: nothing changes), write and announce it.
+
+        Optimistic: the commit lands only if the job still has the version the step
+        started from. The step starts from the held snapshot when there is one.
+        """
+        held = self._held
+        job: Job | None = held.get(job_id)
+        written: Job | None = None  # our last write that seemed to miss
+        while True:
+            cached = job is not None
+            if job is None:
+                try:
+                    job = await self.get(job_id)
+                except JobNotFound:
+                    held.pop(job_id, None)
+                    raise
+                if written is not None and job == written:
+                    # Our commit landed; a dropped reply made the retry find it done.
+                    held.pop(job_id, None)
+                    return job
+            try:
+                result = step(job)
+            except (LeaseLost, IllegalTransition):
+                held.pop(job_id, None)
+                if cached:  # the held snapshot may be stale: judge by the stored job
+                    job = None
+                    continue
+                raise
+            if result is None:
+                return job
+            nxt, type_ = result
+            args = self._commit_args(job.version, nxt, type_, now)
+            if token is not None and nxt.status is not JobStatus.RUNNING:
+                # A worker's finish: sent with the other finishes of the moment.
+                reply = await self._finishes.call(self._key(job_id), args)
+                if isinstance(reply, Exception):
+                    raise reply
+            else:
+                reply = await self._eval("commit", self._key(job_id), *args)
+            if reply[0] == 1:
+                if nxt.status is JobStatus.RUNNING and (token is not None or job_id in held):
+                    self._hold([nxt])
+                else:
+                    held.pop(job_id, None)
+                self._emit([JobEvent(type_, int(reply[1]), now, nxt)])
+                return nxt
+            if reply[0] == -1:
+                held.pop(job_id, None)
+                raise JobNotFound(job_id)
+            job, written = None, nxt
+
+    async def set_progress(
+        self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
+    ) -> Job:
+        def step(job: Job) -> tuple[Job, EventType]:
+            return progress_step(job, token, progress, message), EventType.PROGRESS
+
+        return await self._change(job_id, step, now, token)
+
+    async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
+        return await self._change(
+            job_id, lambda job: finish_step(job, token, outcome, now), now, token
+        )
+
+    async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
+        return await self._change(job_id, lambda j: cancel_step(j, now), now)
+
+    async def delete(self, job_id: str, *, now: datetime) -> Job:
+        while True:
+            job = await self.get(job_id)
+            if not job.is_terminal:
+                raise IllegalTransition(job.id, job.status.value, "deleted")
+            args = self._commit_args(job.version, job, EventType.DELETED, now, delete=True)
+            reply = await self._eval("commit", self._key(job_id), *args)
+            if reply[0] == 1:
+                self._emit([JobEvent(EventType.DELETED, int(reply[1]), now, job)])
+                return job
+
+    async def _sweep(
+        self,
+        index: str,
+        now: datetime,
+        step: Callable[[Job], tuple[Job, EventType] | None],
+        *,
+        judge_lease: bool = False,
+    ) -> builtins.list[Job]:
+        """Apply ``step`` to the jobs an index scores at or before ``now``, in batches.
+
+        Scores are floats: the range is read a millisecond wide and the step decides
+        exactly, on the job itself.
+        """
+        client = self._redis()
+        bound = repr(now.timestamp() + 0.001)
+        changed: builtins.list[Job] = []
+        offset = 0
+        while True:
+            ids = [
+                i.decode()
+                for i in await client.zrangebyscore(
+                    self._p + index, "-inf", bound, start=offset, num=_BATCH
+                )
+            ]
+            if not ids:
+                return changed
+            calls: builtins.list[tuple[str, Sequence[Any]]] = []
+            pending: builtins.list[tuple[Job, EventType]] = []
+            skipped = 0
+            for job in await self._read(ids):
+                result = None if job is None else step(job)
+                if result is None:
+                    skipped += 1
+                    continue
+                assert job is not None
+                nxt, type_ = result
+                lease_was = ""
+                if judge_lease and job.lease is not None:
+                    lease_was = format_time(job.lease.expires_at)
+                args = self._commit_args(job.version, nxt, type_, now, lease_was=lease_was)
+                calls.append((self._key(job.id), args))
+                pending.append((nxt, type_))
+            replies = await self._eval_many("commit", calls)
+            events = [
+                JobEvent(type_, int(reply[1]), now, nxt)
+                for (nxt, type_), reply in zip(pending, replies, strict=True)
+                if reply[0] == 1
+            ]
+            for event in events:
+                self._held.pop(event.job.id, None)
+            self._emit(events)
+            changed += [e.job for e in events]
+            # Jobs left alone (not yet due, changed meanwhile) keep their place.
+            offset += skipped + (len(calls) - len(events))
+            if len(ids) < _BATCH:
+                return changed
+
+    async def requeue_expired(self, *, now: datetime) -> builtins.list[Job]:
+        def step(job: Job) -> tuple[Job, EventType] | None:
+            if job.status is not JobStatus.RUNNING or job.lease is None:
+                return None
+            if job.lease.expires_at > now:
+                return None
+            return expire_step(job, now)
+
+        return await self._sweep("leases", now, step, judge_lease=True)
+
+    async def promote_scheduled(self, *, now: datetime) -> builtins.list[Job]:
+        def step(job: Job) -> tuple[Job, EventType] | None:
+            if job.status is not JobStatus.SCHEDULED or job.run_at > now:
+                return None
+            return promote_step(job), EventType.QUEUED
+
+        return await self._sweep("scheduled", now, step)
+
+    async def purge(
+        self,
+        *,
+        now: datetime,
+        statuses: Collection[JobStatus] = TERMINAL,
+        types: Collection[str] | None = None,
+        finished_before: datetime | None = None,
+        expired: bool = False,
+        limit: int | None = None,
+    ) -> int:
+        chosen = check_purge_statuses(statuses)
+        if not chosen:
+            return 0
+        wanted_types = None if types is None else frozenset(types)
+        index = "expiry" if expired else "finished"
+        upper = "+inf"
+        if expired:
+            upper = repr(now.timestamp() + 0.001)
+        elif finished_before is not None:
+            upper = repr(finished_before.timestamp() + 0.001)
+
+        def doomed(job: Job) -> bool:
+            if job.status not in chosen or (
+                wanted_types is not None and job.type not in wanted_types
+            ):
+                return False
+            finished = job.finished_at
+            if finished_before is not None and (finished is None or finished >= finished_before):
+                return False
+            return not expired or (
+                job.retention is not None
+                and finished is not None
+                and finished + timedelta(seconds=job.retention) <= now
+            )
+
+        client = self._redis()
+        total, offset = 0, 0
+        while limit is None or total < limit:
+            ids = [
+                i.decode()
+                for i in await client.zrangebyscore(
+                    self._p + index, "-inf", upper, start=offset, num=_BATCH
+                )
+            ]
+            if not ids:
+                break
+            calls: builtins.list[tuple[str, Sequence[Any]]] = []
+            gone: builtins.list[Job] = []
+            kept = 0
+            for job in await self._read(ids):
+                if (
+                    job is None
+                    or not doomed(job)
+                    or (limit is not None and total + len(gone) >= limit)
+                ):
+                    kept += 1
+                    continue
+                args = self._commit_args(job.version, job, EventType.DELETED, now, delete=True)
+                calls.append((self._key(job.id), args))
+                gone.append(job)
+            replies = await self._eval_many("commit", calls)
+            events = [
+                JobEvent(EventType.DELETED, int(reply[1]), now, job)
+                for job, reply in zip(gone, replies, strict=True)
+                if reply[0] == 1
+            ]
+            self._emit(events)
+            total += len(events)
+            offset += kept + (len(calls) - len(events))
+            if len(ids) < _BATCH:
+                break
+        return total
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        return self._listeners.add(listener)
+
+    def add_resync_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever this store may have missed events."""
+        self._resync_items.append(callback)
+
+        def remove() -> None:
+            if callback in self._resync_items:
+                self._resync_items.remove(callback)
+
+        return remove
+
+    def work_generation(self) -> int:
+        """Grows on every wake-up (a job added, promoted, requeued, or a running one ended)."""
+        return self._generation
+
+    async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
+        if since is not None and self._generation > since:
+            return
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
+
+    # Defined last: inside the class body, ``list`` names this method from here on.
+    async def list(
+        self,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        types: Collection[str] | None = None,
+        owner: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        wanted_status = None if statuses is None else frozenset(JobStatus(s) for s in statuses)
+        wanted_type = None if types is None else frozenset(types)
+        if wanted_status is not None and not wanted_status:
+            return Page([], None)
+        index = "ids"
+        if wanted_status is not None and len(wanted_status) == 1:
+            index = "st:" + next(iter(wanted_status)).value
+        client = self._redis()
+        found: builtins.list[Job] = []
+        upper = "+" if cursor is None else "(" + cursor
+        batch = max(limit + 1, 50) if wanted_status is None and wanted_type is None else _BATCH
+        while True:
+            ids = [
+                i.decode()
+                for i in await client.zrevrangebylex(
+                    self._p + index, upper, "-", start=0, num=batch
+                )
+            ]
+            for job in await self._read(ids):
+                if job is None:
+                    continue
+                if wanted_status is not None and job.status not in wanted_status:
+                    continue
+                if wanted_type is not None and job.type not in wanted_type:
+                    continue
+                if owner is not None and job.owner != owner:
+                    continue
+                if len(found) == limit:
+                    return Page(found, found[-1].id)
+                found.append(job)
+            if len(ids) < batch:
+                return Page(found, None)
+            upper = "(" + ids[-1]
+
+
+_SOURCES = {"claim": CLAIM, "commit": COMMIT, "renew": RENEW}
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
