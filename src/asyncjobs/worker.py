@@ -36,6 +36,9 @@ _UNREGISTER_TIMEOUT = 5.0
 
 logger = logging.getLogger("asyncjobs.worker")
 
+#: Seconds between registry refreshes while the set of running jobs keeps changing.
+REGISTRY_REFRESH = 1.0
+
 
 @attrs.frozen
 class WorkerConfig:
@@ -137,6 +140,7 @@ class Worker:
         self.id = f"{self.host}:{os.getpid()}:{new_ulid()[-8:]}"
         self.started_at = clock()
         self._running: dict[str, _Running] = {}
+        self._registered_running: frozenset[str] = frozenset()
         # Claimed jobs waiting for a slot task; the slots wait on _ready_event.
         self._ready: deque[_Running] = deque()
         self._ready_event = anyio.Event()
@@ -209,6 +213,7 @@ class Worker:
         cfg = self.config
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeat_loop)
+            tg.start_soon(self._registry_loop)
             # Long-lived slot tasks: a task (and its cancel scope) per job costs more
             # than a no-op job itself.
             for _ in range(cfg.concurrency):
@@ -266,6 +271,7 @@ class Worker:
     def info(self) -> WorkerInfo:
         """This worker's registry record as of now."""
         now = self.clock()
+        self._registered_running = frozenset(self._running)
         return WorkerInfo(
             id=self.id,
             host=self.host,
@@ -285,6 +291,15 @@ class Worker:
             await self.store.register_worker(self.info())
         except Exception:  # the registry's edge: any store error
             logger.warning("could not refresh worker %s in the registry", self.id, exc_info=True)
+
+    async def _registry_loop(self) -> None:
+        # The heartbeat refreshes the record every lease/3 (10 s by default): too slow for
+        # a dashboard showing which slots are busy. Re-register when the running set has
+        # changed, at most once per REGISTRY_REFRESH, so the write stays off the hot path.
+        while True:
+            await anyio.sleep(REGISTRY_REFRESH)
+            if frozenset(self._running) != self._registered_running:
+                await self._register()
 
     async def _unregister(self) -> None:
         try:
