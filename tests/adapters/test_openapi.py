@@ -158,6 +158,13 @@ fail-on = true
 [[operations]]
 include-operation-id = "createWebhook"
 checks.positive_data_acceptance.expected-statuses = ["201", "401", "403", "422"]
+
+# Hypothesis sometimes cannot draw an array of Submission (a oneOf whose variants carry
+# a "not": filtering) and reports a schema error; the coverage and stateful phases
+# still send this operation valid and invalid batches.
+[[operations]]
+include-operation-id = "submitJobs"
+phases.fuzzing.enabled = false
 """
 
 
