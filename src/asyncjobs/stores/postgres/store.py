@@ -687,6 +687,10 @@ class PostgresStore:
     ) -> list[Delivery]:
         return await self._run(lambda conn: self._hooks.deliveries(conn, webhook_id, status, limit))
 
+    async def purge_deliveries(self, *, before: datetime, limit: int) -> int:
+        status = await self._run(lambda conn: conn.execute(self._hooks.purge, before, limit))
+        return int(status.split()[-1])  # "DELETE n"
+
     # -- worker registry -----------------------------------------------------------
 
     async def register_worker(self, info: WorkerInfo) -> None:
