@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Final, final
 import anyio
 import attrs
 
-from asyncjobs.errors import LeaseLost, UnknownJobType
+from asyncjobs.errors import InvalidSubmission, LeaseLost, UnknownJobType
 from asyncjobs.job import Job, JobError, JobStatus
+from asyncjobs.jsonrules import clean_text, json_problems
 from asyncjobs.registry import Backoff
 from asyncjobs.stores.protocol import Outcome
 
@@ -198,6 +199,8 @@ class LeaseGateway:
         Raises: LeaseLost, JobNotFound.
         """
         store = self.queue.store
+        if message is not None:
+            message = clean_text(message)  # storable in every store (as in-process progress)
         await store.set_progress(job_id, token, progress, message, now=self._clock())
         job = await store.renew(job_id, token, lease=lease or self.default_lease, now=self._clock())
         return self._state(job)
@@ -210,8 +213,10 @@ class LeaseGateway:
     async def complete(self, job_id: str, token: str, result: Any) -> Job:
         """End the attempt as completed (cancelled when a cancel was requested).
 
-        Raises: LeaseLost, JobNotFound.
+        Raises: LeaseLost, JobNotFound, InvalidSubmission (a result no store can hold).
         """
+        if result is not None and (problems := json_problems(result, ["result"])):
+            raise InvalidSubmission(problems, "the result cannot be stored")
         job = await self.queue.store.get(job_id)
         _held(job, token)
         if job.cancel_requested:
@@ -226,6 +231,10 @@ class LeaseGateway:
 
         Raises: LeaseLost, JobNotFound.
         """
+        tb = None if error.traceback is None else clean_text(error.traceback)
+        error = JobError(
+            type=clean_text(error.type), message=clean_text(error.message), traceback=tb
+        )
         job = await self.queue.store.get(job_id)
         _held(job, token)
         now = self._clock()

@@ -385,6 +385,32 @@ def test_page_never_writes_markup_from_data() -> None:
         assert "https://" not in text, f"{name} must work offline"
 
 
+def test_dashboard_runs_under_its_content_security_policy(
+    page: tuple[Any, Console], server: str
+) -> None:
+    pg, _ = page
+    response = httpx.get(server, timeout=10)
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["x-frame-options"] == "DENY"
+    pg.add_init_script(
+        "window.__csp = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    open_dashboard(pg, server)  # live over the WebSocket: connect-src 'self' covers ws:
+    pg.select_option("#type-select", "echo")
+    pg.click("#create-submit")  # a same-origin POST with Content-Type: application/json
+    pg.wait_for_selector("#detail:not([hidden])")
+    job_id = pg.locator("#detail-id").inner_text()
+    pg.wait_for_function(
+        """(id) => document.querySelector(`tr[data-id="${id}"] .badge`).textContent
+                   === "completed" """,
+        arg=job_id,
+    )
+    assert pg.evaluate("window.__csp") == []
+
+
 # ---------------------------------------------------------------------------- usability
 
 

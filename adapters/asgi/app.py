@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -25,6 +26,12 @@ from .http import MAX_WAIT, HttpApi
 from .metrics import QueueMetrics
 from .openapi import openapi_document
 from .ops import OpsApi
+from .security import (
+    normalize_origin,
+    origin_allowed,
+    refuse_origin,
+    with_security_headers,
+)
 from .webhooks import WebhookApi
 from .websocket import serve_websocket
 from .worker import WorkerApi
@@ -82,6 +89,8 @@ class JobsApp:
         heartbeat: Seconds between SSE comment frames and WebSocket pings.
         max_wait: The longest synchronous submit (``POST /jobs?wait=``) in seconds;
             longer waits are cut to it, so no request is held without bound.
+        allowed_origins: Browser origins (``"https://app.example.com"``) besides the
+            app's own that may open the WebSocket and send state-changing requests.
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class JobsApp:
         dashboard: bool = True,
         heartbeat: float = 15.0,
         max_wait: float = MAX_WAIT,
+        allowed_origins: Iterable[str] = (),
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be at least 1 byte")
@@ -100,6 +110,13 @@ class JobsApp:
             raise ValueError("heartbeat must be a positive number of seconds")
         if max_wait < 0:
             raise ValueError("max_wait must be zero or more seconds")
+        origins = []
+        for origin in allowed_origins:
+            normalized = normalize_origin(origin)
+            if normalized is None:
+                raise ValueError(f"not an origin: {origin!r}; use scheme://host[:port]")
+            origins.append(normalized)
+        self.allowed_origins: tuple[str, ...] = tuple(origins)
         self.queue = queue
         self.auth = auth
         self.max_body = max_body
@@ -149,6 +166,11 @@ class JobsApp:
             return
         if scope["type"] in ("http", "websocket"):
             scope = _full_path(scope)
+        if scope["type"] == "http":
+            send = with_security_headers(send)
+            if not origin_allowed(scope, self.allowed_origins):
+                await refuse_origin(scope, receive, send)
+                return
         if scope["type"] == "http" and self._needs_slash(scope):
             # "/queue" -> "/queue/": the dashboard's relative links need the slash.
             root = scope.get("root_path", "")
@@ -238,4 +260,10 @@ class JobsApp:
         )
 
     async def _websocket(self, websocket: WebSocket) -> None:
-        await serve_websocket(websocket, self.queue, auth=self.auth, heartbeat=self.heartbeat)
+        await serve_websocket(
+            websocket,
+            self.queue,
+            auth=self.auth,
+            heartbeat=self.heartbeat,
+            allowed_origins=self.allowed_origins,
+        )

@@ -24,13 +24,20 @@ from .auth import CANCEL, READ, SUBMIT, Authenticator, Principal, require
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, QueueMetrics
 from .sse import EventStream, FrameCache, event_stream
-from .wire import invalid, loads, parse_statuses, parse_submission, stats_to_wire
+from .wire import (
+    check_job_id,
+    invalid,
+    loads,
+    parse_statuses,
+    parse_submission,
+    stats_to_wire,
+)
 from .workers import WorkersEndpoint
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
 
-__all__ = ["MAX_LIMIT", "MAX_WAIT", "HttpApi", "read_body", "visible_to"]
+__all__ = ["MAX_LIMIT", "MAX_WAIT", "HttpApi", "read_body", "require_json", "visible_to"]
 
 #: The longest ``?wait=`` a request may hold a connection by default, in seconds.
 MAX_WAIT: Final = 60.0
@@ -45,7 +52,10 @@ async def read_body(request: Request, max_body: int) -> bytes:
 
     A declared ``Content-Length`` over the limit is refused before reading anything;
     a chunked body is counted while it streams and never buffered past the limit.
+    A body that is not declared ``application/json`` is refused with 415: browsers send
+    other types (forms, ``text/plain``) cross-site without asking, JSON they do not.
     """
+    require_json(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise _too_large(max_body)
@@ -57,6 +67,20 @@ async def read_body(request: Request, max_body: int) -> bytes:
             raise _too_large(max_body)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def require_json(request: Request) -> None:
+    """Refuse a request whose ``Content-Type`` is not JSON (415 ``unsupported_media_type``)."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "send the body as JSON with Content-Type: application/json"
+        + (f" (not {kind})" if kind else ""),
+        details={"content_type": kind or None},
+    )
 
 
 def _too_large(max_body: int) -> ApiError:
@@ -74,6 +98,14 @@ def visible_to(principal: Principal | None) -> Callable[[Job], bool] | None:
     if owner is None:
         return None
     return lambda job: job.owner == owner
+
+
+def _is_job_id(value: str) -> bool:
+    try:
+        check_job_id(value)
+    except ApiError:
+        return False
+    return True
 
 
 def _root(request: Request) -> str:
@@ -112,15 +144,32 @@ def _query_strings(request: Request, name: str) -> list[str] | None:
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+#: Query parameters every route takes: the token of clients that cannot set headers.
+_ALWAYS: Final = frozenset({"access_token"})
 
 
-def _dispatch(methods: dict[str, Endpoint]) -> Endpoint:
+def _check_query(request: Request, allowed: frozenset[str]) -> None:
+    """422 naming each query parameter the route does not take (as for body fields)."""
+    unknown = sorted(set(request.query_params) - allowed - _ALWAYS)
+    if unknown:
+        raise invalid(
+            [{"loc": ["query", name], "msg": "unknown query parameter"} for name in unknown],
+            f"use only {sorted(allowed)}" if allowed else "this route takes no query parameters",
+        )
+
+
+def _dispatch(methods: dict[str, tuple[Endpoint, frozenset[str]]]) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         # HEAD is served by the GET handler; the server drops the body.
         method = "GET" if request.method == "HEAD" else request.method
-        return await methods[method](request)
+        handler, allowed = methods[method]
+        _check_query(request, allowed)
+        return await handler(request)
 
     return endpoint
+
+
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 @final
@@ -157,17 +206,22 @@ class HttpApi:
     def routes(self) -> list[BaseRoute]:
         """The Starlette routes, relative to the mount point."""
         # One Route per path (not per method) so that a 405 lists every allowed method.
-        table: dict[str, dict[str, Endpoint]] = {
-            "/jobs": {"GET": self.list_jobs, "POST": self.submit, "DELETE": self.clear},
-            "/jobs/{job_id}": {"GET": self.get_job, "DELETE": self.delete_job},
-            "/jobs/{job_id}/cancel": {"POST": self.cancel_job},
-            "/jobs/{job_id}/events": {"GET": self.job_events},
-            "/events": {"GET": self.all_events},
-            "/job-types": {"GET": self.job_types},
-            "/stats": {"GET": self.stats},
-            "/health": {"GET": self.health},
-            "/metrics": {"GET": self.render_metrics},
-            "/workers": {"GET": WorkersEndpoint(self.queue, self.auth)},
+        filters = frozenset({"status", "type"})
+        table: dict[str, dict[str, tuple[Endpoint, frozenset[str]]]] = {
+            "/jobs": {
+                "GET": (self.list_jobs, filters | {"cursor", "limit"}),
+                "POST": (self.submit, frozenset({"wait"})),
+                "DELETE": (self.clear, filters),
+            },
+            "/jobs/{job_id}": {"GET": (self.get_job, _NONE), "DELETE": (self.delete_job, _NONE)},
+            "/jobs/{job_id}/cancel": {"POST": (self.cancel_job, _NONE)},
+            "/jobs/{job_id}/events": {"GET": (self.job_events, _NONE)},
+            "/events": {"GET": (self.all_events, frozenset({"type"}))},
+            "/job-types": {"GET": (self.job_types, _NONE)},
+            "/stats": {"GET": (self.stats, _NONE)},
+            "/health": {"GET": (self.health, _NONE)},
+            "/metrics": {"GET": (self.render_metrics, _NONE)},
+            "/workers": {"GET": (WorkersEndpoint(self.queue, self.auth), _NONE)},
         }
         return [
             Route(path, _dispatch(methods), methods=list(methods))
@@ -175,7 +229,7 @@ class HttpApi:
         ]
 
     async def _visible_job(self, principal: Principal | None, job_id: str) -> Job:
-        job = await self.queue.get(job_id)
+        job = await self.queue.get(check_job_id(job_id))
         visible = visible_to(principal)
         if visible is not None and not visible(job):
             raise JobNotFound(job_id)  # 404, not 403: do not reveal that it exists
@@ -232,15 +286,15 @@ class HttpApi:
         principal = await require(self.auth, request.scope, READ)
         statuses = parse_statuses(request.query_params.getlist("status"), loc=["query", "status"])
         types = _query_strings(request, "type")
-        cursor = request.query_params.get("cursor") or None
+        cursor = request.query_params.get("cursor")
+        if cursor is not None and not _is_job_id(cursor):
+            raise invalid([{"loc": ["query", "cursor"], "msg": "must be a next_cursor value"}])
         limit = _query_int(request, "limit", 50, 1, MAX_LIMIT)
+        owner = principal.isolated_owner if principal is not None else None
         page = await self.queue.list(
-            status=statuses,
-            type=types,
-            owner=principal.isolated_owner if principal is not None else None,
-            cursor=cursor,
-            limit=limit,
+            status=statuses, type=types, owner=owner, cursor=cursor, limit=limit
         )
+        count = await self._count(statuses, types, owner)
         next_url = None
         if page.next_cursor is not None:
             query = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
@@ -249,10 +303,33 @@ class HttpApi:
         return JSONResponse(
             {
                 "jobs": [job_to_wire(j) for j in page.jobs],
+                "count": max(count, len(page.jobs)),
                 "next_cursor": page.next_cursor,
                 "next": next_url,
             }
         )
+
+    async def _count(
+        self, statuses: list[JobStatus] | None, types: list[str] | None, owner: str | None
+    ) -> int:
+        """How many jobs match: from the store's counts, or by paging an owner's jobs."""
+        wanted = statuses or list(JobStatus)
+        if owner is None:
+            stats = await self.queue.stats()
+            if types is None:
+                return sum(int(stats.counts.get(s, 0)) for s in wanted)
+            return sum(int(stats.by_type.get(t, {}).get(s, 0)) for t in set(types) for s in wanted)
+        # Stores count per status and type, not per owner: an isolated principal's
+        # count walks its own jobs (bounded by what that owner has).
+        total, cursor = 0, None
+        while True:
+            page = await self.queue.list(
+                status=statuses, type=types, owner=owner, cursor=cursor, limit=MAX_LIMIT
+            )
+            total += len(page.jobs)
+            if page.next_cursor is None:
+                return total
+            cursor = page.next_cursor
 
     async def get_job(self, request: Request) -> Response:
         """``GET /jobs/{id}``."""

@@ -16,7 +16,7 @@ from asyncjobs.job import TERMINAL, JobStatus
 
 from .http import MAX_LIMIT, MAX_WAIT
 from .openapi_worker import worker_paths, worker_schemas
-from .wire import MAX_DELAY, MAX_STRING, MAX_TAGS, PRIORITY_RANGE
+from .wire import MAX_DELAY, MAX_STRING, MAX_TAGS, MAX_TIMEOUT, PRIORITY_RANGE
 
 __all__ = ["openapi_document"]
 
@@ -55,6 +55,15 @@ _UNAUTHORIZED: Final = {
 _UNAVAILABLE: Final = {"503": _error("The queue is not open.")}
 
 
+#: Text every store can hold: no NUL (lone surrogates are not valid JSON text anyway).
+_NO_NUL: Final = "^[^\\u0000]*$"
+#: Free-form params: any JSON value that every store can hold.
+_FREE_FORM: Final = {
+    "type": "object",
+    "propertyNames": {"pattern": _NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+}
+
 #: ``delay`` and ``run_at`` exclude each other.
 _DELAY_AND_RUN_AT: Final = {"required": ["delay", "run_at"]}
 
@@ -67,17 +76,23 @@ def _options() -> dict[str, Any]:
         "priority": {"type": ["integer", "null"], "minimum": lo, "maximum": hi},
         "delay": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_DELAY},
         "run_at": {"type": ["string", "null"], "format": "date-time"},
-        "timeout": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "timeout": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT},
         "max_attempts": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
         "idempotency_key": {
             "type": ["string", "null"],
             "minLength": 1,
             "maxLength": MAX_STRING,
+            "pattern": _NO_NUL,
         },
         "tags": {
             "type": ["array", "null"],
             "maxItems": MAX_TAGS,
-            "items": {"type": "string", "minLength": 1, "maxLength": MAX_STRING},
+            "items": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_STRING,
+                "pattern": _NO_NUL,
+            },
         },
     }
 
@@ -126,6 +141,8 @@ def _submission(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]
         while submission in components or params_name in components:  # "a-b" and "a_b"
             submission, params_name = submission + "_", params_name + "_"
         params = {k: v for k, v in job_type["params_schema"].items() if k != "$schema"}
+        if params == {"type": "object", "additionalProperties": True}:
+            params = dict(_FREE_FORM)  # what a plain-dict type takes, stated exactly
         params["title"] = params_name
         components[params_name] = params
         params_ref = _ref(params_name)
@@ -154,6 +171,16 @@ def _submission(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]
 
 def _schemas(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
     return {
+        "JsonValue": {
+            "description": "A JSON value every store can hold: no NUL in text, numbers "
+            "within a double's range, at most 64 levels deep.",
+            "anyOf": [
+                {"type": ["null", "boolean", "number"]},
+                {"type": "string", "pattern": _NO_NUL},
+                {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+                _FREE_FORM,
+            ],
+        },
         "JobError": {
             "type": ["object", "null"],
             "properties": {
@@ -204,10 +231,15 @@ def _schemas(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "jobs": {"type": "array", "items": _ref("Job")},
+                "count": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "How many jobs match the filters, on every page.",
+                },
                 "next_cursor": {"type": ["string", "null"]},
                 "next": {"type": ["string", "null"], "description": "URL of the next page."},
             },
-            "required": ["jobs", "next_cursor", "next"],
+            "required": ["jobs", "count", "next_cursor", "next"],
         },
         "JobType": {
             "type": "object",
@@ -277,7 +309,11 @@ def _param(
     return out
 
 
-_JOB_ID: Final = _param("job_id", "path", {"type": "string"}, "The job's id.", required=True)
+#: A job id: a ULID (26 characters of Crockford's base32).
+_ULID: Final = {"type": "string", "pattern": "^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"}
+_JOB_ID: Final = _param(
+    "job_id", "path", _ULID, "The job's id (a 26-character ULID).", required=True
+)
 _LAST_EVENT_ID: Final = _param(
     "Last-Event-ID",
     "header",
@@ -306,7 +342,10 @@ def _paths(dashboard: bool) -> dict[str, Any]:
         {"type": "array", "items": {"type": "string"}},
         "Only jobs of these types (repeat, or separate with commas).",
     )
-    job_404 = {"404": _error("No such job (or not visible to this token).")}
+    job_404 = {
+        "400": _error("The job id is malformed (not a 26-character ULID): `invalid_id`."),
+        "404": _error("No such job (or not visible to this token)."),
+    }
     job_ok = {"200": _json(_ref("Job"), "The job.")}
     paths: dict[str, Any] = {
         "/jobs": {
@@ -316,7 +355,7 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 "parameters": [
                     status_filter,
                     type_filter,
-                    _param("cursor", "query", {"type": "string"}, "The last page's `next_cursor`."),
+                    _param("cursor", "query", _ULID, "The last page's `next_cursor`."),
                     _param(
                         "limit",
                         "query",
@@ -326,7 +365,7 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(_ref("JobPage"), "One page of jobs."),
-                    "422": _error("A bad filter."),
+                    "422": _error("A bad filter or cursor, or an unknown query parameter."),
                     **_UNAUTHORIZED,
                     **_UNAVAILABLE,
                 },
@@ -364,8 +403,9 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                         "Accepted: the job is stored and will run.",
                         Location="The job's URL.",
                     ),
-                    "400": _error("The body is not JSON."),
+                    "400": _error("The body is not JSON, or holds text that is not valid Unicode."),
                     "413": _error("The body is larger than `max_body`."),
+                    "415": _error("The body is not sent as `Content-Type: application/json`."),
                     "422": _error(
                         "Unknown job type, bad params or bad options (field errors in `details`)."
                     ),

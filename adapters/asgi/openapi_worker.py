@@ -140,6 +140,7 @@ def worker_paths(
         "404": {**error, "description": "No such job."},
         "422": {**error, "description": "A bad body (field errors)."},
         "400": {**error, "description": "Malformed JSON."},
+        "415": {**error, "description": "The body is not sent as `application/json`."},
         **unauthorized,
         **unavailable,
     }
@@ -166,6 +167,7 @@ def worker_paths(
                 "responses": {
                     "200": _json(_ref("ClaimReply"), "The claimed jobs (empty after `wait`)."),
                     "400": {**error, "description": "Malformed JSON."},
+                    "415": {**error, "description": "The body is not sent as `application/json`."},
                     "422": {**error, "description": "A bad body or an unknown job type."},
                     **unauthorized,
                     **unavailable,

@@ -27,20 +27,29 @@ A host can serve the protocol from its own route::
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
+import anyio.abc
 import attrs
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from asyncjobs.codec import dumps, event_to_wire, job_to_wire
 from asyncjobs.errors import AsyncJobsError, JobNotFound, SubscriberOverflow, WaitTimeout
-from asyncjobs.job import TERMINAL, Job, JobEvent, JobStatus
+from asyncjobs.job import TERMINAL, EventType, Job, JobEvent, JobStatus
 
 from .auth import CANCEL, READ, SUBMIT, Authenticator, Principal, require
 from .errors import ApiError, error_payload
-from .wire import invalid, parse_statuses, parse_submission, stats_to_wire
+from .security import origin_allowed
+from .wire import (
+    check_job_id,
+    check_unicode,
+    invalid,
+    parse_statuses,
+    parse_submission,
+    stats_to_wire,
+)
 from .workers import workers_to_wire
 
 if TYPE_CHECKING:
@@ -53,6 +62,8 @@ STATE_LIMIT: Final = 100
 #: WebSocket close codes (4000-4999 are the application's): like HTTP 401 and 403.
 CLOSE_UNAUTHENTICATED: Final = 4401
 CLOSE_FORBIDDEN: Final = 4403
+#: Policy violation (RFC 6455): a browser connecting from a foreign origin.
+CLOSE_POLICY: Final = 1008
 #: The largest client message accepted, in characters.
 MAX_MESSAGE: Final = 1_048_576
 
@@ -121,6 +132,10 @@ class _Connection:
         self.owner = principal.isolated_owner if principal is not None else None
         self.filters = _Filters()
         self.lock = anyio.Lock()
+        # Held while a queue_state is read and sent, and while an event is forwarded.
+        self.state_lock = anyio.Lock()
+        # Job id -> the version the client's last queue_state showed.
+        self.shown: dict[str, int] = {}
         self.scope = anyio.CancelScope()
         self.handlers: dict[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
             "create_job": self.create_job,
@@ -151,7 +166,7 @@ class _Connection:
     async def visible_job(self, job_id: Any) -> Job:
         if not isinstance(job_id, str) or not job_id:
             raise invalid([{"loc": ["job_id"], "msg": "required: a job id"}])
-        job = await self.queue.get(job_id)
+        job = await self.queue.get(check_job_id(job_id, ["job_id"]))
         if not self.visible(job):
             raise JobNotFound(job_id)
         return job
@@ -162,9 +177,10 @@ class _Connection:
         """Serve until the client leaves; raise AsyncJobsError if the queue fails."""
         failure: list[AsyncJobsError] = []
         with self.scope:
-            await self.send(await self.get_state({}))
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self.pump_events, failure)
+                # queue_state goes out first, from the event pump once it is subscribed;
+                # only then are client messages read.
+                await tg.start(self.pump_events, failure)
                 tg.start_soon(self.ping_loop)
                 await self.receive_loop()
                 tg.cancel_scope.cancel()
@@ -207,6 +223,11 @@ class _Connection:
             if not isinstance(message, dict):
                 raise ApiError(400, "malformed_message", 'a message is a JSON object with a "type"')
             request_id = message.get("request_id")
+            try:
+                check_unicode(request_id)
+            except ApiError:
+                request_id = None  # it could not be echoed back
+            check_unicode(message)
             kind = message.get("type")
             if kind == "pong":
                 return  # the answer to our ping needs no reply
@@ -218,6 +239,9 @@ class _Connection:
                     f"unknown message type {kind!r}; use one of {sorted(self.handlers)}",
                 )
             op = kind
+            if kind == "get_state":
+                await self.send_state(message, request_id)
+                return
             reply = await handler(message)
         except (ApiError, AsyncJobsError) as exc:
             await self.send(self.error(op, request_id, exc))
@@ -231,24 +255,59 @@ class _Connection:
     def error(self, op: str | None, request_id: Any, exc: BaseException) -> dict[str, Any]:
         return {"type": "error", "op": op, "request_id": request_id, **error_payload(exc)}
 
-    async def pump_events(self, failure: list[AsyncJobsError]) -> None:
+    async def pump_events(
+        self,
+        failure: list[AsyncJobsError],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        started = False
         while True:
             try:
+                # Subscribe before reading the state: a job that ends while the state is
+                # read is then in the buffer, and its final event is sent after the state
+                # (events the state already shows are dropped by version).
                 async with self.queue.subscribe(snapshot=False) as events:
+                    await self.send_state({}, None, reply=False)
+                    if not started:
+                        started = True
+                        task_status.started()
                     async for event in events:
-                        await self.forward(event)
+                        async with self.state_lock:
+                            await self.forward(event)
                 return
             except SubscriberOverflow as exc:
                 # This client fell behind: say so, send fresh state, and carry on.
                 await self.send(self.error(None, None, exc))
-                await self.send(await self.get_state({}))
             except AsyncJobsError as exc:  # the queue closed: end the connection
                 failure.append(exc)
+                if not started:
+                    started = True
+                    task_status.started()
                 self.scope.cancel()
                 return
 
+    async def send_state(
+        self, message: Mapping[str, Any], request_id: Any, *, reply: bool = True
+    ) -> None:
+        """Read and send ``queue_state``, with no event forwarded in between."""
+        async with self.state_lock:
+            state = await self.get_state(message)
+            if reply:
+                state["request_id"] = request_id
+            self.shown = {job["id"]: job["version"] for job in state["jobs"]}
+            await self.send(state)
+
     async def forward(self, event: JobEvent) -> None:
-        if self.visible(event.job) and self.filters.match(event.job):
+        job = event.job
+        shown = self.shown.get(job.id)
+        if event.type is EventType.DELETED or event.type.is_final:
+            self.shown.pop(job.id, None)
+        elif shown is not None:
+            self.shown[job.id] = max(shown, job.version)
+        if shown is not None and job.version <= shown and event.type is not EventType.DELETED:
+            return  # the client's queue_state already holds this version or a newer one
+        if self.visible(job) and self.filters.match(job):
             await self.send(event_to_wire(event))
 
     async def ping_loop(self) -> None:
@@ -343,12 +402,15 @@ async def serve_websocket(
     auth: Authenticator | None = None,
     heartbeat: float = 15.0,
     max_message: int = MAX_MESSAGE,
+    allowed_origins: Iterable[str] = (),
 ) -> None:
     """Speak the asyncjobs WebSocket protocol on ``websocket`` until the client leaves.
 
-    Accepts the connection, authenticates it (the ``read`` scope; a failure sends an
-    ``error`` message and closes with code 4401 or 4403), sends ``queue_state``, then
-    streams events and answers client messages.
+    Refuses a browser from a foreign origin (an ``Origin`` header that is neither the
+    app's own scheme, host and port nor in ``allowed_origins``: the handshake is
+    answered 403, close code 1008). Accepts the connection, authenticates it (the
+    ``read`` scope; a failure sends an ``error`` message and closes with code 4401 or
+    4403), sends ``queue_state``, then streams events and answers client messages.
 
     Args:
         websocket: A Starlette (or FastAPI) WebSocket, not yet accepted.
@@ -356,7 +418,12 @@ async def serve_websocket(
         auth: The authenticator, or ``None`` to allow everything.
         heartbeat: Seconds between server ``ping`` messages.
         max_message: The largest client message accepted, in characters.
+        allowed_origins: Browser origins allowed besides the app's own.
     """
+    if not origin_allowed(websocket.scope, allowed_origins):
+        # Before accept: a cross-site page must not read the state or send commands.
+        await websocket.close(code=CLOSE_POLICY, reason="origin not allowed")
+        return
     await websocket.accept()
     try:
         principal = await require(auth, websocket.scope, READ)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -17,6 +18,7 @@ from typing import Any, Final
 from asyncjobs.codec import parse_time
 from asyncjobs.errors import FieldError
 from asyncjobs.job import TERMINAL, JobStatus
+from asyncjobs.jsonrules import json_problems
 from asyncjobs.stores.protocol import Stats
 
 from .errors import ApiError
@@ -24,6 +26,9 @@ from .errors import ApiError
 __all__ = [
     "MAX_DELAY",
     "MAX_TAGS",
+    "MAX_TIMEOUT",
+    "check_job_id",
+    "check_unicode",
     "SUBMIT_FIELDS",
     "invalid",
     "loads",
@@ -34,6 +39,8 @@ __all__ = [
 
 #: Longest delay accepted on submit: ten years, well inside datetime's range.
 MAX_DELAY: Final = 10 * 366 * 86400.0
+#: Longest timeout accepted on submit (the same ten years).
+MAX_TIMEOUT: Final = MAX_DELAY
 MAX_TAGS: Final = 64
 MAX_STRING: Final = 256
 #: Priorities fit a signed 32-bit integer in every store.
@@ -65,20 +72,82 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads(raw: bytes | str) -> Any:
-    """Parse JSON strictly (no NaN or Infinity).
+    """Parse JSON strictly: no NaN or Infinity, and valid Unicode only.
 
     Raises:
-        ApiError: 400 ``malformed_json``.
+        ApiError: 400 ``malformed_json``, or 400 ``invalid_unicode`` for a lone
+            surrogate (``"\\ud800"``), which no store can encode.
     """
     if not raw:
         raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError and JSONDecodeError are both ValueErrors.
         raise ApiError(
             400, "malformed_json", f"the request body is not valid JSON: {exc}"
         ) from None
+    check_unicode(value)
+    return value
+
+
+def check_unicode(value: Any) -> None:
+    """Refuse text that is not valid Unicode anywhere in ``value`` (a parsed JSON body).
+
+    Raises:
+        ApiError: 400 ``invalid_unicode`` naming where.
+    """
+    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while stack:
+        item, loc = stack.pop()
+        if isinstance(item, str):
+            bad = _surrogate(item)
+        elif isinstance(item, dict):
+            bad = any(_surrogate(k) for k in item)
+            stack.extend((v, [*loc, k]) for k, v in item.items())
+        elif isinstance(item, list):
+            bad = False
+            stack.extend((v, [*loc, i]) for i, v in enumerate(item))
+        else:
+            bad = False
+        if bad:
+            where = ".".join(ascii(p) if isinstance(p, str) else str(p) for p in loc) or "(body)"
+            raise ApiError(
+                400,
+                "invalid_unicode",
+                f"the JSON holds text that is not valid Unicode (a lone surrogate) at {where}",
+                details=[{"loc": [ascii(p) if isinstance(p, str) else p for p in loc]}],
+            )
+
+
+def _surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+_JOB_ID: Final = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}", re.IGNORECASE)
+
+
+def check_job_id(value: Any, loc: list[str | int] | None = None) -> str:
+    """Return ``value`` if it looks like a job id (a 26-character ULID).
+
+    Raises:
+        ApiError: 400 ``invalid_id``; an id of the right shape that names no job is
+            left to the queue (404).
+    """
+    if isinstance(value, str) and _JOB_ID.fullmatch(value):
+        return value
+    shown = value if isinstance(value, str) and len(value) <= 64 else "this value"
+    raise ApiError(
+        400,
+        "invalid_id",
+        f"{ascii(shown) if isinstance(shown, str) else shown} is not a job id; "
+        "job ids are 26-character ULIDs (0-9 and A-Z without I, L, O, U)",
+        details={"loc": loc or ["path", "job_id"]},
+    )
 
 
 def stats_to_wire(stats: Stats) -> dict[str, Any]:
@@ -118,19 +187,24 @@ def parse_statuses(
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True  # exact; math.isfinite would overflow on a 400-digit int
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _integer(value: Any, lo: int, hi: int, name: str, errors: list[FieldError]) -> int | None:
-    # JSON Schema counts 3.0 as an integer, so accept whole floats too.
-    if _number(value) and float(value).is_integer() and lo <= value <= hi:
+    # JSON Schema counts 3.0 as an integer, so accept whole floats too. Compare before
+    # converting: int and float compare exactly, and int(1e300) is fine but pointless.
+    if _number(value) and lo <= value <= hi and float(value).is_integer():
         return int(value)
     errors.append({"loc": [name], "msg": f"must be an integer in [{lo}, {hi}]"})
     return None
 
 
 def _short_string(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_STRING
+    return isinstance(value, str) and 0 < len(value) <= MAX_STRING and "\x00" not in value
 
 
 def parse_submission(
@@ -164,6 +238,8 @@ def parse_submission(
     params = body.get("params")
     if params is not None and not isinstance(params, Mapping):
         errors.append({"loc": ["params"], "msg": "must be a JSON object"})
+    elif params is not None:
+        errors += json_problems(params, ["params"])  # what no store could hold
     kwargs["params"] = params
     if (priority := body.get("priority")) is not None:
         lo, hi = PRIORITY_RANGE
@@ -175,8 +251,8 @@ def parse_submission(
     if (run_at := body.get("run_at")) is not None:
         kwargs["run_at"] = _parse_run_at(run_at, errors)
     if (timeout := body.get("timeout")) is not None:
-        if not _number(timeout) or timeout <= 0:
-            errors.append({"loc": ["timeout"], "msg": "must be a number of seconds > 0"})
+        if not _number(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+            errors.append({"loc": ["timeout"], "msg": f"must be seconds in (0, {MAX_TIMEOUT:g}]"})
         kwargs["timeout"] = timeout
     if (max_attempts := body.get("max_attempts")) is not None:
         kwargs["max_attempts"] = _integer(max_attempts, 1, 1000, "max_attempts", errors)

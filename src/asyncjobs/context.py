@@ -10,6 +10,7 @@ import anyio.from_thread
 
 from .errors import JobCancelled
 from .job import Job
+from .jsonrules import clean_text
 
 __all__ = ["JobContext", "ProcessJobContext", "ThreadJobContext"]
 
@@ -55,7 +56,8 @@ class JobContext:
             LeaseLost: this worker no longer holds the job (its lease expired).
         """
         _check_fraction(fraction)
-        await self._sink(float(fraction), message)
+        # A message no store could encode (a lone surrogate, NUL) is kept, repaired.
+        await self._sink(float(fraction), None if message is None else clean_text(str(message)))
 
     def _cancel(self) -> None:
         self._cancelled = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ from .context import JobContext
 from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
 from .executors import Executor, HandlerFailed, process_context, run_in_process, run_in_thread
 from .job import EventType, Job, JobError, JobEvent, JobStatus
+from .jsonrules import clean_text, json_problems
 from .registry import JobRegistry, JobType
 from .stores.protocol import Outcome, Store, WorkerInfo
 from .supervision import Supervisor
@@ -89,15 +89,20 @@ class _Running:
     finish_by: float = float("inf")  # its deadline, kept by the heartbeat loop
 
 
-#: Results that are JSON as they are (json.dumps would accept them; float NaN too).
-_JSON_SCALARS = frozenset({str, int, float, bool})
+def _clean(error: JobError) -> JobError:
+    """An error from a child process, repaired like ours (see jsonrules.clean_text)."""
+    tb = None if error.traceback is None else clean_text(error.traceback)
+    return JobError(type=clean_text(error.type), message=clean_text(error.message), traceback=tb)
 
 
 def _error_of(exc: BaseException) -> JobError:
+    # Repaired, not refused: an error must always be storable (see jsonrules.clean_text).
     return JobError(
         type=type(exc).__qualname__,
-        message=str(exc),
-        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        message=clean_text(str(exc)),
+        traceback=clean_text(
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        ),
     )
 
 
@@ -388,8 +393,12 @@ class Worker:
                     result = await self._call(job_type, running)
                 if timer.cancel_called:
                     return self._timed_out(job)
-            if result is not None and type(result) not in _JSON_SCALARS:
-                json.dumps(result)  # fail here, with the handler's name on it, not in a store
+            # Fail here, with the handler's name on it, not in a store; the same rules as
+            # a submission, so no store holds a result that another could not read back.
+            if result is not None and (problems := json_problems(result, ["result"])):
+                # TypeError for what is not JSON at all (a set, an object), as json.dumps.
+                kind = TypeError if any("JSON value" in p["msg"] for p in problems) else ValueError
+                raise kind(f"the handler returned a value no store can hold: {problems}")
             return Outcome(JobStatus.COMPLETED, result=result)
         except LeaseLost:
             running.stop = _Stop.LOST
@@ -404,7 +413,7 @@ class Worker:
                 return None  # an exception raised while being halted: the halt decides
             if timer is not None and timer.cancel_called:
                 return self._timed_out(job)
-            error = exc.error if isinstance(exc, HandlerFailed) else _error_of(exc)
+            error = _clean(exc.error) if isinstance(exc, HandlerFailed) else _error_of(exc)
             return self._failure(job_type, job, error)
 
     def _timed_out(self, job: Job) -> Outcome:

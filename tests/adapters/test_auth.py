@@ -186,6 +186,52 @@ def test_tokens_and_principals_are_checked() -> None:
     assert Principal("x", {"read"}, owner="o").isolated_owner == "o"
 
 
+async def test_idempotency_keys_are_per_owner_on_every_transport(url: str, queue: Queue) -> None:
+    async with httpx.AsyncClient(base_url=url) as client:
+        a = await client.post(
+            "/jobs",
+            json={"type": "echo", "params": {"secret": "alice"}, "idempotency_key": "k1"},
+            headers=bearer(ALICE),
+        )
+        assert a.status_code == 202
+        # Bob reuses Alice's key: in the body, then in the Idempotency-Key header.
+        b_body = await client.post(
+            "/jobs",
+            json={"type": "echo", "params": {"mine": "bob"}, "idempotency_key": "k1"},
+            headers=bearer(BOB),
+        )
+        b_header = await client.post(
+            "/jobs",
+            json={"type": "echo", "params": {"mine": "bob"}},
+            headers={**bearer(BOB), "Idempotency-Key": "k1"},
+        )
+        assert b_body.json()["id"] != a.json()["id"]
+        assert b_body.json()["params"] == {"mine": "bob"}
+        assert b_header.json()["id"] == b_body.json()["id"]  # Bob's own key, Bob's job
+        a_header = await client.post(
+            "/jobs",
+            json={"type": "echo"},
+            headers={**bearer(ALICE), "Idempotency-Key": "k2"},
+        )
+    async with connect(url.replace("http", "ws") + f"/ws?access_token={BOB}") as ws:
+        await ws.recv()  # queue_state
+        await ws.send(
+            json.dumps(
+                {"type": "create_job", "request_id": 1, "job_type": "echo", "idempotency_key": "k2"}
+            )
+        )
+        while (reply := json.loads(await ws.recv())).get("request_id") != 1:
+            pass
+    assert reply["type"] == "ack"
+    assert reply["job"]["id"] != a_header.json()["id"]
+    # And from Python: Queue.submit(owner=...).
+    carol = await queue.submit("echo", {"carol": 1}, idempotency_key="k1", owner="carol")
+    assert carol.id not in (a.json()["id"], b_body.json()["id"])
+    assert carol.params == {"carol": 1}
+    again = await queue.submit("echo", {}, idempotency_key="k1", owner="alice")
+    assert again.id == a.json()["id"]
+
+
 async def test_workers_need_the_read_scope(url: str, queue: Queue) -> None:
     async with httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/workers")).status_code == 401

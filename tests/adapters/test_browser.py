@@ -100,3 +100,52 @@ async def test_event_source_and_websocket_through_the_prefix(serve: Serve) -> No
     assert "ack" in result["ws"]
     assert "job_progress" in result["ws"]
     assert result["ws"][-1] == "job_completed"
+
+
+CROSS_SITE = """
+async (target) => {
+  // What any web page could try against a JobsApp without auth on another origin.
+  let simplePost = "sent";
+  try {
+    await fetch(target + "/jobs", {method: "POST", mode: "no-cors",
+      headers: {"Content-Type": "text/plain"},
+      body: JSON.stringify({type: "echo", params: {from: "evil"}})});
+  } catch (err) { simplePost = "blocked: " + err; }
+  const ws = await new Promise((resolve) => {
+    const socket = new WebSocket(target.replace("http", "ws") + "/ws");
+    socket.onmessage = (message) => {
+      socket.send(JSON.stringify({type: "clear_completed", request_id: 1}));
+      resolve("read: " + JSON.parse(message.data).type);
+    };
+    socket.onclose = (event) => resolve("closed " + event.code);
+    setTimeout(() => resolve("timeout"), 10000);
+  });
+  return {simplePost, ws};
+}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_a_cross_site_page_can_neither_submit_nor_read_the_websocket(
+    serve: Serve,
+) -> None:
+    async_playwright = _playwright()
+    queue = build_queue()
+    target = await serve(JobsApp(queue), lifespan="on")
+    await queue.wait((await queue.submit("echo", {"mine": 1})).id, timeout=10)
+    evil = await serve(Starlette(routes=[Route("/", host_page)]))
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = await browser.new_page()
+            await page.goto(evil.replace("127.0.0.1", "localhost") + "/")
+            result = await page.evaluate(CROSS_SITE, target)
+        finally:
+            await browser.close()
+    assert not result["ws"].startswith("read"), result
+    stats = await queue.stats()
+    assert stats.total == 1, "the cross-site POST created a job or the WebSocket cleared one"

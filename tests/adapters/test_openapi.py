@@ -129,9 +129,15 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(serve: 
                 "--request-timeout",
                 "15",
                 "--no-color",
+                # Every warning but missing_test_data and low_valid_rate: a generated job
+                # id has the right shape (a ULID) and so names no job, a 404 by design.
+                "--warnings",
+                "missing_auth,base_url_mismatch,validation_mismatch,missing_deserializer,"
+                "unused_openapi_auth,unsupported_regex,method_not_allowed,unmatched_filter,"
+                "unresolvable_reference,dictionary_mismatch,timeout_units",
             ],
             check=False,
         )
     output = result.stdout.decode(errors="replace")
     assert result.returncode == 0, output[-6000:]
-    assert "No issues found" in output
+    assert "No issues found" in output, output[-4000:]

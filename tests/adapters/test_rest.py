@@ -231,17 +231,88 @@ async def test_field_errors_name_the_field(client: httpx.AsyncClient) -> None:
     assert locs == {("seconds",), ("steps",), ("extra",)}
 
 
+UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"  # a well-formed ULID that names no job
+
+
 async def test_unknown_id_is_404_everywhere(client: httpx.AsyncClient) -> None:
     for method, path in [
-        ("GET", "/jobs/nope"),
-        ("POST", "/jobs/nope/cancel"),
-        ("DELETE", "/jobs/nope"),
-        ("GET", "/jobs/nope/events"),
+        ("GET", f"/jobs/{UNKNOWN_ID}"),
+        ("POST", f"/jobs/{UNKNOWN_ID}/cancel"),
+        ("DELETE", f"/jobs/{UNKNOWN_ID}"),
+        ("GET", f"/jobs/{UNKNOWN_ID}/events"),
         ("GET", "/no/such/route"),
     ]:
         response = await client.request(method, path)
         assert response.status_code == 404, (method, path)
         assert response.json()["error"]["code"] in {"job_not_found", "not_found"}
+
+
+async def test_malformed_id_is_400_invalid_id_everywhere(client: httpx.AsyncClient) -> None:
+    for bad in ("nope", UNKNOWN_ID[:-1], UNKNOWN_ID + "0", "01ARZ3NDEKTSV4RRFFQ69G5FAU"):
+        for method, path in [
+            ("GET", f"/jobs/{bad}"),
+            ("POST", f"/jobs/{bad}/cancel"),
+            ("DELETE", f"/jobs/{bad}"),
+            ("GET", f"/jobs/{bad}/events"),
+        ]:
+            response = await client.request(method, path)
+            assert response.status_code == 400, (method, path)
+            assert response.json()["error"]["code"] == "invalid_id"
+
+
+async def test_unknown_query_parameters_are_422_on_every_route(
+    client: httpx.AsyncClient, queue: Queue
+) -> None:
+    job = await queue.submit("echo")
+    for method, path in [
+        ("GET", "/jobs?stauts=queued"),
+        ("POST", "/jobs?wiat=5"),
+        ("DELETE", "/jobs?statuss=completed"),
+        ("GET", f"/jobs/{job.id}?x=1"),
+        ("POST", f"/jobs/{job.id}/cancel?force=1"),
+        ("DELETE", f"/jobs/{job.id}?x=1"),
+        ("GET", f"/jobs/{job.id}/events?x=1"),
+        ("GET", "/events?typ=echo"),
+        ("GET", "/job-types?x=1"),
+        ("GET", "/stats?x=1"),
+        ("GET", "/health?x=1"),
+        ("GET", "/metrics?x=1"),
+    ]:
+        kwargs = {"json": {"type": "echo"}} if method == "POST" else {}
+        response = await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+        assert response.status_code == 422, (method, path, response.text)
+        (error,) = response.json()["error"]["details"]
+        assert error["loc"][0] == "query" and error["msg"] == "unknown query parameter"
+    assert (await queue.stats()).total == 1
+    assert (await client.get("/jobs?status=queued&type=echo&limit=5")).status_code == 200
+    assert (await client.get("/jobs?access_token=x")).status_code == 200
+    bad_cursor = await client.get("/jobs?cursor=zzz")
+    assert bad_cursor.status_code == 422
+
+
+async def test_list_counts_every_match_beside_the_page(
+    client: httpx.AsyncClient, queue: Queue
+) -> None:
+    for i in range(7):
+        await queue.wait((await queue.submit("echo", {"i": i})).id, timeout=5)
+    await queue.wait((await queue.submit("fail")).id, timeout=5)
+    page = (await client.get("/jobs?limit=3")).json()
+    assert len(page["jobs"]) == 3 and page["count"] == 8
+    done = (await client.get("/jobs?status=completed&limit=2")).json()
+    assert done["count"] == 7
+    assert (await client.get("/jobs?type=fail")).json()["count"] == 1
+    assert (await client.get("/jobs?type=echo&status=failed")).json()["count"] == 0
+    following = (await client.get(done["next"])).json()
+    assert following["count"] == 7
+
+
+async def test_queue_list_returns_a_page_that_iterates_and_has_len(queue: Queue) -> None:
+    jobs = [await queue.submit("echo", {"i": i}) for i in range(3)]
+    page = await queue.list(limit=2)
+    assert len(page) == 2
+    assert [j.id for j in page] == [jobs[2].id, jobs[1].id]
+    rest = await queue.list(cursor=page.next_cursor)
+    assert len(rest) == 1 and list(rest) == rest.jobs
 
 
 async def test_wrong_method_is_405_in_the_error_shape(client: httpx.AsyncClient) -> None:
@@ -277,10 +348,14 @@ async def test_body_over_the_limit_is_413_even_when_chunked(
             yield big[i : i + 100]
 
     async with httpx.AsyncClient(base_url=url) as client:
-        declared = await client.post("/jobs", content=big)
+        declared = await client.post(
+            "/jobs", content=big, headers={"content-type": "application/json"}
+        )
         assert declared.status_code == 413
         assert declared.json()["error"]["details"] == {"max_body": 1000}
-        streamed = await client.post("/jobs", content=chunks())
+        streamed = await client.post(
+            "/jobs", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert streamed.status_code == 413
     assert (await queue.stats()).total == 0
 

@@ -16,7 +16,13 @@ import anyio
 import pytest
 
 from asyncjobs._ulid import new_ulid
-from asyncjobs.errors import IllegalTransition, JobNotFound, LeaseLost, QueueFull
+from asyncjobs.errors import (
+    IllegalTransition,
+    InvalidSubmission,
+    JobNotFound,
+    LeaseLost,
+    QueueFull,
+)
 from asyncjobs.job import EventType, Job, JobError, JobEvent, JobStatus
 from asyncjobs.stores import Outcome, Stats, Store
 
@@ -202,6 +208,57 @@ async def test_deleting_a_job_frees_its_idempotency_key(store: Store) -> None:
     returned, created = await store.add(fresh)
     assert created
     assert returned.id == fresh.id
+
+
+async def test_idempotency_keys_are_unique_per_owner(store: Store) -> None:
+    (a,) = await add(store, make_job(key="k", owner="tenant-a", params={"secret": "a"}))
+    b, created = await store.add(make_job(key="k", owner="tenant-b", params={"mine": "b"}))
+    assert created, "tenant B was handed tenant A's job"
+    assert b.id != a.id and b.owner == "tenant-b" and b.params == {"mine": "b"}
+    unowned, created = await store.add(make_job(key="k"))
+    assert created and unowned.id not in (a.id, b.id)
+    # Within one owner (and for no owner) the key still returns the first job.
+    for owner, first in (("tenant-a", a), ("tenant-b", b), (None, unowned)):
+        again, created = await store.add(make_job(key="k", owner=owner))
+        assert not created and again.id == first.id
+    # An owner whose name ends like another's key does not collide with it.
+    odd, created = await store.add(make_job(key="k", owner="tenant-a\u2028"))
+    assert created
+    assert sorted(await all_ids(store)) == sorted([a.id, b.id, unowned.id, odd.id])
+
+
+async def test_deleting_frees_the_key_of_its_owner_only(store: Store) -> None:
+    for owner in ("x", "y"):
+        running = await running_job(store, key="k", owner=owner)
+        await store.finish(running.id, token(running), Outcome(DONE), now=at(2))
+    (x_job,) = [j for j in (await store.list(owner="x")).jobs]
+    await store.delete(x_job.id, now=at(3))
+    fresh, created = await store.add(make_job(key="k", owner="x"))
+    assert created and fresh.id != x_job.id
+    _, created = await store.add(make_job(key="k", owner="y"))
+    assert not created
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"params": {"x": "\ud800"}},
+        {"params": {"x": "a\x00b"}},
+        {"params": {"x": float("nan")}},
+        {"params": {"x": 10**400}},
+        {"params": {"\udc00": 1}},
+        {"tags": ("\ud800",)},
+        {"key": "k\x00"},
+        {"owner": "\udfff"},
+    ],
+)
+async def test_add_refuses_what_a_store_could_not_hold(store: Store, bad: dict[str, Any]) -> None:
+    # The memory store refuses exactly what SQLite and PostgreSQL could not encode, so
+    # a job one store accepts never breaks a later read on another.
+    with pytest.raises(InvalidSubmission):
+        await store.add(make_job(**bad))
+    assert await all_ids(store) == []
+    assert counts(await store.stats()) == {}
 
 
 async def test_queue_full_counts_queued_and_scheduled(store: Store) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from asyncjobs.errors import IllegalTransition, JobNotFound, QueueFull
+from asyncjobs.errors import IllegalTransition, InvalidSubmission, JobNotFound, QueueFull
 from asyncjobs.job import JobError, Run
 from asyncjobs.stores import Outcome, Store
 
@@ -64,6 +64,25 @@ async def test_add_many_honours_idempotency_keys(store: Store) -> None:
     await log.expect(E.CREATED, E.CREATED)
     await anyio.sleep(0.1)
     assert len(log.events) == 2  # no event for a resubmission
+
+
+async def test_add_many_scopes_idempotency_keys_by_owner(store: Store) -> None:
+    (a,) = await add(store, make_job(key="k", owner="tenant-a", params={"secret": "a"}))
+    b, b_again = make_job(key="k", owner="tenant-b"), make_job(key="k", owner="tenant-b")
+    unowned, a_again = make_job(key="k"), make_job(key="k", owner="tenant-a")
+    results = await store.add_many([b, b_again, unowned, a_again])
+    # Another tenant's key never hands back tenant A's job; within one owner it does.
+    assert results == [(b, True), (b, False), (unowned, True), (a, False)]
+    assert sorted(await all_ids(store)) == sorted([a.id, b.id, unowned.id])
+
+
+async def test_add_many_refuses_what_no_store_can_hold(store: Store) -> None:
+    log = EventLog(store)
+    with pytest.raises(InvalidSubmission):
+        await store.add_many([make_job(), make_job(params={"bad": "\ud800"})])
+    assert await all_ids(store) == []  # all or nothing
+    await anyio.sleep(0.05)
+    assert log.events == []
 
 
 async def test_add_many_is_all_or_nothing_on_queue_full(store: Store) -> None:

@@ -421,3 +421,111 @@ async def test_a_role_without_create_privileges_opens_a_migrated_schema(
     finally:
         await admin.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
         await admin.close()
+
+
+# -- a claim whose reply is lost --------------------------------------------------------
+
+
+async def test_a_claim_whose_reply_is_lost_after_commit_returns_its_jobs(
+    stores: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await stores()
+    jobs = [(await add(store, make_job(params={"i": i})))[0] for i in range(3)]
+    real = store._sql.claim
+    calls = 0
+
+    async def commit_then_drop(conn: asyncpg.Connection, *args: object) -> list[object]:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return await real(conn, *args)  # type: ignore[arg-type]
+        await real(conn, *args)  # type: ignore[arg-type] # committed: one statement
+        conn.terminate()  # ...and the reply is lost with the connection
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed mid-reply")
+
+    monkeypatch.setattr(store._sql, "claim", commit_then_drop)
+    log = EventLog(store)
+    claimed = await store.claim("w1", types=["t"], limit=10, lease=LEASE, now=at(1))
+    assert calls == 1, "the retry claimed again instead of reading back the first attempt"
+    assert sorted(j.id for j in claimed) == sorted(j.id for j in jobs)
+    # The caller holds the very tokens the database has: it can finish every job.
+    for job in claimed:
+        assert (await store.get(job.id)).lease == job.lease
+        await store.finish(job.id, token(job), Outcome(DONE), now=at(2))
+    assert {e.job.id for e in await log.expect(*[E.STARTED] * 3)} == {j.id for j in jobs}
+
+
+async def test_a_retry_waits_for_a_claim_still_committing_on_the_server(
+    postgres_url: str, stores: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await stores()
+    jobs = [(await add(store, make_job(params={"i": i})))[0] for i in range(2)]
+    real = store._sql.claim
+    side = await asyncpg.connect(postgres_url)
+    late: list[asyncio.Task[None]] = []
+    calls = 0
+
+    async def claim_commits_late(conn: asyncpg.Connection, *args: object) -> list[object]:
+        # The first attempt's statement ran but its transaction commits only after the
+        # client gave up on it and retried (a reply lost while the commit was on its way).
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return await real(conn, *args)  # type: ignore[arg-type]
+        transaction = side.transaction()
+        await transaction.start()
+        await real(side, *args)  # type: ignore[arg-type]
+
+        async def commit() -> None:
+            await asyncio.sleep(0.5)
+            await transaction.commit()
+
+        late.append(asyncio.create_task(commit()))
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed mid-reply")
+
+    monkeypatch.setattr(store._sql, "claim", claim_commits_late)
+    try:
+        with anyio.fail_after(20):
+            claimed = await store.claim("w1", types=["t"], limit=10, lease=LEASE, now=at(1))
+        assert sorted(j.id for j in claimed) == sorted(j.id for j in jobs)
+        for job in claimed:
+            assert (await store.get(job.id)).lease == job.lease
+    finally:
+        for task in late:
+            await task
+        await side.close()
+
+
+async def test_a_max_attempts_1_job_runs_when_its_claim_reply_is_lost(
+    stores: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncjobs import JobContext, Queue
+
+    store = await stores()
+    real = store._sql.claim
+    dropped = 0
+
+    async def drop_first_reply(conn: asyncpg.Connection, *args: object) -> list[object]:
+        nonlocal dropped
+        events = await real(conn, *args)  # type: ignore[arg-type]
+        if events and not dropped:
+            dropped += 1
+            conn.terminate()
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed mid-reply")
+        return events
+
+    monkeypatch.setattr(store._sql, "claim", drop_first_reply)
+    queue = Queue(store, concurrency=1)
+    ran: list[int] = []
+
+    @queue.job_type("once", max_attempts=1)
+    async def once(ctx: JobContext, params: dict[str, int]) -> int:
+        ran.append(params["n"])
+        return params["n"]
+
+    async with queue:
+        job = await queue.submit("once", {"n": 7})
+        done = await queue.wait(job.id, timeout=20)
+    assert dropped == 1
+    assert done.status is DONE and done.result == 7 and done.attempts == 1
+    assert ran == [7]

@@ -363,6 +363,31 @@ async def test_cancelled_caller_never_splits_commit_from_event(
         assert stored == {j.id for j in jobs}  # a shielded write always completes
 
 
+async def test_the_owner_migration_scopes_existing_idempotency_keys(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    await store.open()
+    owned, _ = await store.add(make_job(idempotency_key="k", owner="alice"))
+    unowned, _ = await store.add(make_job(idempotency_key="u"))
+    await store.close()
+    # Put the file back as it was before that migration (the last one): bare keys.
+    conn = sqlite3.connect(db_path)
+    conn.execute("UPDATE jobs SET idempotency_key = 'k' WHERE id = ?", (owned.id,))
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        again, created = await store.add(make_job(idempotency_key="k", owner="alice"))
+        assert not created and again.id == owned.id
+        other, created = await store.add(make_job(idempotency_key="k", owner="bob"))
+        assert created and other.id != owned.id
+        same, created = await store.add(make_job(idempotency_key="u"))
+        assert not created and same.id == unowned.id
+    finally:
+        await store.close()
+
+
 async def test_a_store_alone_on_its_file_appends_no_events(tmp_path: Path) -> None:
     """One process alone pays nothing for cross-process events; a second one makes the
     first append them, and stops it again once it has left."""

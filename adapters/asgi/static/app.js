@@ -68,6 +68,8 @@
         if (key === "className") node.className = value;
         else if (key === "text") node.textContent = value;
         else if (key === "dataset") Object.assign(node.dataset, value);
+        // Through the CSSOM: the page's CSP forbids style attributes (no 'unsafe-inline').
+        else if (key === "style") node.style.cssText = value;
         else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
         else node.setAttribute(key, value === true ? "" : String(value));
       }

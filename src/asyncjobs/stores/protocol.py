@@ -52,7 +52,7 @@ delete, purge                                  job_deleted (snapshot before dele
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -95,10 +95,19 @@ class Outcome:
 
 @attrs.frozen
 class Page:
-    """One page of :meth:`Store.list`, newest first; ``next_cursor`` is None at the end."""
+    """One page of :meth:`Store.list`, newest first; ``next_cursor`` is None at the end.
+
+    Iterating a page yields its jobs, and ``len(page)`` is how many it holds.
+    """
 
     jobs: builtins.list[Job]
     next_cursor: str | None
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
 
 
 @attrs.frozen

@@ -19,6 +19,7 @@ import attrs
 
 from ...errors import JobNotFound, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, DeliveryStatus, Webhook, WebhookNotFound, message_id
 from ..listeners import LocalNotifier
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
@@ -60,7 +61,8 @@ class MemoryStore:
         self._scheduled: builtins.list[tuple[datetime, str]] = []
         self._running: set[str] = set()
         self._counts: Counter[tuple[str, JobStatus]] = Counter()
-        self._idempotency: dict[str, str] = {}
+        # (owner, key) -> job id: a key is unique per owner, never matched across owners.
+        self._idempotency: dict[tuple[str | None, str], str] = {}
         self._notifier = LocalNotifier()
         self._workers: dict[str, WorkerInfo] = {}
         self._seq = 0
@@ -102,8 +104,9 @@ class MemoryStore:
         index = bisect.bisect_left(self._order, job.id)
         if index < len(self._order) and self._order[index] == job.id:
             del self._order[index]
-        if job.idempotency_key is not None and self._idempotency.get(job.idempotency_key) == job.id:
-            del self._idempotency[job.idempotency_key]
+        key = (job.owner, job.idempotency_key) if job.idempotency_key is not None else None
+        if key is not None and self._idempotency.get(key) == job.id:
+            del self._idempotency[key]
 
     def _emit(self, type: EventType, job: Job, now: datetime) -> None:
         self._seq += 1
@@ -121,8 +124,9 @@ class MemoryStore:
     # -- Store protocol ----------------------------------------------------------
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        check_storable(job)  # refuse what a durable store could not encode
         if job.idempotency_key is not None:
-            existing = self._idempotency.get(job.idempotency_key)
+            existing = self._idempotency.get((job.owner, job.idempotency_key))
             if existing is not None:
                 return self._jobs[existing], False
         if max_queued is not None:
@@ -134,7 +138,7 @@ class MemoryStore:
         self._put(None, job)
         bisect.insort(self._order, job.id)
         if job.idempotency_key is not None:
-            self._idempotency[job.idempotency_key] = job.id
+            self._idempotency[(job.owner, job.idempotency_key)] = job.id
         self._emit(EventType.CREATED, job, job.created_at)
         if job.status is JobStatus.QUEUED:
             self._notify_work()
@@ -351,10 +355,11 @@ class MemoryStore:
     ) -> builtins.list[tuple[Job, bool]]:
         # Decide everything before changing anything: all or nothing.
         results: builtins.list[tuple[Job, bool]] = []
-        keys: dict[str, Job] = {}
+        keys: dict[tuple[str | None, str], Job] = {}
         ids: set[str] = set()
         for job in jobs:
-            key = job.idempotency_key
+            check_storable(job)  # refuse what a durable store could not encode
+            key = None if job.idempotency_key is None else (job.owner, job.idempotency_key)
             if key is not None:
                 existing = self._idempotency.get(key)
                 if existing is not None:
@@ -379,7 +384,7 @@ class MemoryStore:
             self._put(None, job)
             bisect.insort(self._order, job.id)
             if job.idempotency_key is not None:
-                self._idempotency[job.idempotency_key] = job.id
+                self._idempotency[(job.owner, job.idempotency_key)] = job.id
             self._emit(EventType.CREATED, job, job.created_at)
             wake = wake or job.status is JobStatus.QUEUED
         if wake:

@@ -47,7 +47,8 @@ ins AS (
     SELECT id, type, status, priority, run_at, finished_at, retention, idempotency_key,
            owner, record::jsonb
     FROM data ORDER BY ord
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    ON CONFLICT ((coalesce(owner, '')), (owner IS NULL), idempotency_key)
+        WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ),
 ev AS (
@@ -56,9 +57,11 @@ ev AS (
 )
 SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
 """
+        # Keys are unique per owner (a NULL owner is one owner of its own).
         self.get_by_keys = (
-            f"SELECT idempotency_key, record::text FROM {s}.jobs"
-            " WHERE idempotency_key = ANY($1::text[])"
+            f"SELECT j.owner, j.idempotency_key, j.record::text FROM {s}.jobs AS j"
+            " JOIN unnest($1::text[], $2::text[]) AS k(owner, key)"
+            " ON j.idempotency_key = k.key AND j.owner IS NOT DISTINCT FROM k.owner"
         )
         self.get_many = f"SELECT id, record::text FROM {s}.jobs WHERE id = ANY($1::text[])"
         self.retryable = (
@@ -82,10 +85,10 @@ SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
         Returns the results in input order and the events of the rows inserted.
         """
         sql = self.sql
-        first: dict[str, Job] = {}
+        first: dict[tuple[str | None, str], Job] = {}
         fresh: list[Job] = []
         for job in jobs:
-            key = job.idempotency_key
+            key = None if job.idempotency_key is None else (job.owner, job.idempotency_key)
             if key is None or key not in first:
                 fresh.append(job)
                 if key is not None:
@@ -114,22 +117,23 @@ SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
             rows = await conn.fetch(self.insert_many, *args)
             seqs = {row["id"]: row["seq"] for row in rows}
             taken = [k for k, j in first.items() if j.id not in seqs]
-            holders: dict[str, Job] = {}
+            holders: dict[tuple[str | None, str], Job] = {}
             if taken:
                 # In the same transaction, a new snapshot: it sees the rows that won.
-                for key, text in await conn.fetch(self.get_by_keys, taken):
-                    holders[key] = job_from_record(json.loads(text))
+                owners, keys = [k[0] for k in taken], [k[1] for k in taken]
+                for owner, key, text in await conn.fetch(self.get_by_keys, owners, keys):
+                    holders[(owner, key)] = job_from_record(json.loads(text))
             results: list[tuple[Job, bool]] = []
             for job in jobs:
                 if job.id in seqs:
                     results.append((job, True))
                     continue
-                key = job.idempotency_key
-                if key is None:
+                if job.idempotency_key is None:
                     raise ValueError(f"a job with id {job.id} exists already")
+                key = (job.owner, job.idempotency_key)
                 holder = holders.get(key, first[key] if first[key].id in seqs else None)
                 if holder is None:
-                    raise ValueError(f"idempotency key {key!r} is in flux")
+                    raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
                 results.append((holder, False))
             events = [
                 JobEvent(EventType.CREATED, seqs[j.id], j.created_at, j)

@@ -131,6 +131,16 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             EXECUTE FUNCTION {s}.jobs_webhook_outbox();
         """,
     ),
+    (
+        4,
+        # Idempotency keys are unique per owner (a NULL owner is one owner of its own).
+        """
+        CREATE UNIQUE INDEX jobs_owner_idempotency_key
+            ON {s}.jobs ((coalesce(owner, '')), (owner IS NULL), idempotency_key)
+            WHERE idempotency_key IS NOT NULL;
+        DROP INDEX {s}.jobs_idempotency_key;
+        """,
+    ),
 )
 
 

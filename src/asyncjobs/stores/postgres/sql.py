@@ -14,7 +14,7 @@ from typing import Any, final
 
 from ...codec import dumps, format_time, job_from_record, job_to_record
 from ...job import EventType, Job, JobEvent, JobStatus
-from ..steps import claim_step, new_token
+from ..steps import claim_step
 from .events import encode_head, encode_suffix
 
 __all__ = ["Statements"]
@@ -47,8 +47,17 @@ class Statements:
         self.prefix = prefix
         self.get = f"SELECT record::text FROM {s}.jobs WHERE id = $1"
         self.get_for_update = self.get + " FOR UPDATE"
-        self.get_by_key = f"SELECT record::text FROM {s}.jobs WHERE idempotency_key = $1"
+        self.get_by_key = (
+            f"SELECT record::text FROM {s}.jobs"
+            " WHERE idempotency_key = $1 AND owner IS NOT DISTINCT FROM $2"
+        )
         self.next_seq = f"SELECT nextval('{s}.event_seq')"
+        # The jobs a claim committed under its nonce (every token it wrote starts so).
+        self.claimed_sql = (
+            f"SELECT record::text, nextval('{s}.event_seq') FROM {s}.jobs"
+            f" WHERE status = '{_RUNNING}' AND starts_with(lease_token, $1)"
+            " ORDER BY priority DESC, id"
+        )
         self.lock = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
         self.lock_many = (
             "SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
@@ -88,7 +97,8 @@ WITH ins AS (
     INSERT INTO {s}.jobs (id, type, status, priority, run_at, finished_at, retention,
                           idempotency_key, owner, record)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    ON CONFLICT ((coalesce(owner, '')), (owner IS NULL), idempotency_key)
+        WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ),
 ev AS (SELECT nextval('{s}.event_seq') AS seq FROM ins)
@@ -147,6 +157,8 @@ changed AS (DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM data) RETURNING id)
 WITH picked AS (
     SELECT id FROM {s}.jobs
     WHERE status = '{_QUEUED}' AND type = ANY($1::text[])
+      -- Taken (once, an InitPlan) before any row is locked; a retry waits on it.
+      AND (SELECT pg_try_advisory_xact_lock(hashtextextended($10::text, 0)))
     ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED
 ),
 claimed AS (
@@ -161,7 +173,7 @@ claimed AS (
             'version', (j.record->>'version')::int + 1,
             'lease', jsonb_build_object(
                 'worker_id', $3::text, 'token', t.token, 'expires_at', $6::text))
-    FROM (SELECT id, replace(gen_random_uuid()::text, '-', '') AS token FROM picked) AS t
+    FROM (SELECT id, $10::text || id AS token FROM picked) AS t
     WHERE j.id = t.id
     RETURNING j.id, j.priority, j.record
 ),
@@ -179,6 +191,21 @@ SELECT seq, record, pg_notify($7, CASE
 END)
 FROM msg ORDER BY seq
 """
+
+    async def claimed_by(self, conn: Any, nonce: str, now: datetime) -> list[JobEvent]:
+        """The jobs an earlier attempt of the claim ``nonce`` committed, if it did.
+
+        A claim whose reply was lost may still be running on the server: the advisory
+        lock it took before locking any row is held until it commits or rolls back, so
+        this waits for it, then reads what it claimed (still running under its tokens).
+        """
+        async with conn.transaction():
+            await conn.execute(self.lock, nonce)
+            rows = await conn.fetch(self.claimed_sql, nonce)
+        return [
+            JobEvent(EventType.STARTED, row[1], now, job_from_record(json.loads(row[0])))
+            for row in rows
+        ]
 
     async def write(
         self,
@@ -275,9 +302,20 @@ FROM msg ORDER BY seq
         return [JobEvent(EventType.DELETED, seqs[j.id], now, j) for j in jobs if j.id in seqs]
 
     async def claim(
-        self, conn: Any, worker_id: str, types: list[str], limit: int, lease: float, now: datetime
+        self,
+        conn: Any,
+        worker_id: str,
+        types: list[str],
+        limit: int,
+        lease: float,
+        now: datetime,
+        nonce: str,
     ) -> list[JobEvent]:
-        """Claim up to ``limit`` queued jobs of ``types`` (no type limits) in one statement."""
+        """Claim up to ``limit`` queued jobs of ``types`` (no type limits) in one statement.
+
+        Each lease token is ``nonce`` followed by the job id, so :meth:`claimed_by` finds
+        what this claim took if its reply is lost.
+        """
         expires = now + timedelta(seconds=lease)
         rows = await conn.fetch(
             self.claim_sql,
@@ -290,6 +328,7 @@ FROM msg ORDER BY seq
             self.channel,
             self.prefix,
             encode_head(EventType.STARTED, now),
+            nonce,
         )
         return [
             JobEvent(EventType.STARTED, row[0], now, job_from_record(json.loads(row[1])))
@@ -306,10 +345,13 @@ FROM msg ORDER BY seq
         lease: float,
         now: datetime,
         schema: str,
+        nonce: str,
     ) -> list[JobEvent]:
         """Claim with per-type limits, exact across processes: a transaction that holds
-        an advisory lock per limited type while it counts that type's running jobs."""
+        an advisory lock per limited type while it counts that type's running jobs.
+        Tokens and the nonce's lock are as in :meth:`claim`."""
         async with conn.transaction():
+            await conn.execute(self.lock, nonce)
             texts: list[str] = []
             limited = sorted(limits)
             # Sorted lock order: two claimers never deadlock on each other.
@@ -324,7 +366,7 @@ FROM msg ORDER BY seq
             jobs = [job_from_record(json.loads(text)) for text in texts]
             picked = sorted(jobs, key=lambda j: (-j.priority, j.id))[:limit]
             changes = [
-                (claim_step(j, worker_id, new_token(), lease, now), EventType.STARTED)
+                (claim_step(j, worker_id, nonce + j.id, lease, now), EventType.STARTED)
                 for j in picked
             ]
             return await self.write(conn, changes, now)

@@ -48,6 +48,7 @@ from ...codec import (
 )
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, Webhook
 from ..listeners import LocalNotifier
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
@@ -292,6 +293,7 @@ class PostgresStore:
     # -- Store protocol ----------------------------------------------------------
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        check_storable(job)
         sql = self._sql
         record = dumps(job_to_record(job))
         suffix = encode_suffix(self._prefix, EventType.CREATED, job, job.created_at)
@@ -320,7 +322,7 @@ class PostgresStore:
             if row is not None:
                 return job, JobEvent(EventType.CREATED, row["seq"], job.created_at, job)
             # The idempotency key is taken (ON CONFLICT DO NOTHING): return its job.
-            text = await conn.fetchval(sql.get_by_key, job.idempotency_key)
+            text = await conn.fetchval(sql.get_by_key, job.idempotency_key, job.owner)
             if text is None:
                 raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
             return _load(text), None
@@ -336,7 +338,7 @@ class PostgresStore:
                 return await insert(conn)  # one statement, its own transaction
             async with conn.transaction():
                 if job.idempotency_key is not None:
-                    text = await conn.fetchval(sql.get_by_key, job.idempotency_key)
+                    text = await conn.fetchval(sql.get_by_key, job.idempotency_key, job.owner)
                     if text is not None:
                         return _load(text), None
                 # Serialize counted adds so max_queued is exact across processes.
@@ -379,27 +381,25 @@ class PostgresStore:
             return []
         limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
         free = [t for t in wanted if t not in limits]
-        if not limits:
-            return await self._claim_free(worker_id, free, limit, lease, now)
+        # The pool retries a call whose connection dropped, and the first attempt may
+        # have committed before its reply was lost: every attempt of this claim writes
+        # tokens that start with one nonce, and a retry first takes back what an earlier
+        # attempt claimed, so no job is left running under a token nobody holds.
+        nonce = secrets.token_hex(16)
+        attempts = 0
 
         async def op(conn: Conn) -> list[JobEvent]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and (earlier := await self._sql.claimed_by(conn, nonce, now)):
+                return earlier
+            if not limits:
+                return await self._sql.claim(conn, worker_id, free, limit, lease, now, nonce)
             return await self._sql.claim_limited(
-                conn, worker_id, limits, free, limit, lease, now, self.schema
+                conn, worker_id, limits, free, limit, lease, now, self.schema, nonce
             )
 
         events = await self._run(op)
-        self._emit(events)
-        claimed = [e.job for e in events]
-        self._hold(claimed)
-        return claimed
-
-    async def _claim_free(
-        self, worker_id: str, types: list[str], limit: int, lease: float, now: datetime
-    ) -> list[Job]:
-        """A claim without type limits: one statement (see ``Statements.claim_sql``)."""
-        events = await self._run(
-            lambda conn: self._sql.claim(conn, worker_id, types, limit, lease, now)
-        )
         self._emit(events)
         claimed = [e.job for e in events]
         self._hold(claimed)
@@ -597,6 +597,8 @@ class PostgresStore:
         batch = list(jobs)
         if not batch:
             return []
+        for job in batch:
+            check_storable(job)
         attempt = 0
         lock_key = f"asyncjobs:add:{self.schema}"
 

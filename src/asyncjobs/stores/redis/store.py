@@ -31,6 +31,7 @@ import anyio
 from ...codec import dumps, format_time, job_to_record
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...jsonrules import check_storable
 from ..listeners import Listeners
 from ..protocol import EventListener, Outcome, Page, Stats
 from ..steps import (
@@ -333,6 +334,7 @@ class RedisStore:
     # -- Store protocol ----------------------------------------------------------
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        check_storable(job)  # the rule every store applies (see jsonrules.json_problems)
         args = self._commit_args(0, job, EventType.CREATED, job.created_at, max_queued=max_queued)
         reply = await self._eval("commit", self._key(job.id), *args)
         code = reply[0]

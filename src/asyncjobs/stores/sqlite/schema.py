@@ -17,7 +17,15 @@ from ...codec import dumps, job_from_record, job_to_record
 from ...errors import ConfigurationError
 from ...job import Job
 
-__all__ = ["MIGRATIONS", "JOB_COLUMNS", "job_from_row", "job_params", "micros", "migrate"]
+__all__ = [
+    "JOB_COLUMNS",
+    "MIGRATIONS",
+    "job_from_row",
+    "job_params",
+    "micros",
+    "migrate",
+    "scoped_key",
+]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICRO: Final = timedelta(microseconds=1)
@@ -133,6 +141,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         END
         """,
     ),
+    # 4: idempotency keys are unique per owner: the idempotency_key column (UNIQUE) holds
+    # the key scoped by its owner (see scoped_key); the record keeps the key itself.
+    (
+        "UPDATE jobs SET idempotency_key = owner || char(0) || idempotency_key"
+        " WHERE idempotency_key IS NOT NULL AND owner IS NOT NULL",
+    ),
 )
 
 JOB_COLUMNS: Final = (
@@ -146,6 +160,17 @@ def micros(value: datetime) -> int:
     return (value - _EPOCH) // _MICRO
 
 
+def scoped_key(owner: str | None, key: str | None) -> str | None:
+    """The ``idempotency_key`` column: the key, prefixed by its owner and a NUL.
+
+    Neither an owner nor a key may hold NUL (``jsonrules.check_storable``), and a key without
+    an owner has no NUL, so two (owner, key) pairs never share a column value.
+    """
+    if key is None or owner is None:
+        return key
+    return f"{owner}\x00{key}"
+
+
 def job_params(job: Job) -> tuple[Any, ...]:
     """The values of :data:`JOB_COLUMNS` for ``job``, in order."""
     return (
@@ -154,7 +179,7 @@ def job_params(job: Job) -> tuple[Any, ...]:
         job.status.value,
         job.priority,
         job.owner,
-        job.idempotency_key,
+        scoped_key(job.owner, job.idempotency_key),
         micros(job.run_at),
         None if job.finished_at is None else micros(job.finished_at),
         None if job.lease is None else micros(job.lease.expires_at),

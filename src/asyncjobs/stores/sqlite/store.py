@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 from ...codec import dumps, worker_from_record, worker_to_record
 from ...errors import ConfigurationError, JobNotFound, QueueFull
 from ...job import TERMINAL, EventType, Job, JobStatus
+from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, Webhook
 from ..listeners import LocalNotifier
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
@@ -52,7 +53,7 @@ from ..steps import (
 from ..tasks import BackgroundTasks, TaskHandle
 from . import webhooks as outbox
 from .notify import EventTail
-from .schema import JOB_COLUMNS, job_from_row, job_params, micros
+from .schema import JOB_COLUMNS, job_from_row, job_params, micros, scoped_key
 from .thread import Changes, SqliteThread
 
 __all__ = ["SqliteStore"]
@@ -229,10 +230,13 @@ class SqliteStore:
     # -- Store protocol: writes ----------------------------------------------------
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
+        check_storable(job)
+
         def body(conn: sqlite3.Connection, changes: Changes) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 row = conn.execute(
-                    "SELECT record FROM jobs WHERE idempotency_key = ?", (job.idempotency_key,)
+                    "SELECT record FROM jobs WHERE idempotency_key = ?",
+                    (scoped_key(job.owner, job.idempotency_key),),
                 ).fetchone()
                 if row is not None:
                     return job_from_row(row[0]), False
@@ -437,13 +441,15 @@ class SqliteStore:
 
     async def add_many(self, jobs: Sequence[Job], *, max_queued: int | None = None) -> _Added:
         batch = list(jobs)
+        for job in batch:
+            check_storable(job)
 
         def body(conn: sqlite3.Connection, changes: Changes) -> list[tuple[Job, bool]]:
             # One transaction: an error anywhere rolls the whole batch back.
             results: list[tuple[Job, bool]] = []
             keys: dict[str, Job] = {}
             for job in batch:
-                key = job.idempotency_key
+                key = scoped_key(job.owner, job.idempotency_key)  # unique per owner
                 if key is not None:
                     if key in keys:
                         results.append((keys[key], False))
