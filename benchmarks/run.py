@@ -7,13 +7,16 @@ Options:
                         system (asyncjobs, arq, saq, ...), a backend (memory, sqlite,
                         postgres, redis), ``system/backend`` or a case key
     --skip TERM         leave those out (same terms)
+    --pairs             run only the cases behind the issue's asyncjobs / peer pairs
     --runs R            runs per case (default 3; the figure is the median)
     --no-write          do not rewrite RESULTS.md, results.json and throughput.png
     --render            run nothing: rewrite RESULTS.md, docs/benchmarks.md and the
                         plots from the last results.json
 
 Each run is a separate process bounded by a timeout; a run that fails, times out or
-cannot import its library is reported as such in the tables, never dropped.
+cannot import its library is reported as such in the tables, never dropped. Runs are
+interleaved (round 1 of every case, then round 2, ...), so a pair's two sides share
+the machine's load; the pairs table (``pairs.py``) closes every run.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pairs
 import report
 
 HERE = Path(__file__).resolve().parent
@@ -77,7 +81,7 @@ class Sizes:
     memory_jobs: int
 
 
-FULL = Sizes(10_000, 3_000, 1_000, 5_000, 2_000, 1_000, 600, 300, (100, 1_000, 5_000), 100_000)
+FULL = Sizes(10_000, 3_000, 1_000, 10_000, 2_000, 1_000, 600, 300, (100, 1_000, 5_000), 100_000)
 QUICK = Sizes(200, 100, 50, 200, 100, 100, 50, 20, (20,), 2_000)
 
 
@@ -419,6 +423,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", action="append", default=[])
     parser.add_argument("--skip", action="append", default=[])
+    parser.add_argument("--pairs", action="store_true")
     parser.add_argument("--runs", type=int)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--no-write", action="store_true")
@@ -427,13 +432,16 @@ def main() -> None:
     if args.render:
         write_files(json.loads((HERE / "results.json").read_text()))
         return
+    partial_terms = bool(args.only or args.skip or args.pairs)
     only = [t for term in args.only for t in term.split(",") if t]
     skip = [t for term in args.skip for t in term.split(",") if t]
     runs = args.runs or (1 if args.quick else 3)
     todo = [
         c
         for c in cases(QUICK if args.quick else FULL)
-        if (not only or c.matches(only)) and not c.matches(skip)
+        if (not only or c.matches(only))
+        and not c.matches(skip)
+        and (not args.pairs or c.key in pairs.PAIR_CASES)
     ]
     if not todo:
         raise SystemExit("no case matches --only/--skip")
@@ -443,14 +451,20 @@ def main() -> None:
     print(f"# {command}\n# {load_before}\n# {len(todo)} cases x {runs} runs", flush=True)
     results: dict[str, Any] = {}
     t0 = time.monotonic()
+    n_runs = {c.key: c.runs if c.runs is not None and not args.quick else runs for c in todo}
+    got: dict[str, list[dict[str, Any]]] = {c.key: [] for c in todo}
+    # Interleaved: A B A B, so that both sides of a pair see the same load.
+    for round_ in range(max(n_runs.values())):
+        for case in todo:
+            if round_ < n_runs[case.key]:
+                got[case.key].append(run_once(case, args.python))
+        print(f"# round {round_ + 1} done; {uptime()}", flush=True)
     for case in todo:
-        n_runs = case.runs if case.runs is not None and not args.quick else runs
-        got = [run_once(case, args.python) for _ in range(n_runs)]
         results[case.key] = {
             "group": case.group,
             "system": case.system,
             "backend": case.backend,
-            **median_of(got),
+            **median_of(got[case.key]),
         }
         print(report.line(case.key, results[case.key]), flush=True)
     elapsed = time.monotonic() - t0
@@ -469,8 +483,10 @@ def main() -> None:
     }
     print()
     print(report.tables(doc))
+    print("\n## The issue's pairs (asyncjobs / peer, same run)\n")
+    print(pairs.table(doc))
     print(f"# suite took {elapsed:.0f} s; {load_after}")
-    partial = bool(only or skip)
+    partial = partial_terms
     if partial and (HERE / "results.json").exists() and not args.quick:
         # A partial re-run updates its cases in the last full run's results.
         old = json.loads((HERE / "results.json").read_text())

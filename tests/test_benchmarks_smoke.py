@@ -53,3 +53,32 @@ def test_quick_benchmarks_print_figures() -> None:
         assert re.search(r"=\s*[0-9][0-9,]*\.?[0-9]*", line), line
     assert re.search(r"\| asyncjobs \| memory \| [0-9,]+ \|", out), out
     assert re.search(r"bytes per job", out)
+    # The pairs close every run, with the load average.
+    assert "The issue's pairs" in out and "memory drain c10 vs aiojobs" in out, out
+    assert "load: " in out
+
+
+def test_pairs_table_computes_ratios_and_goals() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import pairs
+    finally:
+        sys.path.pop(0)
+    doc = {
+        "load_before": "load average: 1.00",
+        "load_after": "load average: 2.00",
+        "results": {
+            "drain_c10/asyncjobs/memory": {"rate": 150.0},
+            "drain_c10/aiojobs/memory": {"rate": 100.0},
+            "drain_c50/asyncjobs/memory": {"rate": 50.0},
+            "drain_c50/aiojobs/memory": {"error": "timed out"},
+            "latency/asyncjobs/postgres": {"done_p50_ms": 1.5, "done_p99_ms": 7.0},
+        },
+    }
+    rows = {row.split(" | ")[0].strip("| "): row for row in pairs.table(doc).splitlines()}
+    assert "1.50x" in rows["memory drain c10 vs aiojobs"]
+    assert rows["memory drain c10 vs aiojobs"].endswith("| yes |")
+    assert "not run" in rows["memory drain c50 vs aiojobs"]
+    assert rows["postgres submit->completion p50 (ms)"].endswith("| yes |")
+    assert rows["postgres submit->completion p99 (ms)"].endswith("| no |")
+    assert "load average: 1.00 -> load average: 2.00" in pairs.table(doc)

@@ -80,7 +80,9 @@ def test_retry_all_failed_of_a_type_and_one_in_place(
     assert job["id"] == ids[0]
     done = rest_submit(server, {"type": "echo", "params": {"message": "hi"}})
     row(pg, done).click()
-    pg.wait_for_function("document.querySelector('#detail-badge').dataset.status === 'completed'")
+    pg.wait_for_function(
+        "() => document.querySelector('#detail-badge').dataset.status === 'completed'"
+    )
     assert retry.is_hidden()
 
 
@@ -93,7 +95,7 @@ def test_webhooks_and_their_failed_deliveries(page: tuple[Any, Console], server:
     item.wait_for()
     assert "http://127.0.0.1:9/hook" in item.inner_text()
     pg.wait_for_function(
-        "Number(document.querySelector('#ops-webhooks li[data-webhook]').dataset.dead) >= 1",
+        "() => Number(document.querySelector('#ops-webhooks li[data-webhook]').dataset.dead) >= 1",
         timeout=20_000,
     )
     assert "private or loopback" in item.locator(".ops-dead").inner_text()

@@ -374,3 +374,51 @@ async def test_leaving_a_subscription_early_unregisters() -> None:
             await sub.__anext__()
             assert queue.bus.subscriber_count == 1
         assert queue.bus.subscriber_count == 0
+
+
+async def test_one_wake_up_per_filter_group_not_per_subscriber(
+    make: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fan-out at thousands of subscribers: a publish wakes each filter group once,
+    # instead of building an anyio.Event per waiting subscriber per event.
+    built = 0
+    real_event = anyio.Event
+
+    def counting_event() -> anyio.Event:
+        nonlocal built
+        built += 1
+        return real_event()
+
+    monkeypatch.setattr(anyio, "Event", counting_event)
+    bus = EventBus()
+    everyone = [bus.subscribe() for _ in range(50)]
+    by_job = [bus.subscribe(job_id="j1") for _ in range(50)]
+    other_job = bus.subscribe(job_id="j2")
+    readers = everyone + by_job
+    got: dict[int, list[int]] = {i: [] for i in range(len(readers))}
+    rounds = 10
+
+    async def read(i: int, sub: Subscriber) -> None:
+        for _ in range(rounds):
+            got[i].append((await sub.get()).seq)
+
+    async def wait_for_nothing() -> None:
+        with pytest.raises(anyio.EndOfStream):
+            await other_job.get()
+
+    async with anyio.create_task_group() as tg:
+        for i, sub in enumerate(readers):
+            tg.start_soon(read, i, sub)
+        tg.start_soon(wait_for_nothing)  # nothing for j2 is published
+        sent: list[int] = []
+        for _ in range(rounds):
+            await anyio.wait_all_tasks_blocked()
+            event = make(EventType.PROGRESS, "j1")
+            sent.append(event.seq)
+            bus.publish(event)
+        await anyio.wait_all_tasks_blocked()
+        other_job.close()
+    assert all(seqs == sent for seqs in got.values())
+    # Two groups wait (everyone, job j1), plus j2's reader once: one event per group
+    # per round, never one per subscriber (that would be 1,000 here).
+    assert built <= 2 * rounds + 2

@@ -241,3 +241,28 @@ async def test_a_delayed_submission_is_promoted_by_the_janitor() -> None:
         clock.advance(60)
         assert (await janitor.tick()).promoted == 1
         assert (await queue.get(job.id)).status is JobStatus.QUEUED
+
+
+async def test_purges_finished_webhook_deliveries_after_their_retention(env: Setup) -> None:
+    from asyncjobs.webhooks import Webhook, WebhookConfig
+
+    hook = await env.store.add_webhook(Webhook(url="https://h.example.com/"), now=env.clock())
+    for _ in range(2):
+        await env.finish(await env.add(retention=None))  # the jobs themselves are kept
+    ok, pending = [
+        d for d, _ in await env.store.claim_deliveries(now=env.clock(), limit=5, lease=9)
+    ]
+    await env.store.finish_delivery(ok.id, now=env.clock(), ok=True)
+    await env.store.finish_delivery(pending.id, now=env.clock(), ok=False, retry_at=env.clock())
+    janitor = Janitor(
+        env.store, JanitorConfig(), env.clock, delivery_retention=WebhookConfig().retention
+    )
+    env.clock.advance(timedelta(days=6))
+    assert (await janitor.tick()).deliveries_purged == 0
+    env.clock.advance(timedelta(days=1, seconds=1))  # 7 days: the default retention
+    assert await janitor.tick() == JanitorReport(deliveries_purged=1)
+    assert [d.id for d in await env.store.list_deliveries(hook.id)] == [pending.id]
+    # A queue's janitor takes the retention from its WebhookConfig.
+    queue = Queue("memory://", concurrency=0, webhook_config=WebhookConfig(retention=60))
+    async with queue:
+        assert queue.janitor is not None and queue.janitor.delivery_retention == 60

@@ -123,6 +123,35 @@ def test_advance_returns_a_new_version_and_leaves_the_old_one() -> None:
     assert advance(job, S.RUNNING).version == 5
 
 
+@given(
+    progress=st.floats(0.0, 1.0),
+    message=st.none() | st.text(max_size=5),
+    attempts=st.integers(0, 5),
+    tags=st.lists(st.text(max_size=3), max_size=3).map(tuple),
+)
+def test_advance_makes_the_record_evolve_would(
+    progress: float, message: str | None, attempts: int, tags: tuple[str, ...]
+) -> None:
+    # advance copies slots instead of calling attrs.evolve (the worker's hot path): the
+    # result must be the very record evolve makes, equal and frozen alike.
+    lease = Lease("w", "tok", T0)
+    job = make_job(S.QUEUED, priority=3, tags=("a",), lease=None)
+    changes: dict[str, Any] = {"progress": progress, "message": message, "attempts": attempts}
+    nxt = advance(job, S.RUNNING, tags=tags, lease=lease, **changes)
+    want = attrs.evolve(job, status=S.RUNNING, version=2, tags=tags, lease=lease, **changes)
+    assert nxt == want and type(nxt) is Job
+    assert attrs.asdict(nxt, recurse=False) == attrs.asdict(want, recurse=False)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        nxt.progress = 0.5  # type: ignore[misc]
+
+
+def test_advance_rejects_unknown_fields_and_keeps_the_old_version() -> None:
+    job = make_job(S.RUNNING)
+    with pytest.raises(TypeError, match="no_such_field"):
+        advance(job, no_such_field=1)
+    assert job.version == 1
+
+
 def test_job_is_immutable_and_hides_its_lease() -> None:
     lease = Lease("worker-1", "secret-token", T0)
     job = make_job(S.RUNNING, lease=lease)

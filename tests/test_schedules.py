@@ -171,3 +171,34 @@ async def test_two_queues_on_one_store_make_one_job_per_tick(
     ticks = sorted(datetime.fromisoformat(k.split(":", 2)[2]) for k in per_tick if k)
     assert all(t.timestamp() * 5 % 1 < 1e-6 or t.timestamp() * 5 % 1 > 1 - 1e-6 for t in ticks)
     assert {j.params["from"] for j in jobs} == {"schedule"}
+
+
+async def test_a_full_queue_skips_a_tick_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock(at(0.5))
+    queue = Queue("memory://", concurrency=0, max_queued=2, clock=clock)
+
+    @queue.job_type("tick")
+    async def tick(ctx: JobContext, params: dict[str, Any]) -> None:
+        return None
+
+    queue.schedule("tick", every=10, name="often")
+    async with queue:
+        await _until(lambda: _count(queue, 1))  # the tick at 0 fits
+        filler = await queue.submit("tick")
+        clock.now = at(10.5)  # the queue holds 2 waiting jobs: the tick at 10 is refused
+
+        async def warned() -> bool:
+            return any("skipped its tick" in r.getMessage() for r in caplog.records)
+
+        await _until(warned)
+        assert await _ticks(queue) == sorted(["", tick_key("often", at(0))])
+        assert queue.health().ok  # back-pressure, not an outage
+        await queue.cancel(filler.id)  # room again: the next tick runs
+        clock.now = at(20.5)
+        await _until(lambda: _count(queue, 2, key=tick_key("often", at(20))))
+        assert tick_key("often", at(10)) not in await _ticks(queue)
+
+
+async def _count(queue: Queue, n: int, key: str | None = None) -> bool:
+    keys = [k for k in await _ticks(queue) if k]
+    return len(keys) == n and (key is None or key in keys)

@@ -37,7 +37,15 @@ from .workers import WorkersEndpoint
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
 
-__all__ = ["MAX_LIMIT", "MAX_WAIT", "HttpApi", "read_body", "require_json", "visible_to"]
+__all__ = [
+    "MAX_LIMIT",
+    "MAX_WAIT",
+    "HttpApi",
+    "check_query",
+    "read_body",
+    "require_json",
+    "visible_to",
+]
 
 #: The longest ``?wait=`` a request may hold a connection by default, in seconds.
 MAX_WAIT: Final = 60.0
@@ -148,7 +156,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 _ALWAYS: Final = frozenset({"access_token"})
 
 
-def _check_query(request: Request, allowed: frozenset[str]) -> None:
+def check_query(request: Request, allowed: frozenset[str]) -> None:
     """422 naming each query parameter the route does not take (as for body fields)."""
     unknown = sorted(set(request.query_params) - allowed - _ALWAYS)
     if unknown:
@@ -163,7 +171,7 @@ def _dispatch(methods: dict[str, tuple[Endpoint, frozenset[str]]]) -> Endpoint:
         # HEAD is served by the GET handler; the server drops the body.
         method = "GET" if request.method == "HEAD" else request.method
         handler, allowed = methods[method]
-        _check_query(request, allowed)
+        check_query(request, allowed)
         return await handler(request)
 
     return endpoint

@@ -15,6 +15,7 @@ from typing import Any, Final
 from asyncjobs.job import TERMINAL, JobStatus
 
 from .http import MAX_LIMIT, MAX_WAIT
+from .openapi_ops import ops_paths, ops_schemas
 from .openapi_worker import worker_paths, worker_schemas
 from .wire import MAX_DELAY, MAX_STRING, MAX_TAGS, MAX_TIMEOUT, PRIORITY_RANGE
 
@@ -211,6 +212,11 @@ def _schemas(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
                 "timeout": {"type": ["number", "null"]},
                 "tags": {"type": "array", "items": {"type": "string"}},
                 "cancel_requested": {"type": "boolean"},
+                "history": {
+                    "type": "array",
+                    "items": _ref("Run"),
+                    "description": "Earlier runs, oldest first (a retry in place adds one).",
+                },
                 "version": {"type": "integer", "minimum": 1},
             },
             "required": ["id", "type", "params", "status", "progress", "version"],
@@ -269,6 +275,52 @@ def _schemas(job_types: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
                 "running_here": {"type": "integer", "minimum": 0},
             },
             "required": ["counts", "by_type", "total"],
+        },
+        "Worker": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "host": {"type": "string"},
+                "pid": {"type": "integer"},
+                "types": {"type": "array", "items": {"type": "string"}},
+                "slots": {"type": "integer", "minimum": 0},
+                "running": {"type": "array", "items": {"type": "string"}},
+                "started_at": _TIME,
+                "last_heartbeat": _TIME,
+                "expires_at": _TIME,
+            },
+            "required": [
+                "id",
+                "host",
+                "pid",
+                "types",
+                "slots",
+                "running",
+                "started_at",
+                "last_heartbeat",
+                "expires_at",
+            ],
+        },
+        "Health": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
+                "message": {"type": "string"},
+                "problems": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "loop": {"type": "string"},
+                            "reason": {"type": "string"},
+                            "since": _TIME,
+                            "failures": {"type": "integer", "minimum": 0},
+                        },
+                        "required": ["loop", "reason", "since", "failures"],
+                    },
+                },
+            },
+            "required": ["status"],
         },
         "Error": {
             "type": "object",
@@ -533,14 +585,12 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                         {
                             "type": "object",
                             "required": ["workers"],
-                            "properties": {
-                                "workers": {"type": "array", "items": {"type": "object"}}
-                            },
+                            "properties": {"workers": {"type": "array", "items": _ref("Worker")}},
                         },
-                        "Each worker: id, host, pid, types, slots, running, started_at, "
-                        "last_heartbeat, expires_at.",
+                        "Every live worker of every process sharing the store.",
                     ),
                     **_UNAUTHORIZED,
+                    **_UNAVAILABLE,
                 },
             },
         },
@@ -550,11 +600,11 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 "summary": "Liveness; no auth.",
                 "security": [],
                 "responses": {
-                    "200": _json({"type": "object"}, "The queue is open."),
+                    "200": _json(_ref("Health"), 'The queue is open and healthy (`"ok"`).'),
                     "503": _json(
-                        {"type": "object"},
-                        "The queue is not open, or degraded: its store calls fail "
-                        '(`{"status": "degraded", "problems": [...]}`).',
+                        _ref("Health"),
+                        'The queue is not open (`"unavailable"`), or `"degraded"`: a loop\'s '
+                        "store calls fail (`problems` names each).",
                     ),
                 },
             },
@@ -579,6 +629,37 @@ def _paths(dashboard: bool) -> dict[str, Any]:
                 "summary": "This document.",
                 "security": [],
                 "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")},
+            },
+        },
+        "/docs": {
+            "get": {
+                "operationId": "docs",
+                "summary": "Interactive API docs (Swagger UI, no CDN).",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The docs page.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "404": _error("The Swagger UI assets are not installed."),
+                },
+            },
+        },
+        "/docs/assets/{name}": {
+            "parameters": [
+                _param("name", "path", {"type": "string"}, "The asset's file name.", required=True)
+            ],
+            "get": {
+                "operationId": "docsAsset",
+                "summary": "A file of the docs page.",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {"*/*": {"schema": {"type": "string"}}},
+                    },
+                    "404": _error("No such asset."),
+                },
             },
         },
         "/": {
@@ -660,9 +741,15 @@ def openapi_document(
             **_paths(dashboard),
             # The remote-worker protocol, described in its own module.
             **worker_paths(_UNAUTHORIZED, _UNAVAILABLE, _error("An error.")),
+            # Retry, batch submit, schedules and webhooks, likewise.
+            **ops_paths(_UNAUTHORIZED, _UNAVAILABLE, _error),
         },
         "components": {
-            "schemas": {**_schemas(job_types), **worker_schemas(_type_names(job_types))},
+            "schemas": {
+                **_schemas(job_types),
+                **worker_schemas(_type_names(job_types)),
+                **ops_schemas(),
+            },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "accessToken": {"type": "apiKey", "in": "query", "name": "access_token"},

@@ -14,8 +14,10 @@ per-owner isolation a principal retries only its own jobs.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -26,8 +28,8 @@ from asyncjobs.job import JobStatus
 
 from .auth import READ, SUBMIT, Authenticator, require
 from .errors import ApiError
-from .http import read_body, visible_to
-from .wire import invalid, loads, parse_statuses, parse_submission
+from .http import check_query, read_body, visible_to
+from .wire import check_job_id, invalid, loads, parse_statuses, parse_submission
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -37,6 +39,22 @@ __all__ = ["MAX_BATCH", "OpsApi"]
 #: The most submissions one ``POST /jobs/batch`` may carry.
 MAX_BATCH: Final = 1000
 _RETRYABLE: Final = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+_NONE: Final[frozenset[str]] = frozenset()
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+_EVERY_METHOD: Final = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _post_only(endpoint: Endpoint) -> Endpoint:
+    async def only(request: Request) -> Response:
+        if request.method != "POST":
+            raise HTTPException(
+                405, f"{request.method} is not allowed here; use POST", {"Allow": "POST"}
+            )
+        return await endpoint(request)
+
+    return only
 
 
 @final
@@ -56,9 +74,11 @@ class OpsApi:
 
     def routes(self) -> list[BaseRoute]:
         """The Starlette routes, relative to the mount point."""
+        # Every method, so that GET /jobs/batch is 405 rather than GET /jobs/{id} with
+        # the id "batch" (Starlette tries later routes when only the method differs).
         return [
-            Route("/jobs/batch", self.submit_batch, methods=["POST"]),
-            Route("/jobs/retry", self.retry_many, methods=["POST"]),
+            Route("/jobs/batch", _post_only(self.submit_batch), methods=_EVERY_METHOD),
+            Route("/jobs/retry", _post_only(self.retry_many), methods=_EVERY_METHOD),
             Route("/jobs/{job_id}/retry", self.retry_job, methods=["POST"]),
             Route("/schedules", self.schedules, methods=["GET"]),
         ]
@@ -66,6 +86,7 @@ class OpsApi:
     async def schedules(self, request: Request) -> Response:
         """``GET /schedules``: the queue's schedules with their next run (read scope)."""
         await require(self.auth, request.scope, READ)
+        check_query(request, _NONE)
         now = self.queue.clock()
         items = sorted(self.queue.schedules.values(), key=lambda s: s.name)
         return JSONResponse({"schedules": [s.to_wire(now) for s in items]})
@@ -73,7 +94,8 @@ class OpsApi:
     async def retry_job(self, request: Request) -> Response:
         """``POST /jobs/{id}/retry``: 200 with the re-queued job."""
         principal = await require(self.auth, request.scope, SUBMIT)
-        job_id = request.path_params["job_id"]
+        check_query(request, _NONE)
+        job_id = check_job_id(request.path_params["job_id"])
         job = await self.queue.get(job_id)
         visible = visible_to(principal)
         if visible is not None and not visible(job):
@@ -83,9 +105,7 @@ class OpsApi:
     async def retry_many(self, request: Request) -> Response:
         """``POST /jobs/retry?status=failed,cancelled&type=``: ``{"retried": n}``."""
         principal = await require(self.auth, request.scope, SUBMIT)
-        unknown = sorted(set(request.query_params) - {"status", "type"})
-        if unknown:
-            raise invalid([{"loc": ["query", k], "msg": "unknown parameter"} for k in unknown])
+        check_query(request, frozenset({"status", "type"}))
         statuses = parse_statuses(request.query_params.getlist("status"), loc=["query", "status"])
         statuses = statuses or [JobStatus.FAILED]
         if any(s not in _RETRYABLE for s in statuses):
@@ -102,6 +122,7 @@ class OpsApi:
     async def submit_batch(self, request: Request) -> Response:
         """``POST /jobs/batch``: 202 with the jobs, in input order."""
         principal = await require(self.auth, request.scope, SUBMIT)
+        check_query(request, _NONE)
         body = loads(await read_body(request, self.max_body))
         if (
             not isinstance(body, dict)

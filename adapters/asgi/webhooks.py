@@ -21,7 +21,7 @@ from asyncjobs.webhooks.dispatcher import TargetRefused
 
 from .auth import ADMIN, Authenticator, require
 from .errors import ApiError
-from .http import read_body
+from .http import check_query, read_body
 from .wire import invalid, loads
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ class WebhookApi:
         ]
 
     async def _dispatch(self, request: Request) -> Response:
+        check_query(request, frozenset())
         return await (self.create if request.method == "POST" else self.list)(request)
 
     async def create(self, request: Request) -> Response:
@@ -92,6 +93,7 @@ class WebhookApi:
 
     async def delete(self, request: Request) -> Response:
         await require(self.auth, request.scope, ADMIN)
+        check_query(request, frozenset())
         try:
             await self.queue.delete_webhook(request.path_params["webhook_id"])
         except WebhookNotFound as exc:
@@ -100,6 +102,7 @@ class WebhookApi:
 
     async def deliveries(self, request: Request) -> Response:
         await require(self.auth, request.scope, ADMIN)
+        check_query(request, frozenset({"status", "limit"}))
         status = request.query_params.get("status")
         if status is not None and status not in _STATUSES:
             raise invalid([{"loc": ["query", "status"], "msg": f"use one of {list(_STATUSES)}"}])

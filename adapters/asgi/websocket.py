@@ -27,6 +27,7 @@ A host can serve the protocol from its own route::
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -308,7 +309,15 @@ class _Connection:
         if shown is not None and job.version <= shown and event.type is not EventType.DELETED:
             return  # the client's queue_state already holds this version or a newer one
         if self.visible(job) and self.filters.match(job):
-            await self.send(event_to_wire(event))
+            await self.send_text(_EVENT_FRAMES.encode(event))
+
+    async def send_text(self, text: str) -> None:
+        """Send a message already encoded as JSON text (an event frame shared by all)."""
+        async with self.lock:
+            try:
+                await self.websocket.send_text(text)
+            except (WebSocketDisconnect, RuntimeError):
+                self.scope.cancel()  # the client left: as in send()
 
     async def ping_loop(self) -> None:
         while True:
@@ -389,6 +398,36 @@ class _Connection:
 
     async def ping(self, message: Mapping[str, Any]) -> dict[str, Any]:
         return {"type": "pong"}
+
+
+@final
+class _EventFrames:
+    """Encodes each event's JSON text once, however many connections forward it.
+
+    As the SSE ``FrameCache``: the bus hands one :class:`JobEvent` object to every
+    subscriber, so frames are keyed by identity, and the entry holds the event so its
+    id cannot be reused while the entry lives. Shared by every connection (of every
+    app) in the process: K connections cost one encoding per event, not K.
+    """
+
+    __slots__ = ("_frames", "_size")
+
+    def __init__(self, size: int = 1024) -> None:
+        self._frames: OrderedDict[int, tuple[JobEvent, str]] = OrderedDict()
+        self._size = size
+
+    def encode(self, event: JobEvent) -> str:
+        hit = self._frames.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        text = dumps(event_to_wire(event))
+        self._frames[id(event)] = (event, text)
+        if len(self._frames) > self._size:
+            self._frames.popitem(last=False)
+        return text
+
+
+_EVENT_FRAMES: Final = _EventFrames()
 
 
 def _reject(name: str) -> Any:

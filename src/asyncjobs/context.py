@@ -25,14 +25,25 @@ class JobContext:
     get a :class:`ThreadJobContext` instead.
     """
 
-    __slots__ = ("_cancelled", "_sink", "job", "logger")
+    __slots__ = ("_base_logger", "_cancelled", "_logger", "_sink", "job")
 
     def __init__(self, job: Job, sink: ProgressSink, logger: logging.Logger | None = None) -> None:
         self.job = job
         self._sink = sink
         self._cancelled = False
-        base = logger or logging.getLogger("asyncjobs.job")
-        self.logger = logging.LoggerAdapter(base, {"job_id": job.id, "job_type": job.type})
+        self._base_logger = logger
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger that tags each record with the job's id and type."""
+        # Built on first use: getLogger takes a lock, and most no-op jobs never log.
+        if self._logger is None:
+            base = self._base_logger or logging.getLogger("asyncjobs.job")
+            self._logger = logging.LoggerAdapter(
+                base, {"job_id": self.job.id, "job_type": self.job.type}
+            )
+        return self._logger
 
     @property
     def job_id(self) -> str:

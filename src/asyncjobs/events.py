@@ -14,6 +14,10 @@ by a slow subscriber. Each subscriber owns a buffer of pending events:
 * :meth:`EventBus.resync` (the store may have missed events) flags every subscriber:
   its next :meth:`Subscriber.get` returns ``None`` once, and its reader re-reads the
   jobs it shows.
+
+Subscribers with the same filter share one wake-up: a publish sets at most one event
+per filter group it reaches (everything, its job, its type), however many subscribers
+wait in that group, instead of building and setting an event per subscriber.
 """
 
 from __future__ import annotations
@@ -31,30 +35,53 @@ __all__ = ["EventBus", "Subscriber"]
 
 
 @final
+class _Group:
+    """Subscribers with one filter, and the one wake-up their waiting readers share."""
+
+    __slots__ = ("subs", "wakeup")
+
+    def __init__(self) -> None:
+        self.subs: set[Subscriber] = set()
+        # Made by the first reader that waits, set and dropped by the next publish.
+        self.wakeup: anyio.Event | None = None
+
+    def wake(self) -> None:
+        wakeup = self.wakeup
+        if wakeup is not None:
+            self.wakeup = None
+            wakeup.set()
+
+
+@final
 class Subscriber:
     """One subscriber's filter and pending buffer. Made by :meth:`EventBus.subscribe`."""
 
     __slots__ = (
         "_bus",
         "_closed",
+        "_group",
         "_overflowed",
         "_pending",
         "_resync",
-        "_wakeup",
         "job_id",
         "max_pending",
         "type",
     )
 
     def __init__(
-        self, bus: EventBus, job_id: str | None, type: str | None, max_pending: int
+        self,
+        bus: EventBus,
+        group: _Group,
+        job_id: str | None,
+        type: str | None,
+        max_pending: int,
     ) -> None:
         self._bus = bus
+        self._group = group
         self.job_id = job_id
         self.type = type
         self.max_pending = max_pending
         self._pending: OrderedDict[Hashable, JobEvent] = OrderedDict()
-        self._wakeup: anyio.Event | None = None
         self._closed = False
         self._overflowed = False
         self._resync = False
@@ -64,7 +91,7 @@ class Subscriber:
         return len(self._pending)
 
     def offer(self, event: JobEvent) -> None:
-        """Buffer one event (called by the bus; never blocks)."""
+        """Buffer one event (called by the bus, which then wakes the group; never blocks)."""
         if self._closed:
             return
         pending = self._pending
@@ -84,14 +111,11 @@ class Subscriber:
             pending.clear()
             self._overflowed = True
             self._closed = True
-        if self._wakeup is not None:
-            self._wakeup.set()
 
     def mark_resync(self) -> None:
         """Events may have been missed: the next :meth:`get` returns ``None``."""
         self._resync = True
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._group.wake()  # the others in the group find nothing new and wait again
 
     async def get(self) -> JobEvent | None:
         """The next pending event, or ``None`` once after :meth:`mark_resync`; waits.
@@ -109,9 +133,10 @@ class Subscriber:
                 )
             if self._closed:
                 raise anyio.EndOfStream
-            self._wakeup = anyio.Event()
-            await self._wakeup.wait()
-            self._wakeup = None
+            group = self._group
+            if group.wakeup is None:
+                group.wakeup = anyio.Event()
+            await group.wakeup.wait()
         _, event = self._pending.popitem(last=False)
         return event
 
@@ -121,8 +146,7 @@ class Subscriber:
         # Always discard (it is idempotent): an overflow closes the buffer from inside
         # publish(), where the bus's sets cannot change size, so it unregisters here.
         self._bus._discard(self)
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._group.wake()  # the others in the group find nothing new and wait again
 
 
 @final
@@ -136,61 +160,70 @@ class EventBus:
             raise ValueError("max_pending must be at least 1")
         self.max_pending = max_pending
         # Indexed by filter so a publish touches only the subscribers that want it.
-        self._all: set[Subscriber] = set()
-        self._by_job: dict[str, set[Subscriber]] = {}
-        self._by_type: dict[str, set[Subscriber]] = {}
+        self._all = _Group()
+        self._by_job: dict[str, _Group] = {}
+        self._by_type: dict[str, _Group] = {}
 
     @property
     def subscriber_count(self) -> int:
         return (
-            len(self._all)
-            + sum(len(s) for s in self._by_job.values())
-            + sum(len(s) for s in self._by_type.values())
+            len(self._all.subs)
+            + sum(len(g.subs) for g in self._by_job.values())
+            + sum(len(g.subs) for g in self._by_type.values())
         )
 
     def subscribe(self, *, job_id: str | None = None, type: str | None = None) -> Subscriber:
         """Register a subscriber for one job, one job type, or (neither) everything."""
-        sub = Subscriber(self, job_id, type, self.max_pending)
         if job_id is not None:
-            self._by_job.setdefault(job_id, set()).add(sub)
+            group = self._by_job.get(job_id)
+            if group is None:
+                group = self._by_job[job_id] = _Group()
         elif type is not None:
-            self._by_type.setdefault(type, set()).add(sub)
+            group = self._by_type.get(type)
+            if group is None:
+                group = self._by_type[type] = _Group()
         else:
-            self._all.add(sub)
+            group = self._all
+        sub = Subscriber(self, group, job_id, type, self.max_pending)
+        group.subs.add(sub)
         return sub
 
     def publish(self, event: JobEvent) -> None:
-        """Offer ``event`` to every matching subscriber."""
-        for sub in self._all:
-            sub.offer(event)
-        job = event.job
-        for sub in self._by_job.get(job.id, ()):
-            # A job-level filter may also carry a type; it rarely does.
-            if sub.type is None or sub.type == job.type:
+        """Offer ``event`` to every matching subscriber, then wake each group once."""
+        everyone = self._all
+        if everyone.subs:
+            for sub in everyone.subs:
                 sub.offer(event)
-        for sub in self._by_type.get(job.type, ()):
-            sub.offer(event)
+            everyone.wake()
+        job = event.job
+        group = self._by_job.get(job.id)
+        if group is not None:
+            for sub in group.subs:
+                # A job-level filter may also carry a type; it rarely does.
+                if sub.type is None or sub.type == job.type:
+                    sub.offer(event)
+            group.wake()
+        group = self._by_type.get(job.type)
+        if group is not None:
+            for sub in group.subs:
+                sub.offer(event)
+            group.wake()
 
     def resync(self) -> None:
         """Flag every subscriber: the store may have missed events."""
-        for sub in list(self._all):
-            sub.mark_resync()
-        for group in list(self._by_job.values()) + list(self._by_type.values()):
-            for sub in list(group):
+        groups = [self._all, *self._by_job.values(), *self._by_type.values()]
+        for group in groups:
+            for sub in list(group.subs):
                 sub.mark_resync()
 
     def _discard(self, sub: Subscriber) -> None:
+        group = sub._group
+        group.subs.discard(sub)
+        if group.subs:
+            return
+        # An emptied group leaves its index; a later subscriber starts a new one.
         if sub.job_id is not None:
-            group = self._by_job.get(sub.job_id)
-            if group is not None:
-                group.discard(sub)
-                if not group:
-                    del self._by_job[sub.job_id]
-        elif sub.type is not None:
-            group = self._by_type.get(sub.type)
-            if group is not None:
-                group.discard(sub)
-                if not group:
-                    del self._by_type[sub.type]
-        else:
-            self._all.discard(sub)
+            if self._by_job.get(sub.job_id) is group:
+                del self._by_job[sub.job_id]
+        elif sub.type is not None and self._by_type.get(sub.type) is group:
+            del self._by_type[sub.type]

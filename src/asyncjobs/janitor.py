@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar, final
 
 import anyio
@@ -45,6 +45,7 @@ class JanitorReport:
     promoted: int = 0
     requeued: int = 0
     purged: int = 0
+    deliveries_purged: int = 0
 
 
 @final
@@ -58,10 +59,15 @@ class Janitor:
         config: JanitorConfig,
         clock: Callable[[], datetime],
         supervisor: Supervisor | None = None,
+        *,
+        delivery_retention: float | None = None,
     ) -> None:
+        """``delivery_retention``: seconds webhook deliveries are kept after they
+        finished (delivered or dead), purged with the jobs; None keeps them."""
         self.store = store
         self.config = config
         self.clock = clock
+        self.delivery_retention = delivery_retention
         self.supervisor = supervisor if supervisor is not None else Supervisor()
         self._retry_in = 0.0  # the longest backoff a failing chore asked for
         self._purge_failed = False  # retried on the next tick, not a purge_interval later
@@ -71,10 +77,23 @@ class Janitor:
         now = self.clock()
         requeued = await self.store.requeue_expired(now=now)
         promoted = await self.store.promote_scheduled(now=now)
-        purged = 0
+        purged = hooks = 0
         if purge:
             purged = await self.store.purge(now=now, expired=True, limit=self.config.purge_batch)
-        return JanitorReport(len(promoted), len(requeued), purged)
+            hooks = await self._purge_deliveries(now)
+        return JanitorReport(len(promoted), len(requeued), purged, hooks)
+
+    async def _purge_deliveries(self, now: datetime) -> int:
+        if self.delivery_retention is None:
+            return 0
+        # A store without a webhook outbox yet (Redis: lands with its webhook ops) has
+        # nothing to purge; calling it would report a failure on every round.
+        purge = getattr(self.store, "purge_deliveries", None)
+        if purge is None:
+            return 0
+        before = now - timedelta(seconds=self.delivery_retention)
+        count: int = await purge(before=before, limit=self.config.purge_batch)
+        return count
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -103,15 +122,17 @@ class Janitor:
         promoted = await self._chore(
             "promote_scheduled", lambda: self.store.promote_scheduled(now=now)
         )
-        purged = 0
+        purged = hooks_purged = 0
         if purge:
             limit = self.config.purge_batch
             count = await self._chore(
                 "purge", lambda: self.store.purge(now=now, expired=True, limit=limit)
             )
-            self._purge_failed = count is None
+            hooks = await self._chore("purge_deliveries", lambda: self._purge_deliveries(now))
+            self._purge_failed = count is None or hooks is None
             purged = count or 0
-        return JanitorReport(len(promoted or ()), len(requeued or ()), purged)
+            hooks_purged = hooks or 0
+        return JanitorReport(len(promoted or ()), len(requeued or ()), purged, hooks_purged)
 
     async def _chore(self, name: str, op: Callable[[], Awaitable[T]]) -> T | None:
         loop = f"janitor.{name}"
@@ -131,3 +152,7 @@ class Janitor:
             )
         if report.purged:
             logger.info("purged %d finished job(s) past retention", report.purged)
+        if report.deliveries_purged:
+            logger.info(
+                "purged %d finished webhook deliveries past retention", report.deliveries_purged
+            )

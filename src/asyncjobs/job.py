@@ -18,7 +18,7 @@ transition table below and bumps ``version``; stores never compare status string
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
@@ -200,7 +200,34 @@ def advance(job: Job, status: JobStatus | None = None, **changes: Any) -> Job:
         changes["status"] = status
     elif job.status in TERMINAL:
         raise IllegalTransition(job.id, job.status.value, job.status.value)
-    return attrs.evolve(job, version=job.version + 1, **changes)
+    if not _FIELD_NAMES.issuperset(changes):
+        unknown = sorted(set(changes) - _FIELD_NAMES)
+        raise TypeError(f"Job has no field(s) {', '.join(unknown)}")
+    changes["version"] = job.version + 1
+    return _copy_job(job, changes)
+
+
+def _make_copier() -> Callable[[Job, dict[str, Any]], Job]:
+    """Build ``_copy_job(job, changes)``: a field-by-field copy with ``changes`` applied.
+
+    ``attrs.evolve`` re-reads the field list and goes through ``__init__`` for every
+    new version, twice per job on the worker's hot path; ``Job`` has no validators or
+    converters to re-run, so a straight slot copy makes the same record at half the cost.
+    """
+    names = [a.name for a in attrs.fields(Job)]
+    assert all(a.validator is None and a.converter is None for a in attrs.fields(Job))
+    lines = ["def _copy_job(job, changes):", "    new = _new(Job)"]
+    lines += [f"    _set(new, {name!r}, job.{name})" for name in names]
+    lines += ["    for name, value in changes.items():", "        _set(new, name, value)"]
+    lines += ["    return new"]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_set": object.__setattr__, "Job": Job}
+    exec("\n".join(lines), namespace)  # the source is built from field names only
+    copier: Callable[[Job, dict[str, Any]], Job] = namespace["_copy_job"]
+    return copier
+
+
+_FIELD_NAMES: Final = frozenset(a.name for a in attrs.fields(Job))
+_copy_job: Final = _make_copier()
 
 
 @attrs.frozen

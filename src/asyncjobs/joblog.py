@@ -38,6 +38,10 @@ logger = logging.getLogger("asyncjobs.jobs")
 JOB_FIELDS: Final = ("job_id", "job_type", "attempt", "max_attempts", "duration", "status")
 
 
+#: Ends logged at INFO: completed and cancelled.
+_INFO_STATUSES: Final = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED})
+
+
 def _fields(job: Job, duration: float | None, status: str) -> dict[str, Any]:
     return {
         "job_id": job.id,
@@ -70,6 +74,12 @@ def attempt_ended(job: Job, outcome: Outcome | None, duration: float) -> None:
         outcome: What the worker stored; ``None`` when the lease was lost.
         duration: Seconds the attempt ran.
     """
+    if (
+        outcome is not None
+        and outcome.status in _INFO_STATUSES
+        and not logger.isEnabledFor(logging.INFO)
+    ):
+        return  # the common end, not logged: build no message (twice as costly as a no-op job)
     head = f"job {job.id} ({job.type}) attempt {job.attempts}/{job.max_attempts}"
     took = f"after {duration:.3f}s"
     if outcome is None:

@@ -165,7 +165,13 @@ class Queue(QueueOperations):
             )
             starters.append(self.dispatcher.run)
         if self.janitor_config.enabled:
-            self.janitor = Janitor(self.store, self.janitor_config, self.clock, self.supervisor)
+            self.janitor = Janitor(
+                self.store,
+                self.janitor_config,
+                self.clock,
+                self.supervisor,
+                delivery_retention=self.webhook_config.retention,
+            )
             starters.append(self.janitor.run)
         if self.worker_config.concurrency > 0:
             self.worker = Worker(

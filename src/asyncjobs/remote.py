@@ -239,6 +239,11 @@ class RemoteWorker:
             for claimed in reply["jobs"]:
                 job = job_from_record(claimed["job"])
                 token = claimed["token"]
+                stale = self._running.get(job.id)
+                if stale is not None and stale.stop is None:
+                    # We still run it under a lease that ran out (heartbeats stalled): the
+                    # server handed it out again, so that run is fenced off.
+                    self._halt(stale, _Stop.LOST)
                 ctx = JobContext(job, self._progress_sink(job.id, token))
                 running = _Running(job, token, ctx)
                 self._running[job.id] = running
@@ -274,7 +279,7 @@ class RemoteWorker:
                 logger.info("progress of job %s not delivered: %s", job_id, exc)
                 return
             running = self._running.get(job_id)
-            if running is not None:
+            if running is not None and running.token == token:  # not a later claim's run
                 self._lease_reply(running, reply)
 
         return sink
@@ -319,7 +324,8 @@ class RemoteWorker:
             with anyio.CancelScope(shield=True):
                 if path is not None:
                     await self._finish(running, path, body or {})
-                del self._running[job.id]
+                if self._running.get(job.id) is running:  # not a later claim's entry
+                    del self._running[job.id]
                 self._changed.set()
 
     async def _attempt(

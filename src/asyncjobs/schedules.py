@@ -8,12 +8,14 @@ many processes share the store, and a restart does not run it again.
 
 Missed ticks (no process was running): ``missed="skip"`` drops them and runs the next
 tick on time; ``missed="catch_up"`` runs the most recent missed tick once, at start.
-Cron expressions are parsed by cronsim (``pip install 'asyncjobs[schedules]'``); a
+A tick that finds the queue full (``max_queued``) is skipped with a warning, like a
+missed one. Cron expressions are parsed by cronsim (``pip install 'asyncjobs[schedules]'``); a
 sixth field gives seconds.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Final, Literal, final
@@ -22,13 +24,15 @@ import anyio
 import attrs
 
 from .codec import format_time
-from .errors import ConfigurationError
+from .errors import ConfigurationError, QueueFull
 
 if TYPE_CHECKING:
     from .queue import Queue
     from .supervision import Supervisor
 
 __all__ = ["Schedule", "Scheduler", "tick_key"]
+
+logger = logging.getLogger("asyncjobs.schedules")
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICRO: Final = timedelta(microseconds=1)
@@ -153,7 +157,12 @@ class Scheduler:
         if job.retention is not None:
             # The key must outlive the tick, or a catch-up after a purge would run it again.
             job = attrs.evolve(job, retention=max(job.retention, 2 * period))
-        await self.queue.store.add(job)
+        try:
+            await self.queue.store.add(job, max_queued=self.queue.max_queued)
+        except QueueFull as exc:
+            # Back-pressure, not an outage: the tick is dropped like a missed one, never
+            # queued past the bound (see docs/decisions.md).
+            logger.warning("schedule %r skipped its tick at %s: %s", schedule.name, tick, exc)
         self._done[schedule.name] = tick
 
     async def run(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import os
 import socket
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, final
@@ -33,6 +35,9 @@ __all__ = ["Worker", "WorkerConfig"]
 _UNREGISTER_TIMEOUT = 5.0
 
 logger = logging.getLogger("asyncjobs.worker")
+
+#: Seconds between registry refreshes while the set of running jobs keeps changing.
+REGISTRY_REFRESH = 1.0
 
 
 @attrs.frozen
@@ -82,11 +87,16 @@ class _Running:
     job: Job
     token: str
     ctx: JobContext
-    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    # The cancel scope a halt cancels: the slot's scope while the attempt runs, else
+    # None (a job not started yet is skipped by its slot; a finish is never cut by one).
+    scope: anyio.CancelScope | None = None
     stop: _Stop | None = None
     finishing: bool = False  # the attempt is over; heartbeats would race the finish
+    began: float = 0.0  # time.monotonic() at the attempt's start, for its log line
     finish_scope: anyio.CancelScope | None = None  # the shielded finish, while it runs
-    finish_by: float = float("inf")  # its deadline, kept by the heartbeat loop
+    # Its deadline, kept by the heartbeat loop; time.monotonic() is the asyncio loop's
+    # clock, without the per-call async-library lookup of anyio.current_time().
+    finish_by: float = float("inf")
 
 
 def _clean(error: JobError) -> JobError:
@@ -130,6 +140,10 @@ class Worker:
         self.id = f"{self.host}:{os.getpid()}:{new_ulid()[-8:]}"
         self.started_at = clock()
         self._running: dict[str, _Running] = {}
+        self._registered_running: frozenset[str] = frozenset()
+        # Claimed jobs waiting for a slot task; the slots wait on _ready_event.
+        self._ready: deque[_Running] = deque()
+        self._ready_event = anyio.Event()
         self._stopping = False
         self._changed = anyio.Event()  # a slot freed up or stop() was called
         self._idle_scope: anyio.CancelScope | None = None
@@ -182,7 +196,8 @@ class Worker:
     def _halt(self, running: _Running, why: _Stop) -> None:
         running.stop = why
         running.ctx._cancel()
-        running.scope.cancel()
+        if running.scope is not None:
+            running.scope.cancel()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -198,6 +213,11 @@ class Worker:
         cfg = self.config
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeat_loop)
+            tg.start_soon(self._registry_loop)
+            # Long-lived slot tasks: a task (and its cancel scope) per job costs more
+            # than a no-op job itself.
+            for _ in range(cfg.concurrency):
+                tg.start_soon(self._slot)
             task_status.started()
             types = self.registry.names()
             while not self._stopping:
@@ -231,8 +251,10 @@ class Worker:
                     ctx = JobContext(job, self._progress_sink(job.id, job.lease.token))
                     running = _Running(job, job.lease.token, ctx)
                     self._running[job.id] = running
-                    tg.start_soon(self._run_job, running)
-                if not jobs and not self._stopping:  # stop() during the claim: no wait
+                    self._ready.append(running)
+                if jobs:
+                    self._ready_event.set()  # renewed by the slots (_take)
+                elif not self._stopping:  # stop() during the claim: no wait
                     with anyio.CancelScope() as self._idle_scope:
                         try:
                             await self.store.wait_for_work(cfg.idle_wait, since=generation)
@@ -249,6 +271,7 @@ class Worker:
     def info(self) -> WorkerInfo:
         """This worker's registry record as of now."""
         now = self.clock()
+        self._registered_running = frozenset(self._running)
         return WorkerInfo(
             id=self.id,
             host=self.host,
@@ -268,6 +291,15 @@ class Worker:
             await self.store.register_worker(self.info())
         except Exception:  # the registry's edge: any store error
             logger.warning("could not refresh worker %s in the registry", self.id, exc_info=True)
+
+    async def _registry_loop(self) -> None:
+        # The heartbeat refreshes the record every lease/3 (10 s by default): too slow for
+        # a dashboard showing which slots are busy. Re-register when the running set has
+        # changed, at most once per REGISTRY_REFRESH, so the write stays off the hot path.
+        while True:
+            await anyio.sleep(REGISTRY_REFRESH)
+            if frozenset(self._running) != self._registered_running:
+                await self._register()
 
     async def _unregister(self) -> None:
         try:
@@ -345,45 +377,83 @@ class Worker:
                 self.supervisor.recovered("heartbeat")
 
     def _cut_overdue_finishes(self) -> None:
-        now = anyio.current_time()
+        now = time.monotonic()
         for running in self._running.values():
             if running.finish_scope is not None and now >= running.finish_by:
                 running.finish_scope.cancel()
 
-    async def _run_job(self, running: _Running) -> None:
+    async def _take(self) -> _Running:
+        """The next claimed job for a slot; waits for the claim loop to hand one over."""
+        while not self._ready:
+            if self._ready_event.is_set():
+                self._ready_event = anyio.Event()
+            await self._ready_event.wait()
+        return self._ready.popleft()
+
+    async def _slot(self) -> None:
+        """Run claimed jobs one after another until the worker's task group ends.
+
+        The slot's cancel scope is shared by its jobs and renewed only after a halt
+        cancelled it: a job that is neither halted nor timed enters no scope of its own.
+        """
+        current: _Running | None = None
+        outcome: Outcome | None = None
+        try:
+            while True:
+                with anyio.CancelScope() as scope:
+                    while True:
+                        current, outcome = await self._take(), None
+                        joblog.attempt_started(current.job)
+                        current.began = time.monotonic()
+                        if current.stop is None:  # halted while it waited for the slot
+                            current.scope = scope
+                            try:
+                                outcome = await attempt_span(
+                                    current.job, functools.partial(self._attempt, current)
+                                )
+                            finally:
+                                current.scope = None
+                        if scope.cancel_called:
+                            break  # a halt landed as the attempt ended: leave the scope
+                        running, current = current, None
+                        await self._end(running, outcome, scope)
+                # The slot's scope was cancelled by a halt of ``current``.
+                if current is not None:
+                    running, current = current, None
+                    await self._end(running, outcome, None)
+        finally:
+            # The worker itself is being cancelled: give the job back rather than
+            # leave it to lease expiry.
+            if current is not None:
+                await self._end(current, outcome, None)
+
+    async def _end(
+        self, running: _Running, outcome: Outcome | None, scope: anyio.CancelScope | None
+    ) -> None:
+        """Decide an attempt's outcome from how it ended and store it."""
+        # A cancel that lands as the handler returns still wins: a job the user
+        # cancelled never turns up completed afterwards.
+        if running.stop is _Stop.CANCEL:
+            outcome = Outcome(JobStatus.CANCELLED)
+        elif running.stop is _Stop.SHUTDOWN:
+            outcome = Outcome(JobStatus.QUEUED)
+        elif running.stop is _Stop.LOST:
+            outcome = None
+        elif outcome is None:  # cancelled from outside (the host): requeue
+            outcome = Outcome(JobStatus.QUEUED)
+        running.finishing = True
+        try:
+            if outcome is not None:
+                await self._finish(running, outcome, scope)
+            joblog.attempt_ended(running.job, outcome, time.monotonic() - running.began)
+        finally:
+            if self._running.get(running.job.id) is running:  # not a later claim's entry
+                del self._running[running.job.id]
+            self._poke()
+
+    async def _attempt(self, running: _Running) -> Outcome | None:
         job = running.job
         job_type = self.registry.get(job.type)
-        outcome: Outcome | None = None
-        joblog.attempt_started(job)
-        began = time.monotonic()
-        try:
-            with running.scope:
-                outcome = await attempt_span(job, lambda: self._attempt(job_type, running))
-            # A cancel that lands as the handler returns still wins: a job the user
-            # cancelled never turns up completed afterwards.
-            if running.stop is _Stop.CANCEL:
-                outcome = Outcome(JobStatus.CANCELLED)
-            elif running.stop is _Stop.SHUTDOWN:
-                outcome = Outcome(JobStatus.QUEUED)
-            elif running.stop is _Stop.LOST:
-                outcome = None
-        finally:
-            # Runs even when the whole worker is being cancelled: give the job back
-            # rather than leave it to lease expiry.
-            if outcome is None and running.stop is None:
-                outcome = Outcome(JobStatus.QUEUED)
-            running.finishing = True
-            try:
-                if outcome is not None:
-                    await self._finish(running, outcome)
-                joblog.attempt_ended(job, outcome, time.monotonic() - began)
-            finally:
-                if self._running.get(job.id) is running:  # not a later claim's entry
-                    del self._running[job.id]
-                self._poke()
-
-    async def _attempt(self, job_type: JobType, running: _Running) -> Outcome | None:
-        job = running.job
         timer: anyio.CancelScope | None = None
         try:
             if job.timeout is None:  # no timer: one cancel scope less on the hot path
@@ -442,41 +512,66 @@ class Worker:
             )
         return Outcome(JobStatus.FAILED, error=error)
 
-    async def _finish(self, running: _Running, outcome: Outcome) -> None:
+    async def _finish(
+        self, running: _Running, outcome: Outcome, scope: anyio.CancelScope | None
+    ) -> None:
         """Store the end of an attempt, retrying while the store fails, for at most
         ``finish_timeout`` seconds; shielded, so a shutdown does not lose it.
 
+        ``scope`` is the slot's own (active, uncancelled) scope: shielding it for the
+        finish saves a scope per job. Without one, a shielded scope of its own is used.
         The deadline is kept by the heartbeat loop (:meth:`_cut_overdue_finishes`),
         not by a timer per finish: on a fast store a timer costs a sixth of a job.
         """
-        job_id = running.job.id
-        running.finish_by = anyio.current_time() + self.config.finish_timeout
-        with anyio.CancelScope(shield=True) as running.finish_scope:
-            while True:
-                try:
-                    await self.store.finish(job_id, running.token, outcome, now=self.clock())
-                except (LeaseLost, JobNotFound):
-                    logger.warning(
-                        "job %s ended (%s) after this worker lost its lease; the new holder "
-                        "decides",
-                        job_id,
-                        outcome.status.value,
-                    )
+        running.finish_by = time.monotonic() + self.config.finish_timeout
+        if scope is None:
+            with anyio.CancelScope(shield=True) as running.finish_scope:
+                if await self._store_end(running, outcome):
                     return
-                except Exception as exc:  # the finish's edge: retry while time is left
-                    delay = self.supervisor.failed("finish", exc)
-                    left = running.finish_by - anyio.current_time()
-                    if left <= 0:
-                        break
-                    await anyio.sleep(min(delay, left))
-                    continue
-                self.supervisor.recovered("finish")
-                return
+        else:
+            running.finish_scope = scope
+            scope.shield = True
+            try:
+                if await self._store_end(running, outcome):
+                    return
+            except anyio.get_cancelled_exc_class():
+                if scope.cancel_called:  # cut off by the heartbeat loop
+                    self._log_unstored(running, outcome)
+                raise
+            finally:
+                scope.shield = False
+                running.finish_scope = None
         # Only a passed deadline gets here: cut off by the heartbeat loop, or out of time.
+        self._log_unstored(running, outcome)
+
+    async def _store_end(self, running: _Running, outcome: Outcome) -> bool:
+        """Try to store the end until it is stored (True) or time is up (False)."""
+        job_id = running.job.id
+        while True:
+            try:
+                await self.store.finish(job_id, running.token, outcome, now=self.clock())
+            except (LeaseLost, JobNotFound):
+                logger.warning(
+                    "job %s ended (%s) after this worker lost its lease; the new holder decides",
+                    job_id,
+                    outcome.status.value,
+                )
+                return True
+            except Exception as exc:  # the finish's edge: retry while time is left
+                delay = self.supervisor.failed("finish", exc)
+                left = running.finish_by - time.monotonic()
+                if left <= 0:
+                    return False
+                await anyio.sleep(min(delay, left))
+                continue
+            self.supervisor.recovered("finish")
+            return True
+
+    def _log_unstored(self, running: _Running, outcome: Outcome) -> None:
         logger.error(
             "could not store the end (%s) of job %s within %gs; it is left to lease "
             "expiry and will run again",
             outcome.status.value,
-            job_id,
+            running.job.id,
             self.config.finish_timeout,
         )

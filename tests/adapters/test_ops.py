@@ -57,7 +57,7 @@ async def test_retry_refuses_live_completed_and_unknown_jobs(
     live = (await client.post("/jobs", json={"type": "block"})).json()
     assert (await client.post(f"/jobs/{live['id']}/retry")).status_code == 409
     await client.post(f"/jobs/{live['id']}/cancel")
-    assert (await client.post("/jobs/01JDOESNOTEXIST0000000000A/retry")).status_code == 404
+    assert (await client.post("/jobs/01JDZZZZZZZZZZZZZZZZZZZZZZ/retry")).status_code == 404
 
 
 async def test_retry_all_failed_of_a_type(client: httpx.AsyncClient, queue: Queue) -> None:

@@ -179,3 +179,31 @@ async def test_disconnect_frees_the_subscription(base_url: str, queue: Queue) ->
             await Client(conn).until(type="queue_state")
             await wait_until(lambda: queue.bus.subscriber_count == 1)
     await wait_until(lambda: queue.bus.subscriber_count == 0)
+
+
+async def test_an_event_is_encoded_once_for_every_connection(
+    base_url: str, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fan-out: K connections forward the same event; its JSON is built once, not K times.
+    from asyncjobs.adapters.asgi import websocket as ws_module
+
+    encoded: list[str] = []
+    real = ws_module.event_to_wire
+
+    def counting(event: Any) -> dict[str, Any]:
+        encoded.append(event.job.id)
+        return real(event)
+
+    monkeypatch.setattr(ws_module, "event_to_wire", counting)
+    url = base_url.replace("http", "ws") + "/ws"
+    async with connect(url) as a, connect(url) as b, connect(url) as c:
+        clients = [Client(a), Client(b), Client(c)]
+        for client in clients:
+            await client.until(type="queue_state")
+        job = await queue.submit("echo", {"n": 1})
+        for client in clients:
+            done = await client.until(type="job_completed")
+            assert done["job"]["id"] == job.id
+    events_seen = {"job_created", "job_started", "job_completed"}
+    # One encoding per event of the job (created, started, completed), for 3 clients.
+    assert encoded.count(job.id) == len(events_seen)

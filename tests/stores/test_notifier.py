@@ -256,6 +256,33 @@ async def test_workers_register_and_leave(store: Store) -> None:
         assert await other.workers() == []
 
 
+async def test_the_registry_shows_running_jobs_long_before_the_next_heartbeat(
+    store: Store,
+) -> None:
+    # lease=60: heartbeats every 20 s, so only the running-set refresh can pass this.
+    queue = Queue(store, concurrency=2, worker=WorkerConfig(lease=60))
+    release = anyio.Event()
+
+    @queue.job_type("t")
+    async def handler(ctx: Any, params: Any) -> None:
+        await release.wait()
+
+    async def running() -> tuple[str, ...]:
+        workers = await queue.workers()
+        return workers[0].running if workers else ()
+
+    async with queue:
+        job = await queue.submit("t", {})
+        with anyio.fail_after(8):
+            while await running() != (job.id,):
+                await anyio.sleep(0.05)
+        release.set()
+        await queue.wait(job.id, timeout=10)
+        with anyio.fail_after(8):
+            while await running() != ():
+                await anyio.sleep(0.05)
+
+
 async def test_cancel_from_another_instance_reaches_the_running_handler(
     store_factory: StoreFactory,
 ) -> None:

@@ -112,3 +112,41 @@ async def test_claim_hides_deliveries_for_a_lease_and_finish_records_attempts(
     # A sender that dies leaves its delivery to be claimed again after the lease.
     (late,) = await two.claim_deliveries(now=at(51), limit=10, lease=30)
     assert late[0].id == retry.id
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param(
+            "redis",
+            marks=[
+                pytest.mark.redis,
+                pytest.mark.xfail(strict=True, reason="Redis webhook outbox lands with H10"),
+            ],
+        ),
+    ],
+    indirect=True,
+)
+async def test_finished_deliveries_past_retention_are_purged(store: Store) -> None:
+    await store.add_webhook(ALL, now=at(0))
+    for _ in range(4):
+        job = await running_job(store)
+        await store.finish(job.id, token(job), Outcome(CANCELLED), now=at(2))
+    taken = [d for d, _ in await store.claim_deliveries(now=at(5), limit=10, lease=30)]
+    ok, dead, pending, late = sorted(taken, key=lambda d: d.id)
+    await store.finish_delivery(ok.id, now=at(10), ok=True)
+    await store.finish_delivery(dead.id, now=at(10), ok=False, error="refused")
+    await store.finish_delivery(pending.id, now=at(10), ok=False, error="500", retry_at=at(90))
+    await store.finish_delivery(late.id, now=at(50), ok=True)  # delivered later
+    assert await store.purge_deliveries(before=at(2), limit=10) == 0  # none that old
+    # Delivered at 10 and dead (its job ended at 2) go, one per call here (the limit);
+    # delivered at 50 and pending stay.
+    assert await store.purge_deliveries(before=at(20), limit=1) == 1
+    assert await store.purge_deliveries(before=at(20), limit=10) == 1
+    left = {d.id: d.status for d in await store.list_deliveries(ALL.id)}
+    assert left == {pending.id: "pending", late.id: "delivered"}
+    assert await store.purge_deliveries(before=at(1000), limit=10) == 1  # never pending
+    assert [d.id for d in await store.list_deliveries(ALL.id)] == [pending.id]

@@ -42,25 +42,29 @@ class Listeners:
     __slots__ = ("_items",)
 
     def __init__(self) -> None:
-        self._items: list[Callable[..., None]] = []
+        # A tuple, replaced on add/remove: emit() (twice per job) iterates it without a
+        # copy and still sees a stable set when a listener unregisters itself.
+        self._items: tuple[Callable[..., None], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self._items)
 
     def add(self, listener: Callable[..., None]) -> Callable[[], None]:
         """Register ``listener``; return a function that removes it (safe to call twice)."""
-        self._items.append(listener)
+        self._items = (*self._items, listener)
 
         def remove() -> None:
-            if listener in self._items:
-                self._items.remove(listener)
+            items = list(self._items)
+            if listener in items:
+                items.remove(listener)
+                self._items = tuple(items)
 
         return remove
 
     def emit(self, events: Iterable[JobEvent]) -> None:
         """Call every listener with each event, in order."""
         for event in events:
-            for listener in list(self._items):
+            for listener in self._items:
                 try:
                     listener(event)
                 except Exception:  # a broken listener must not undo a committed change

@@ -370,6 +370,12 @@ class StateStore(Protocol):
         """A webhook's deliveries, newest first. Raises: WebhookNotFound."""
         ...
 
+    async def purge_deliveries(self, *, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` finished deliveries that finished before ``before``:
+        delivered ones by ``delivered_at``, dead ones by ``at`` (the job's end; a dead
+        delivery keeps no time of its own). Pending ones are kept. Return the count."""
+        ...
+
 
 @runtime_checkable
 class Notifier(Protocol):

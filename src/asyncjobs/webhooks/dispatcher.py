@@ -56,6 +56,8 @@ class WebhookConfig:
         lease: Seconds a claimed delivery is hidden from other senders.
         batch: Deliveries claimed (and sent concurrently) at once.
         allow: Hosts allowed to be private or loopback, beside ``ASYNCJOBS_WEBHOOK_ALLOW``.
+        retention: Seconds finished deliveries (delivered or dead) are kept before the
+            janitor purges them (default 7 days); None keeps them for good.
     """
 
     enabled: bool = True
@@ -67,6 +69,12 @@ class WebhookConfig:
     lease: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     batch: int = attrs.field(default=20, validator=attrs.validators.ge(1))
     allow: tuple[str, ...] = ()
+    retention: float | None = attrs.field(default=7 * 86400.0)
+
+    @retention.validator
+    def _check_retention(self, _: attrs.Attribute[float | None], value: float | None) -> None:
+        if value is not None and value <= 0:
+            raise ValueError(f"retention must be positive seconds or None, not {value!r}")
 
     def delay(self, attempts: int) -> float:
         """Seconds before the next attempt after ``attempts`` failed ones."""
@@ -84,7 +92,10 @@ async def check_target(url: str, allow: frozenset[str]) -> None:
     Raises:
         TargetRefused: with the reason and how to allow the host.
     """
-    host = (urlsplit(url).hostname or "").lower()
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:  # "http://[::1": not a URL at all
+        raise TargetRefused(f"webhook URL {url!r} is not a valid URL") from None
     if not host:
         raise TargetRefused(f"webhook URL {url!r} has no host")
     if host in allow:
@@ -94,7 +105,7 @@ async def check_target(url: str, allow: frozenset[str]) -> None:
     except ValueError:
         try:
             infos = await anyio.getaddrinfo(host, None)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a label IDNA cannot encode
             raise TargetRefused(f"cannot resolve webhook host {host!r}: {exc}") from None
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for address in addresses:

@@ -510,3 +510,13 @@ class MemoryStore:
             if d.webhook_id == webhook_id and (status is None or d.status == status)
         ]
         return found[:limit]
+
+    async def purge_deliveries(self, *, before: datetime, limit: int) -> int:
+        done = [
+            d.id
+            for d in self._deliveries.values()
+            if d.status != DeliveryStatus.PENDING and (d.delivered_at or d.at) < before
+        ][:limit]
+        for delivery_id in done:
+            del self._deliveries[delivery_id]
+        return len(done)

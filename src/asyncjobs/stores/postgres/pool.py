@@ -18,7 +18,7 @@ import anyio
 
 from .schema import import_asyncpg
 
-__all__ = ["Pool"]
+__all__ = ["Pool", "connection_errors"]
 
 logger = logging.getLogger("asyncjobs.store.postgres")
 
@@ -29,27 +29,33 @@ async def _keep_session(conn: Any) -> None:
     """The pool's reset: nothing to undo (see :meth:`Pool.open`)."""
 
 
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "the server cannot be reached now": worth a retry."""
+    asyncpg = import_asyncpg()
+    return (
+        OSError,
+        asyncpg.PostgresConnectionError,
+        # Includes "the database system is shutting down" and "... starting up".
+        asyncpg.exceptions.OperatorInterventionError,
+        asyncpg.InterfaceError,
+        # A connection the server terminated while idle (or while it was being set up:
+        # "cannot switch to state 12") can be left in a state where the next query
+        # fails this way before the socket reports closed.
+        asyncpg.exceptions.InternalClientError,
+    )
+
+
 @final
 class Pool:
     """An asyncpg pool that retries calls across dropped connections and outages."""
 
     def __init__(self, raw: Any, reconnect_timeout: float) -> None:
-        asyncpg = import_asyncpg()
         self._raw = raw
         self._reconnect_timeout = reconnect_timeout
         self._closed = False
-        self._errors: tuple[type[BaseException], ...] = (
-            OSError,
-            asyncpg.PostgresConnectionError,
-            # Includes "the database system is shutting down" and "... starting up".
-            asyncpg.exceptions.OperatorInterventionError,
-            asyncpg.InterfaceError,
-            # A connection the server terminated while idle can be left in a state
-            # where the next query fails this way before the socket reports closed.
-            asyncpg.exceptions.InternalClientError,
-        )
+        self._errors = connection_errors()
         # A statement past command_timeout leaves its connection mid-query too.
-        self._broken = (*self._errors, asyncio.TimeoutError)
+        self._broken: tuple[type[BaseException], ...] = (*self._errors, asyncio.TimeoutError)
 
     @classmethod
     async def open(
@@ -85,8 +91,17 @@ class Pool:
         except asyncio.TimeoutError:
             self._raw.terminate()
 
-    async def run(self, op: Callable[[Any], Awaitable[T]], *, retry: bool = True) -> T:
-        """Run ``op`` on a pooled connection; see the module docstring for retries."""
+    async def run(
+        self,
+        op: Callable[[Any], Awaitable[T]],
+        *,
+        retry: bool = True,
+        on_retry: Callable[[], None] | None = None,
+    ) -> T:
+        """Run ``op`` on a pooled connection; see the module docstring for retries.
+
+        ``on_retry`` is called before each retry, e.g. so that ``op`` recomputes a time.
+        """
         deadline: float | None = None
         backoff = 0.05
         # A server restart leaves every pooled connection dead, and each is found out
@@ -115,6 +130,8 @@ class Pool:
                     deadline = now + self._reconnect_timeout
                 if now >= deadline:
                     raise
+                if on_retry is not None:
+                    on_retry()
                 if in_op and corpses > 0:
                     corpses -= 1
                     continue

@@ -26,13 +26,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, final
+
+import anyio
 
 from ...codec import (
     dumps,
@@ -65,7 +69,7 @@ from .batch import FinishBatcher
 from .events import RemoteEvents, encode_suffix, make_prefix
 from .listen import Listener
 from .ops import OpsStatements
-from .pool import Pool
+from .pool import Pool, connection_errors
 from .schema import (
     apply_migrations,
     check_schema_name,
@@ -167,22 +171,14 @@ class PostgresStore:
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self) -> None:
+        """Migrate the schema and connect; wait out an outage for ``reconnect_timeout``.
+
+        Raises:
+            ConnectionError: the server stayed unreachable for ``reconnect_timeout``.
+        """
         if self._pool is not None:
             return
-        asyncpg = import_asyncpg()
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            await apply_migrations(conn, self.schema)
-        finally:
-            await conn.close()
-        pool = await Pool.open(
-            self.dsn,
-            name=f"asyncjobs:{self.schema}",
-            min_size=self._min_pool,
-            max_size=self._max_pool,
-            reconnect_timeout=self._reconnect_timeout,
-            command_timeout=self._command_timeout,
-        )
+        pool = await self._connect()
         # Notifications sent while LISTEN was down are lost: on reconnect, resync.
         listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._notifier.resync)
         try:
@@ -195,6 +191,40 @@ class PostgresStore:
         self._pool, self._listener = pool, listener
         self._remote.start(self._tasks)
         self._finishes.start(self._tasks)
+
+    async def _connect(self) -> Pool:
+        """Migrate and open the pool, retrying like every other call: a worker started
+        while the server restarts waits for it instead of exiting with a traceback."""
+        errors: tuple[type[BaseException], ...] = (*connection_errors(), asyncio.TimeoutError)
+        deadline = anyio.current_time() + self._reconnect_timeout
+        backoff, warned = 0.05, False
+        while True:
+            try:
+                conn = await import_asyncpg().connect(self.dsn)
+                try:
+                    await apply_migrations(conn, self.schema)
+                finally:
+                    await conn.close()
+                return await Pool.open(
+                    self.dsn,
+                    name=f"asyncjobs:{self.schema}",
+                    min_size=self._min_pool,
+                    max_size=self._max_pool,
+                    reconnect_timeout=self._reconnect_timeout,
+                    command_timeout=self._command_timeout,
+                )
+            except errors as exc:
+                now = anyio.current_time()
+                if now >= deadline:
+                    raise ConnectionError(
+                        f"cannot open the PostgreSQL store at {self.url}: still unreachable "
+                        f"after {self._reconnect_timeout:g}s ({type(exc).__name__}: {exc})"
+                    ) from exc
+                if not warned:  # once per outage, not once per try
+                    logger.warning("cannot reach PostgreSQL at %s (%s); retrying", self.url, exc)
+                    warned = True
+                await anyio.sleep(min(backoff, deadline - now))
+                backoff = min(backoff * 2, 1.0)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -210,12 +240,18 @@ class PostgresStore:
 
     # -- plumbing ----------------------------------------------------------------
 
-    async def _run(self, op: Callable[[Conn], Awaitable[T]], *, retry: bool = True) -> T:
+    async def _run(
+        self,
+        op: Callable[[Conn], Awaitable[T]],
+        *,
+        retry: bool = True,
+        on_retry: Callable[[], None] | None = None,
+    ) -> T:
         """Run ``op`` on a pooled connection (retried across drops: see :mod:`.pool`)."""
         pool = self._pool
         if pool is None:
             raise ConfigurationError("the PostgreSQL store is closed; await store.open() first")
-        return await pool.run(op, retry=retry)
+        return await pool.run(op, retry=retry, on_retry=on_retry)
 
     async def _announce_again(self, job: Job, type_: EventType, now: datetime) -> None:
         """Tell this process's listeners of a change whose reply a dropped connection
@@ -371,12 +407,21 @@ class PostgresStore:
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
         # One statement, no row lock held across round trips: renewals are frequent.
-        expires = now + timedelta(seconds=lease)
-        text = await self._run(
-            lambda conn: conn.fetchval(
-                self._sql.renew, job_id, token, expires, format_time(expires)
-            )
-        )
+        started = time.monotonic()
+        retried = False
+
+        def retrying() -> None:
+            nonlocal retried
+            retried = True
+
+        def renew(conn: Conn) -> Any:  # a coroutine: asyncpg is untyped
+            # A try after an outage must not write the expiry the first try computed:
+            # that may be past already. Move ``now`` on by the time spent retrying.
+            waited = time.monotonic() - started if retried else 0.0
+            expires = now + timedelta(seconds=lease + waited)
+            return conn.fetchval(self._sql.renew, job_id, token, expires, format_time(expires))
+
+        text = await self._run(renew, on_retry=retrying)
         if text is None:
             self._held.pop(job_id, None)
             check_lease(await self.get(job_id), token)  # raises JobNotFound or LeaseLost
@@ -643,6 +688,10 @@ class PostgresStore:
         self, webhook_id: str, *, status: str | None = None, limit: int = 100
     ) -> list[Delivery]:
         return await self._run(lambda conn: self._hooks.deliveries(conn, webhook_id, status, limit))
+
+    async def purge_deliveries(self, *, before: datetime, limit: int) -> int:
+        status = await self._run(lambda conn: conn.execute(self._hooks.purge, before, limit))
+        return int(status.split()[-1])  # "DELETE n"
 
     # -- worker registry -----------------------------------------------------------
 

@@ -84,6 +84,11 @@ ORDER BY h.next_at, h.id
             " next_at = $3, last_error = $4, delivered_at = $5 WHERE id = $1"
         )
         self.list = f"SELECT {_D} FROM {s}.webhook_deliveries AS d WHERE d.webhook_id = $1"
+        self.purge = (
+            f"DELETE FROM {s}.webhook_deliveries WHERE id IN (SELECT id FROM"
+            f" {s}.webhook_deliveries WHERE status != '{DeliveryStatus.PENDING}'"
+            " AND COALESCE(delivered_at, at) < $1 LIMIT $2)"
+        )
 
     async def add(self, conn: Any, hook: Webhook, now: datetime) -> Webhook:
         row = await conn.fetchrow(

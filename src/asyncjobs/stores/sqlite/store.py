@@ -560,6 +560,11 @@ class SqliteStore:
             lambda conn: outbox.list_deliveries(conn, webhook_id, status, limit)
         )
 
+    async def purge_deliveries(self, *, before: datetime, limit: int) -> int:
+        return await self._thread.write(
+            lambda conn, _: outbox.purge_deliveries(conn, before, limit)
+        )
+
     # -- events and wake-ups -----------------------------------------------------
 
     # -- worker registry -----------------------------------------------------------

@@ -21,6 +21,7 @@ __all__ = [
     "finish_delivery",
     "list_deliveries",
     "list_webhooks",
+    "purge_deliveries",
 ]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -141,3 +142,11 @@ def list_deliveries(
     sql += " ORDER BY d.at DESC, d.id DESC LIMIT ?"
     args.append(limit)
     return [_delivery(row) for row in conn.execute(sql, args)]
+
+
+def purge_deliveries(conn: sqlite3.Connection, before: datetime, limit: int) -> int:
+    return conn.execute(
+        "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries"
+        " WHERE status != ? AND COALESCE(delivered_at, at) < ? LIMIT ?)",
+        (DeliveryStatus.PENDING, micros(before), limit),
+    ).rowcount
