@@ -120,13 +120,7 @@ async def test_claim_hides_deliveries_for_a_lease_and_finish_records_attempts(
         "memory",
         "sqlite",
         pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param(
-            "redis",
-            marks=[
-                pytest.mark.redis,
-                pytest.mark.xfail(strict=True, reason="Redis webhook outbox lands with H10"),
-            ],
-        ),
+        pytest.param("redis", marks=pytest.mark.redis),
     ],
     indirect=True,
 )

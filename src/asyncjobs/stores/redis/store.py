@@ -848,6 +848,9 @@ class RedisStore:
     ) -> builtins.list[Delivery]:
         return await self._webhooks.deliveries(webhook_id, status=status, limit=limit)
 
+    async def purge_deliveries(self, *, before: datetime, limit: int) -> int:
+        return await self._webhooks.purge(before=before, limit=limit)
+
     # -- notifier ----------------------------------------------------------------
 
     def add_listener(self, listener: EventListener) -> Callable[[], None]:

@@ -108,6 +108,24 @@ return 1
 """
 
 
+#: ARGV: prefix, then delivery ids. Deletes those still finished (not pending again).
+PURGE = r"""
+local P, n = ARGV[1], 0
+for i = 2, #ARGV do
+  local did = ARGV[i]
+  local key = P .. 'dlv:' .. did
+  local h = redis.call('HMGET', key, 'st', 'w')
+  if h[1] and h[1] ~= 'pending' then
+    redis.call('DEL', key)
+    redis.call('ZREM', P .. 'dlv:due', did)
+    redis.call('ZREM', P .. 'dlv:hook:' .. h[2], did)
+    n = n + 1
+  end
+end
+return n
+"""
+
+
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
@@ -256,3 +274,28 @@ class WebhookOutbox:
                     break
             start += batch
         return found
+
+    async def purge(self, *, before: datetime, limit: int) -> int:
+        client = self._redis()
+        doomed: builtins.list[str] = []
+        for hook in await client.zrange(self._p + "webhooks:order", 0, -1):
+            if len(doomed) >= limit:
+                break
+            ids = [
+                i.decode()
+                for i in await client.zrange(self._p + "dlv:hook:" + hook.decode(), 0, -1)
+            ]
+            pipe = client.pipeline(transaction=False)
+            for did in ids:
+                pipe.hmget(self._p + "dlv:" + did, "st", "da", "at")
+            for did, (status, delivered, at) in zip(ids, await pipe.execute(), strict=True):
+                if status is None or status.decode() == DeliveryStatus.PENDING:
+                    continue
+                when = _time(delivered) or _time(at)
+                if when is not None and when < before:
+                    doomed.append(did)
+                    if len(doomed) >= limit:
+                        break
+        if not doomed:
+            return 0
+        return int(await self._run("purge", PURGE, *doomed))
