@@ -39,6 +39,11 @@ logger = logging.getLogger("asyncjobs.worker")
 #: Seconds between registry refreshes while the set of running jobs keeps changing.
 REGISTRY_REFRESH = 1.0
 
+#: Claims go ahead of the free slots only while this worker's attempts take less than
+#: this many seconds on average: a job claimed ahead waits for a slot, and must not wait
+#: behind long jobs while another worker is idle.
+PREFETCH_BELOW = 0.05
+
 
 @attrs.frozen
 class WorkerConfig:
@@ -61,6 +66,12 @@ class WorkerConfig:
             or the grace is over) waits for halted handlers to return and their ends
             to be stored, before it gives up on them (logged; lease expiry recovers
             their jobs).
+        prefetch: Jobs claimed ahead of the free slots while the queue is deep (the
+            last claim came back full) and jobs are short (attempts average under
+            ``PREFETCH_BELOW`` seconds), so that a slot never waits for a claim's round
+            trip and claims come in batches. A job claimed ahead is running and leased
+            (renewed with the others) while it waits for a slot; a stopping worker gives
+            it back at once. ``None``: as many as ``concurrency``; 0: never.
     """
 
     concurrency: int = attrs.field(default=3, validator=attrs.validators.ge(0))
@@ -70,10 +81,17 @@ class WorkerConfig:
     idle_wait: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     finish_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     shutdown_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    prefetch: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0))
+    )
 
     @property
     def heartbeat_interval(self) -> float:
         return self.heartbeat if self.heartbeat is not None else self.lease / 3
+
+    @property
+    def prefetch_count(self) -> int:
+        return self.prefetch if self.prefetch is not None else self.concurrency
 
 
 class _Stop(enum.Enum):
@@ -150,6 +168,10 @@ class Worker:
         self._stopped = anyio.Event()
         self._hurry = False  # stop(now=True): skip what is left of the grace
         self._grace_scope: anyio.CancelScope | None = None
+        # Prefetch state: the last claim came back full, and the running average of
+        # attempt durations (None until an attempt has ended).
+        self._deep = False
+        self._avg_run: float | None = None
 
     @property
     def running_count(self) -> int:
@@ -221,7 +243,7 @@ class Worker:
             task_status.started()
             types = self.registry.names()
             while not self._stopping:
-                free = cfg.concurrency - len(self._running)
+                free = self._claim_limit()
                 if free <= 0:
                     await self._wait_changed()
                     continue
@@ -241,6 +263,7 @@ class Worker:
                     await self._pause(self.supervisor.failed("claim", exc))
                     continue
                 self.supervisor.recovered("claim")
+                self._deep = len(jobs) >= free
                 for job in jobs:
                     assert job.lease is not None
                     stale = self._running.get(job.id)
@@ -267,6 +290,18 @@ class Worker:
             tg.cancel_scope.cancel()
         with anyio.move_on_after(_UNREGISTER_TIMEOUT, shield=True):
             await self._unregister()
+
+    def _claim_limit(self) -> int:
+        """How many jobs the next claim may take: the free slots, plus the prefetch
+        while the queue is deep and jobs are short. Claiming ahead waits until half the
+        prefetch is used, so that claims come in batches rather than one per finish."""
+        held = len(self._running)
+        slots = self.config.concurrency
+        ahead = self.config.prefetch_count
+        avg = self._avg_run
+        if ahead and self._deep and avg is not None and avg < PREFETCH_BELOW:
+            return 0 if held > slots + ahead // 2 else slots + ahead - held
+        return slots - held
 
     def info(self) -> WorkerInfo:
         """This worker's registry record as of now."""
@@ -318,6 +353,12 @@ class Worker:
         await self._stopped.wait()
 
     async def _drain(self) -> None:
+        # Jobs claimed ahead and not started yet go back at once, not after the grace.
+        while self._ready:
+            waiting = self._ready.popleft()
+            if waiting.stop is None:
+                self._halt(waiting, _Stop.SHUTDOWN)
+            await self._end(waiting, None, None)
         grace = 0.0 if self._hurry else self.config.shutdown_grace
         with anyio.move_on_after(grace) as self._grace_scope:
             while self._running:
@@ -441,11 +482,16 @@ class Worker:
             outcome = None
         elif outcome is None:  # cancelled from outside (the host): requeue
             outcome = Outcome(JobStatus.QUEUED)
+        took = 0.0
+        if running.began:  # it started (a job given back unstarted says nothing)
+            took = time.monotonic() - running.began
+            avg = self._avg_run
+            self._avg_run = took if avg is None else avg + (took - avg) * 0.1
         running.finishing = True
         try:
             if outcome is not None:
                 await self._finish(running, outcome, scope)
-            joblog.attempt_ended(running.job, outcome, time.monotonic() - running.began)
+            joblog.attempt_ended(running.job, outcome, took)
         finally:
             if self._running.get(running.job.id) is running:  # not a later claim's entry
                 del self._running[running.job.id]
