@@ -16,12 +16,12 @@ import anyio
 import pytest
 
 from asyncjobs._ulid import new_ulid
-from asyncjobs.errors import ConfigurationError
+from asyncjobs.errors import ConfigurationError, LeaseLost, QueueFull
 from asyncjobs.job import EventType, Job, JobEvent, JobStatus
 from asyncjobs.stores import open_store
 from asyncjobs.stores.protocol import Outcome
 from asyncjobs.stores.sqlite import SqliteStore
-from asyncjobs.stores.sqlite.schema import MIGRATIONS
+from asyncjobs.stores.sqlite.schema import JOB_COLUMNS, MIGRATIONS, job_params
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
@@ -29,7 +29,8 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 def make_job(type: str = "work", *, status: JobStatus = JobStatus.QUEUED, **fields: Any) -> Job:
     fields.setdefault("created_at", NOW)
     fields.setdefault("run_at", NOW)
-    return Job(id=new_ulid(), type=type, params={"n": 1}, status=status, **fields)
+    fields.setdefault("params", {"n": 1})
+    return Job(id=new_ulid(), type=type, status=status, **fields)
 
 
 @pytest.fixture
@@ -424,3 +425,165 @@ async def test_a_store_alone_on_its_file_appends_no_events(tmp_path: Path) -> No
         assert rows() == 1
     finally:
         await first.close()
+
+
+# -- group commit: the writes queued together go out in one transaction -------------------
+
+
+def trace_statements(store: SqliteStore) -> list[str]:
+    """Every statement the store's connection runs from now on (on its thread)."""
+    seen: list[str] = []
+
+    def install(conn: sqlite3.Connection) -> None:
+        conn.set_trace_callback(seen.append)
+
+    executor = store._thread._executor
+    assert executor is not None
+    executor.submit(lambda: install(store._thread._connection())).result()
+    return seen
+
+
+async def claimed(store: SqliteStore, count: int) -> list[Job]:
+    for _ in range(count):
+        await store.add(make_job())
+    return await store.claim("w", types=["work"], limit=count, lease=30, now=NOW)
+
+
+def token(job: Job) -> str:
+    assert job.lease is not None
+    return job.lease.token
+
+
+async def test_writes_queued_together_commit_once(store: SqliteStore) -> None:
+    jobs = await claimed(store, 20)
+    statements = trace_statements(store)
+    ended: list[JobEvent] = []
+    store.add_listener(ended.append)
+    done = await asyncio.gather(
+        *(
+            store.finish(j.id, token(j), Outcome(JobStatus.COMPLETED, result=n), now=NOW)
+            for n, j in enumerate(jobs)
+        )
+    )
+    assert [j.status for j in done] == [JobStatus.COMPLETED] * 20
+    assert statements.count("BEGIN IMMEDIATE") == 1
+    assert statements.count("COMMIT") == 1
+    # one event each, numbered in the order the calls were made
+    assert [e.job.id for e in ended] == [j.id for j in jobs]
+    assert [e.seq for e in ended] == list(range(ended[0].seq, ended[0].seq + 20))
+    for job in done:
+        assert await store.get(job.id) == job
+
+
+async def test_a_stale_token_fails_only_its_own_write(store: SqliteStore) -> None:
+    first, second, third = await claimed(store, 3)
+    statements = trace_statements(store)
+    results = await asyncio.gather(
+        store.finish(first.id, token(first), Outcome(JobStatus.COMPLETED), now=NOW),
+        store.finish(second.id, "stale", Outcome(JobStatus.COMPLETED), now=NOW),
+        store.set_progress(third.id, token(third), 0.5, "half", now=NOW),
+        return_exceptions=True,
+    )
+    assert statements.count("COMMIT") == 1
+    assert isinstance(results[0], Job) and results[0].status is JobStatus.COMPLETED
+    assert isinstance(results[1], LeaseLost)
+    assert isinstance(results[2], Job) and results[2].progress == 0.5
+    assert (await store.get(first.id)).status is JobStatus.COMPLETED
+    assert await store.get(second.id) == second  # untouched, still running
+    assert (await store.get(third.id)).message == "half"
+
+
+async def test_a_write_that_fails_after_writing_is_undone_alone(store: SqliteStore) -> None:
+    events: list[JobEvent] = []
+    store.add_listener(events.append)
+    alone = make_job()
+    over = [make_job(), make_job()]
+    results = await asyncio.gather(
+        store.add_many(over, max_queued=1),  # inserts both, then finds the queue full
+        store.add(alone),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], QueueFull)
+    assert results[1] == (alone, True)
+    stored = {j.id for j in (await store.list(limit=10)).jobs}
+    assert stored == {alone.id}
+    assert [(e.type, e.job.id) for e in events] == [(EventType.CREATED, alone.id)]
+
+
+async def test_a_cancelled_caller_is_left_out_of_its_batch(store: SqliteStore) -> None:
+    kept, dropped = make_job(), make_job()
+    task = asyncio.create_task(store.add(dropped))
+    await asyncio.sleep(0)  # queued, not yet sent
+    task.cancel()
+    await store.add(kept)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert {j.id for j in (await store.list(limit=10)).jobs} == {kept.id}
+
+
+async def test_hot_writes_keep_every_column_in_step_with_the_record(store: SqliteStore) -> None:
+    """Claim, renew, progress and finish write only the columns they can change; the
+    row must still read back as the job they return."""
+    jobs = await claimed(store, 4)
+    later = NOW + timedelta(seconds=5)
+    renewed = await store.renew(jobs[0].id, token(jobs[0]), lease=60, now=later)
+    moved = await store.set_progress(jobs[1].id, token(jobs[1]), 0.25, "a quarter", now=later)
+    retry = Outcome(JobStatus.SCHEDULED, run_at=NOW + timedelta(minutes=1))
+    outcomes = [Outcome(JobStatus.COMPLETED, result={"ok": 1}), retry]
+    done = [
+        await store.finish(j.id, token(j), o, now=later)
+        for j, o in zip(jobs[2:], outcomes, strict=True)
+    ]
+    back = await store.finish(renewed.id, token(renewed), Outcome(JobStatus.QUEUED), now=later)
+
+    def columns(conn: sqlite3.Connection, job_id: str) -> tuple[Any, ...]:
+        return conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()  # type: ignore[no-any-return]
+
+    for job in [*jobs, renewed, moved, *done, back][4:]:
+        row = await store._thread.read(lambda conn, i=job.id: columns(conn, i))  # type: ignore[misc]
+        fresh = await store.get(job.id)
+        assert row == job_params(fresh)
+    assert (await store.get(moved.id)) == moved
+    assert (await store.get(back.id)).status is JobStatus.QUEUED
+
+
+async def test_a_change_by_another_process_is_never_overwritten(
+    store: SqliteStore, db_path: Path
+) -> None:
+    """The store remembers the rows of the jobs it runs; a change another process made
+    meanwhile must win over that memory (here: a cancel request, then a requeue)."""
+    other = await reopened(db_path)
+    try:
+        (job,) = await claimed(store, 1)
+        await other.request_cancel(job.id, now=NOW)  # sets cancel_requested
+        renewed = await other.renew(job.id, token(job), lease=600, now=NOW)
+        progressed = await store.set_progress(job.id, token(job), 0.5, None, now=NOW)
+        assert progressed.cancel_requested
+        assert progressed.lease == renewed.lease  # the other's renewal is kept
+        ended = await store.finish(job.id, token(job), Outcome(JobStatus.QUEUED), now=NOW)
+        assert ended.status is JobStatus.CANCELLED  # a cancel request wins over a requeue
+    finally:
+        await other.close()
+
+
+async def test_events_of_a_batch_reach_another_process(store: SqliteStore, db_path: Path) -> None:
+    other = await reopened(db_path)
+    try:
+        await store.tail.refresh_peers()  # the writer learns of the other now
+        heard: list[JobEvent] = []
+        other.add_listener(heard.append)
+        jobs = [make_job(params={"n": n, "text": 'quote " and \\ and é'}) for n in range(5)]
+        mine: list[JobEvent] = []
+        store.add_listener(mine.append)
+        await asyncio.gather(*(store.add(j) for j in jobs))
+        started = await store.claim("w", types=["work"], limit=5, lease=30, now=NOW)
+        await asyncio.gather(
+            *(store.finish(j.id, token(j), Outcome(JobStatus.COMPLETED), now=NOW) for j in started)
+        )
+        with anyio.fail_after(10):
+            while len(heard) < len(mine):
+                await other.tail.poll()
+        assert heard == mine
+        assert other.tail.gaps == 0
+    finally:
+        await other.close()

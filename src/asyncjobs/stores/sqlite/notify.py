@@ -74,7 +74,7 @@ class EventTail:
 
         self._version, self._seq = await self._thread.read(body)
         await self.refresh_peers()
-        if self._thread.peers_present:
+        if self._thread.seq.peers_present:
             await anyio.sleep(3 * self._interval)
 
     async def refresh_peers(self) -> None:
@@ -90,7 +90,7 @@ class EventTail:
                 (src, now + int(PEER_TTL * 1e6)),
             )
             (others,) = conn.execute("SELECT COUNT(*) FROM peers WHERE src != ?", (src,)).fetchone()
-            thread.peers_present = others > 0
+            thread.seq.peers_present = others > 0
 
         await thread.write(body)
 
@@ -138,7 +138,7 @@ class EventTail:
         if version == self._version:
             # Nobody else committed since the last poll: rows past our position are all
             # our own (delivered at commit), so skip them without reading.
-            self._seq = max(self._seq, self._thread.last_seq)
+            self._seq = max(self._seq, self._thread.seq.last)
             return [], False, False
         conn.execute("BEGIN")  # one snapshot for the rows and the sequence
         try:
@@ -153,7 +153,7 @@ class EventTail:
                 "SELECT COUNT(*) FROM peers WHERE src != ? AND expires_at > ?",
                 (self._thread.src, int(time.time() * 1e6)),
             ).fetchone()
-            self._thread.peers_present = others > 0
+            self._thread.seq.peers_present = others > 0
         finally:
             conn.execute("COMMIT")
         more = len(rows) == _BATCH

@@ -22,6 +22,7 @@ __all__ = [
     "MIGRATIONS",
     "job_from_row",
     "job_params",
+    "job_record",
     "micros",
     "migrate",
     "scoped_key",
@@ -184,8 +185,13 @@ def job_params(job: Job) -> tuple[Any, ...]:
         None if job.finished_at is None else micros(job.finished_at),
         None if job.lease is None else micros(job.lease.expires_at),
         job.retention,
-        dumps(job_to_record(job)),
+        job_record(job),
     )
+
+
+def job_record(job: Job) -> str:
+    """The ``record`` column of ``job``: its full JSON record."""
+    return dumps(job_to_record(job))
 
 
 def job_from_row(record: str) -> Job:

@@ -26,8 +26,8 @@ from typing import Any, Final, final
 from urllib.parse import parse_qs
 
 from ...codec import dumps, worker_from_record, worker_to_record
-from ...errors import ConfigurationError, JobNotFound, QueueFull
-from ...job import TERMINAL, EventType, Job, JobStatus
+from ...errors import ConfigurationError, QueueFull
+from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, Webhook
 from ..listeners import LocalNotifier
@@ -37,24 +37,20 @@ from ..steps import (
     check_delete,
     check_purge_statuses,
     check_retry_statuses,
-    claim_room,
-    claim_step,
     expire_step,
-    finish_step,
-    new_token,
-    progress_step,
     promote_step,
     purge_matches,
-    renew_step,
     retry_step,
-    select_claims,
     stats_from_counts,
 )
 from ..tasks import BackgroundTasks, TaskHandle
+from . import running
 from . import webhooks as outbox
+from .batch import Changes
 from .notify import EventTail
+from .rows import fetch, save
 from .schema import JOB_COLUMNS, job_from_row, job_params, micros, scoped_key
-from .thread import Changes, SqliteThread
+from .thread import SqliteThread
 
 __all__ = ["SqliteStore"]
 
@@ -70,26 +66,10 @@ _Q: Final = JobStatus.QUEUED.value
 _R: Final = JobStatus.RUNNING.value
 _S: Final = JobStatus.SCHEDULED.value
 _INSERT: Final = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * 11)})"
-_UPDATE: Final = (
-    "UPDATE jobs SET type = ?, status = ?, priority = ?, owner = ?, idempotency_key = ?, "
-    "run_at = ?, finished_at = ?, lease_expires_at = ?, retention = ?, record = ? WHERE id = ?"
-)
 
 
 def _marks(values: Collection[Any]) -> str:
     return ", ".join("?" * len(values))
-
-
-def _get(conn: sqlite3.Connection, job_id: str) -> Job:
-    row = conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None:
-        raise JobNotFound(job_id)
-    return job_from_row(row[0])
-
-
-def _save(conn: sqlite3.Connection, job: Job) -> None:
-    job_id, *rest = job_params(job)
-    conn.execute(_UPDATE, (*rest, job_id))
 
 
 @final
@@ -175,13 +155,13 @@ class SqliteStore:
         """The tail of other processes' events (for tests and diagnostics)."""
         return self._tail
 
-    def _publish(self, changes: Changes) -> None:  # event loop, after a commit
-        self._notifier.emit(changes.events, wake=changes.wake)
+    def _publish(self, events: list[JobEvent], wake: bool) -> None:  # loop, after a commit
+        self._notifier.emit(events, wake=wake)
 
     # -- Store protocol: reads -----------------------------------------------------
 
     async def get(self, job_id: str) -> Job:
-        return await self._thread.read(lambda conn: _get(conn, job_id))
+        return await self._thread.read(lambda conn: fetch(conn, self._thread.cache, job_id)[0])
 
     async def list(
         self,
@@ -267,79 +247,43 @@ class SqliteStore:
     ) -> _Jobs:
         wanted = sorted(set(types))
         limits = dict(type_limits or {})
-
-        def body(conn: sqlite3.Connection, changes: Changes) -> _Jobs:
-            claimed: _Jobs = []
-            if not wanted or limit <= 0:
-                return claimed
-            running: dict[str, int] = {}
-            limited = [t for t in wanted if t in limits]
-            if limited:
-                sql = (
-                    f"SELECT type, COUNT(*) FROM jobs WHERE status = ? "
-                    f"AND type IN ({_marks(limited)}) GROUP BY type"
-                )
-                running = dict(conn.execute(sql, (_R, *limited)).fetchall())
-            room = claim_room(wanted, limits, running)
-            eligible = [t for t in wanted if room.get(t, 1) > 0]
-            # Each round takes the best queued jobs of the types with room left; a round
-            # that skipped a type which ran out of room is followed by another.
-            while eligible and len(claimed) < limit:
-                sql = (
-                    f"SELECT record FROM jobs WHERE status = ? AND type IN ({_marks(eligible)}) "
-                    "ORDER BY priority DESC, id LIMIT ?"
-                )
-                rows = conn.execute(sql, (_Q, *eligible, limit - len(claimed))).fetchall()
-                if not rows:
-                    break
-                candidates = [job_from_row(record) for (record,) in rows]
-                for job in select_claims(candidates, room, limit - len(claimed)):
-                    running_job = claim_step(job, worker_id, new_token(), lease, now)
-                    _save(conn, running_job)
-                    changes.emit(EventType.STARTED, running_job, now)
-                    claimed.append(running_job)
-                eligible = [t for t in eligible if room.get(t, 1) > 0]
-            return claimed
-
-        return await self._thread.write(body)
+        cache = self._thread.cache
+        return await self._thread.write(
+            lambda conn, changes: running.claim(
+                conn, changes, cache, worker_id, wanted, limits, limit, lease, now
+            )
+        )
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
-        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
-            renewed = renew_step(_get(conn, job_id), token, lease, now)
-            _save(conn, renewed)
-            return renewed
-
-        return await self._thread.write(body)
+        cache = self._thread.cache
+        return await self._thread.write(
+            lambda conn, changes: running.renew(conn, changes, cache, job_id, token, lease, now)
+        )
 
     async def set_progress(
         self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
     ) -> Job:
-        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
-            updated = progress_step(_get(conn, job_id), token, progress, message)
-            _save(conn, updated)
-            changes.emit(EventType.PROGRESS, updated, now)
-            return updated
-
-        return await self._thread.write(body)
+        cache = self._thread.cache
+        return await self._thread.write(
+            lambda conn, changes: running.set_progress(
+                conn, changes, cache, job_id, token, progress, message, now
+            )
+        )
 
     async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
-        def body(conn: sqlite3.Connection, changes: Changes) -> Job:
-            done, event = finish_step(_get(conn, job_id), token, outcome, now)
-            _save(conn, done)
-            changes.emit(event, done, now)
-            changes.wake = True  # a slot (and maybe a per-type slot) is free again
-            return done
-
-        return await self._thread.write(body)
+        cache = self._thread.cache
+        return await self._thread.write(
+            lambda conn, changes: running.finish(conn, changes, cache, job_id, token, outcome, now)
+        )
 
     async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
         def body(conn: sqlite3.Connection, changes: Changes) -> Job:
-            job = _get(conn, job_id)
+            job = fetch(conn, self._thread.cache, job_id)[0]
             step = cancel_step(job, now)
             if step is None:
                 return job
             cancelled, event = step
-            _save(conn, cancelled)
+            save(conn, self._thread.cache, cancelled)
             changes.emit(event, cancelled, now)
             return cancelled
 
@@ -347,7 +291,7 @@ class SqliteStore:
 
     async def delete(self, job_id: str, *, now: datetime) -> Job:
         def body(conn: sqlite3.Connection, changes: Changes) -> Job:
-            job = _get(conn, job_id)
+            job = fetch(conn, self._thread.cache, job_id)[0]
             check_delete(job)
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             changes.emit(EventType.DELETED, job, now)
@@ -361,7 +305,7 @@ class SqliteStore:
             recovered: _Jobs = []
             for (record,) in conn.execute(sql, (_R, micros(now))).fetchall():
                 job, event = expire_step(job_from_row(record), now)
-                _save(conn, job)
+                save(conn, self._thread.cache, job)
                 changes.emit(event, job, now)
                 recovered.append(job)
             changes.wake = bool(recovered)
@@ -375,7 +319,7 @@ class SqliteStore:
             promoted: _Jobs = []
             for (record,) in conn.execute(sql, (_S, micros(now))).fetchall():
                 job = promote_step(job_from_row(record))
-                _save(conn, job)
+                save(conn, self._thread.cache, job)
                 changes.emit(EventType.QUEUED, job, now)
                 promoted.append(job)
             changes.wake = bool(promoted)
@@ -482,8 +426,8 @@ class SqliteStore:
 
     async def retry(self, job_id: str, *, now: datetime) -> Job:
         def body(conn: sqlite3.Connection, changes: Changes) -> Job:
-            queued = retry_step(_get(conn, job_id), now)
-            _save(conn, queued)
+            queued = retry_step(fetch(conn, self._thread.cache, job_id)[0], now)
+            save(conn, self._thread.cache, queued)
             changes.emit(EventType.RETRYING, queued, now)
             changes.wake = True
             return queued
@@ -516,7 +460,7 @@ class SqliteStore:
             retried: _Jobs = []
             for (record,) in conn.execute(sql, args).fetchall():
                 queued = retry_step(job_from_row(record), now)
-                _save(conn, queued)
+                save(conn, self._thread.cache, queued)
                 changes.emit(EventType.RETRYING, queued, now)
                 retried.append(queued)
             changes.wake = bool(retried)

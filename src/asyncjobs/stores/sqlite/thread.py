@@ -1,9 +1,11 @@
-"""One SQLite connection on its own thread: reads, write transactions, and their events.
+"""One SQLite connection on its own thread: reads, and writes grouped into transactions.
 
 Every call runs on the thread, in submission order, so calls are serialized without a
-lock and the event loop never blocks on the database. A write is one ``BEGIN
-IMMEDIATE`` transaction; the events it emits get their ``seq`` from a counter in the
-file inside that same transaction, and are handed to the event loop after the commit.
+lock and the event loop never blocks on the database. Writes are grouped (batch.py):
+the first write of a loop turn schedules a flush at the end of that turn; every write
+queued until then, and every one queued while that transaction runs, goes out in one
+``BEGIN IMMEDIATE`` transaction, one hop to the thread and back. The events a batch
+emits are handed to the event loop after its commit, then each caller gets its result.
 """
 
 from __future__ import annotations
@@ -12,42 +14,24 @@ import asyncio
 import concurrent.futures
 import contextlib
 import sqlite3
-import time
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, TypeVar, final
+from typing import TypeVar, final
 
 import anyio
 
-from ...codec import dumps, event_to_record
 from ...errors import ConfigurationError
-from ...job import EventType, Job, JobEvent
+from ...job import JobEvent
+from .batch import Changes, Op, Seq, run_batch
+from .rows import RowCache
 from .schema import migrate
-
-#: Events kept for other processes to tail: anything younger than this stays; a process
-#: that falls further behind sees a gap in the sequence and resyncs.
-EVENT_KEEP_SECONDS = 60.0
-#: Trim the events table once per this many writes that emitted events.
-_TRIM_EVERY = 256
 
 __all__ = ["Changes", "SqliteThread"]
 
+#: Prepared statements kept per connection (sqlite3's default is 128): the store's
+#: statements are fixed strings, and a miss means parsing and planning again.
+_STATEMENT_CACHE = 256
+
 T = TypeVar("T")
-
-
-@final
-class Changes:
-    """What one write transaction tells the event loop once it has committed."""
-
-    __slots__ = ("events", "pending", "wake")
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[EventType, Job, datetime]] = []
-        self.events: list[JobEvent] = []
-        self.wake = False
-
-    def emit(self, type: EventType, job: Job, at: datetime) -> None:
-        self.pending.append((type, job, at))
 
 
 @final
@@ -57,32 +41,40 @@ class SqliteThread:
     Args:
         path: The database file, or ``":memory:"``.
         busy_timeout: Seconds a write waits for another process's write lock.
-        publish: Called on the event loop with the changes of each committed write.
+        publish: Called on the event loop with the events of each committed batch and
+            whether it may have made work claimable (``wake``).
         name: How errors name the owner (``SqliteStore('jobs.db')``).
+        src: This store instance's id, written with each event for other processes.
     """
 
     def __init__(
         self,
         path: str,
         busy_timeout: float,
-        publish: Callable[[Changes], None],
+        publish: Callable[[list[JobEvent], bool], None],
         name: str,
         src: str = "",
     ) -> None:
         self.path = path
-        self.src = src  # this store instance's id, written with each event
-        self._writes = 0
-        #: The last event seq this connection wrote (read on the thread by the tail).
-        self.last_seq = 0
-        #: Whether another store instance tails this file (set on the thread by the
-        #: tail); only then are events appended to the events table.
-        self.peers_present = False
         self.busy_timeout = busy_timeout
+        #: The event counter and the peers, as this instance sees them (thread only).
+        self.seq = Seq(src)
+        #: Running jobs as this instance last wrote them (thread only; see rows.py).
+        self.cache = RowCache()
+        #: Transactions committed and ops they carried (tests and diagnostics read them).
+        self.batches = 0
+        self.ops = 0
         self._publish = publish
         self._name = name
         self._conn: sqlite3.Connection | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[Op] = []
+        self._flushing = False  # a flush is scheduled, or a batch is on the thread
+
+    @property
+    def src(self) -> str:
+        return self.seq.src
 
     @property
     def is_open(self) -> bool:
@@ -111,6 +103,9 @@ class SqliteThread:
         if executor is None:
             return
         self._executor = None  # new calls fail; calls already queued still run first
+        batch = self._take()
+        if batch:
+            executor.submit(self._run, batch)
         try:
             with anyio.CancelScope(shield=True):
                 await asyncio.wrap_future(executor.submit(self._disconnect))
@@ -118,7 +113,12 @@ class SqliteThread:
             executor.shutdown(wait=False)
 
     def _connect(self) -> None:  # store thread
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            cached_statements=_STATEMENT_CACHE,
+        )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
             conn.execute("PRAGMA journal_mode = WAL")  # ":memory:" stays "memory"
@@ -131,6 +131,7 @@ class SqliteThread:
 
     def _disconnect(self) -> None:  # store thread
         conn, self._conn = self._conn, None
+        self.cache.clear()
         if conn is not None:
             conn.close()
 
@@ -152,67 +153,67 @@ class SqliteThread:
         return await asyncio.wrap_future(executor.submit(lambda: body(self._connection())))
 
     async def write(self, body: Callable[[sqlite3.Connection, Changes], T]) -> T:
-        """Run ``body`` in one write transaction; publish its changes after the commit."""
-        executor = self._executor_or_fail()
-        future = executor.submit(self._transaction, body)
-        try:
-            # A transaction that has begun will commit: wait for it, so that its events
-            # are published and the caller learns its outcome; anyio cancellation is
-            # delivered right after.
-            with anyio.CancelScope(shield=True):
-                value, changes = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            # Plain asyncio cancellation reaches through the shield. A transaction not
-            # yet started is dropped with the future; one in flight still commits, and
-            # its events must still go out.
-            future.add_done_callback(self._publish_from_thread)
-            raise
-        self._publish(changes)
+        """Run ``body`` in a write transaction (shared with the writes queued beside it);
+        its events are published after the commit, before this returns."""
+        self._executor_or_fail()
+        loop = self._loop
+        assert loop is not None
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append(Op(body, future))
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush)
+        # A write that was sent will commit, and its batch publishes its events, whoever
+        # waits. The shield lets the caller learn the outcome; anyio cancellation is
+        # delivered right after. Plain asyncio cancellation reaches through the shield
+        # and cancels the future: a write not yet sent is then dropped from its batch.
+        with anyio.CancelScope(shield=True):
+            value = await future
         return value
 
-    def _transaction(
-        self, body: Callable[[sqlite3.Connection, Changes], T]
-    ) -> tuple[T, Changes]:  # store thread
-        conn = self._connection()
-        changes = Changes()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            value = body(conn, changes)
-            if changes.pending:
-                (last,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
-                conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'seq'", (last + len(changes.pending),)
-                )
-                changes.events = [
-                    JobEvent(type=type_, seq=last + n, at=at, job=job)
-                    for n, (type_, job, at) in enumerate(changes.pending, start=1)
-                ]
-                self.last_seq = changes.events[-1].seq
-                if self.peers_present:
-                    self._append_events(conn, changes.events, last)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return value, changes
+    def _take(self) -> list[Op]:
+        batch = [op for op in self._pending if not op.future.cancelled()]
+        self._pending = []
+        return batch
 
-    def _append_events(
-        self, conn: sqlite3.Connection, events: list[JobEvent], last: int
-    ) -> None:  # store thread, inside the write transaction
-        stamp = int(time.time() * 1e6)
-        conn.executemany(
-            "INSERT INTO events (seq, src, stamp, record) VALUES (?, ?, ?, ?)",
-            [(e.seq, self.src, stamp, dumps(event_to_record(e))) for e in events],
-        )
-        self._writes += 1
-        if self._writes % _TRIM_EVERY == 0:
-            cutoff = stamp - int(EVENT_KEEP_SECONDS * 1e6)
-            conn.execute("DELETE FROM events WHERE seq <= ? AND stamp < ?", (last, cutoff))
-
-    def _publish_from_thread(self, future: concurrent.futures.Future[Any]) -> None:
-        if future.cancelled() or future.exception() is not None or self._loop is None:
+    def _flush(self) -> None:  # event loop
+        batch = self._take()
+        executor = self._executor
+        if not batch or executor is None:  # close() sent what was queued
+            self._flushing = False
             return
-        _, changes = future.result()
-        with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to tell
-            self._loop.call_soon_threadsafe(self._publish, changes)
+        executor.submit(self._run, batch)
+
+    def _run(self, batch: list[Op]) -> None:  # store thread
+        try:
+            run_batch(self._connection(), batch, self.seq, self.cache)
+        except BaseException as exc:  # the transaction failed: every op with it
+            for op in batch:
+                op.error = exc
+        else:
+            self.batches += 1
+            self.ops += len(batch)
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody to tell
+                loop.call_soon_threadsafe(self._done, batch)
+
+    def _done(self, batch: list[Op]) -> None:  # event loop
+        events: list[JobEvent] = []
+        wake = False
+        for op in batch:
+            if op.error is None:
+                events += op.changes.events
+                wake = wake or op.changes.wake
+        if events or wake:
+            self._publish(events, wake)
+        for op in batch:
+            future = op.future
+            if future.cancelled():
+                continue
+            if op.error is None:
+                future.set_result(op.value)
+            else:
+                future.set_exception(op.error)
+        # What was queued while this batch ran goes out now, as the next one.
+        self._flush()
