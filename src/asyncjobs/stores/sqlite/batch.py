@@ -32,6 +32,7 @@ from ...codec import format_time
 from ...job import EventType, Job, JobEvent
 from .rows import RowCache
 from .schema import job_record
+from .webhooks import write_outbox
 
 __all__ = ["EVENT_KEEP_SECONDS", "Changes", "Op", "run_batch"]
 
@@ -40,6 +41,8 @@ __all__ = ["EVENT_KEEP_SECONDS", "Changes", "Op", "run_batch"]
 EVENT_KEEP_SECONDS = 60.0
 #: Trim the events table once per this many batches that appended events.
 _TRIM_EVERY = 256
+#: The events of a job's end: each queues its webhook deliveries (webhooks.py).
+_ENDS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
 
 
 @final
@@ -137,6 +140,8 @@ def _apply(conn: sqlite3.Connection, ops: list[Op]) -> Op | None:
 
 
 def _number_events(conn: sqlite3.Connection, ops: list[Op], seq: Seq) -> None:
+    """Give the ops' events their seq, append them for other processes when some
+    listen, and queue the webhook deliveries of the jobs that ended."""
     count = sum(len(op.changes.pending) for op in ops if op.error is None)
     if not count:
         return
@@ -144,6 +149,7 @@ def _number_events(conn: sqlite3.Connection, ops: list[Op], seq: Seq) -> None:
     conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (last + count,))
     first = last
     rows: list[tuple[int, str, int, str]] = []
+    ended: list[tuple[Job, str]] = []
     stamp = int(time.time() * 1e6)
     for op in ops:
         if op.error is not None:
@@ -153,11 +159,16 @@ def _number_events(conn: sqlite3.Connection, ops: list[Op], seq: Seq) -> None:
         for type_, job, at, record in changes.pending:
             last += 1
             events.append(JobEvent(type=type_, seq=last, at=at, job=job))
+            if type_ in _ENDS:
+                record = record or job_record(job)
+                ended.append((job, record))
             if seq.peers_present:
                 rows.append((last, seq.src, stamp, _event_json(type_, last, at, job, record)))
     seq.last = last
     if rows:
         _append_events(conn, rows, seq, first, stamp)
+    if ended:
+        write_outbox(conn, ended)
 
 
 def _event_json(type_: EventType, n: int, at: datetime, job: Job, record: str | None) -> str:

@@ -1,8 +1,10 @@
 """The webhook registry and outbox of :class:`~.store.SqliteStore` (schema migration 2).
 
-Outbox rows are written by the ``jobs_webhook_outbox`` trigger, inside the transaction
-that ends a job; these functions register webhooks and move deliveries along. Each runs
-in a store write transaction (or a read), on the store's thread.
+Outbox rows are written by :func:`write_outbox` inside the transaction that ends a job,
+from the end events of that transaction (batch.py), whichever store method ended it (a
+finish, a cancel, a lease expiry); the other functions register webhooks and move
+deliveries along. Each runs in a store write transaction (or a read), on the store's
+thread.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
+from ...job import Job
 from ...webhooks.model import Delivery, DeliveryStatus, Webhook, WebhookNotFound
 from .schema import job_from_row, micros
 
@@ -22,9 +25,18 @@ __all__ = [
     "list_deliveries",
     "list_webhooks",
     "purge_deliveries",
+    "write_outbox",
 ]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# A delivery's id is msg_{job id}_{runs before this one}_{webhook id}: stable across the
+# delivery's retries, new when a job retried in place ends again.
+_OUTBOX: Final = (
+    "INSERT OR IGNORE INTO webhook_deliveries"
+    " (id, webhook_id, event, job_id, record, at, status, attempts, next_at)"
+    " SELECT 'msg_' || ?1 || '_' || ?2 || '_' || w.id, w.id, ?3, ?1, ?4, ?5, 'pending', 0, ?5"
+    " FROM webhooks AS w WHERE instr(w.events, ',' || ?3 || ',') > 0"
+)
 _DELIVERY: Final = (
     "d.id, d.webhook_id, d.event, d.record, d.at, d.status, d.attempts, d.next_at,"
     " d.last_error, d.delivered_at"
@@ -61,6 +73,26 @@ def _delivery(row: Any) -> Delivery:
         next_at=_time(next_at),
         last_error=error,
         delivered_at=_time(delivered),
+    )
+
+
+def write_outbox(conn: sqlite3.Connection, ended: list[tuple[Job, str]]) -> None:
+    """Queue a delivery of each ended job (with its stored record) for every webhook that
+    asked for that end; nothing when no webhook is registered."""
+    if not conn.execute("SELECT EXISTS (SELECT 1 FROM webhooks)").fetchone()[0]:
+        return
+    conn.executemany(
+        _OUTBOX,
+        [
+            (
+                job.id,
+                len(job.history),
+                f"job_{job.status.value}",
+                record,
+                micros(job.finished_at or job.run_at),
+            )
+            for job, record in ended
+        ],
     )
 
 
