@@ -687,3 +687,10 @@ def test_a_record_of_another_shape_is_left_to_the_codec(job: Job, missing: str) 
     del older[missing]  # as a release before that field wrote it
     text = dumps(older)
     assert record.decode(text) == job_from_record(json.loads(text))
+
+
+async def test_claimed_jobs_get_distinct_fresh_tokens(store: SqliteStore) -> None:
+    jobs = await claimed(store, 50)
+    tokens = [token(j) for j in jobs]
+    assert len(set(tokens)) == 50
+    assert all(len(t) == 24 and int(t, 16) >= 0 for t in tokens)

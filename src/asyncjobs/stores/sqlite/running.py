@@ -7,6 +7,7 @@ from the cached row (:mod:`.rows`) rather than reading and decoding it again.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Mapping
 from datetime import datetime
@@ -18,7 +19,6 @@ from ..steps import (
     claim_room,
     claim_step,
     finish_step,
-    new_token,
     progress_step,
     renew_step,
     select_claims,
@@ -31,6 +31,8 @@ __all__ = ["claim", "finish", "renew", "set_progress"]
 
 _Q: Final = JobStatus.QUEUED.value
 _R: Final = JobStatus.RUNNING.value
+#: Random bytes per fencing token (``steps.new_token``'s size).
+_TOKEN_BYTES: Final = 12
 
 
 def _marks(count: int) -> str:
@@ -75,8 +77,14 @@ def claim(
             break
         candidates = [job_from_row(record) for (record,) in rows]
         updates: list[tuple[object, ...]] = []
-        for job in select_claims(candidates, room, limit - len(claimed)):
-            started = claim_step(job, worker_id, new_token(), lease, now)
+        # The tokens of the whole round from one read of the OS's random source (as
+        # steps.new_token, but one system call rather than one per job).
+        tokens = os.urandom(_TOKEN_BYTES * len(candidates)).hex()
+        width = 2 * _TOKEN_BYTES
+        chosen = select_claims(candidates, room, limit - len(claimed))
+        for n, job in enumerate(chosen):
+            token = tokens[n * width : (n + 1) * width]
+            started = claim_step(job, worker_id, token, lease, now)
             record = job_record(started)
             updates.append((*run_params(started, record), started.id))
             cache.put(started, record)
