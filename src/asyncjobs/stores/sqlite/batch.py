@@ -114,8 +114,10 @@ def run_batch(conn: sqlite3.Connection, ops: list[Op], seq: Seq, cache: RowCache
                 conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             live = [op for op in live if op is not dirty]
-        _number_events(conn, live, seq)
+        last = _number_events(conn, live, seq)
         conn.execute("COMMIT")
+        if last is not None:  # the tail skips these (delivered at commit): once committed
+            seq.last = last
     except BaseException:
         cache.clear()  # it may hold rows that were never committed
         if conn.in_transaction:
@@ -139,13 +141,15 @@ def _apply(conn: sqlite3.Connection, ops: list[Op]) -> Op | None:
     return None
 
 
-def _number_events(conn: sqlite3.Connection, ops: list[Op], seq: Seq) -> None:
+def _number_events(conn: sqlite3.Connection, ops: list[Op], seq: Seq) -> int | None:
     """Give the ops' events their seq, append them for other processes when some
-    listen, and queue the webhook deliveries of the jobs that ended."""
+    listen, and queue the webhook deliveries of the jobs that ended; return the last
+    seq (None without events)."""
     count = sum(len(op.changes.pending) for op in ops if op.error is None)
     if not count:
-        return
-    (last,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        return None
+    (stored,) = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+    last = int(stored)
     conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (last + count,))
     first = last
     rows: list[tuple[int, str, int, str]] = []
@@ -164,11 +168,11 @@ def _number_events(conn: sqlite3.Connection, ops: list[Op], seq: Seq) -> None:
                 ended.append((job, record))
             if seq.peers_present:
                 rows.append((last, seq.src, stamp, _event_json(type_, last, at, job, record)))
-    seq.last = last
     if rows:
         _append_events(conn, rows, seq, first, stamp)
     if ended:
         write_outbox(conn, ended)
+    return last
 
 
 def _event_json(type_: EventType, n: int, at: datetime, job: Job, record: str | None) -> str:
