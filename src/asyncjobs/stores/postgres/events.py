@@ -101,6 +101,9 @@ class RemoteEvents:
         inbox_max: int = INBOX_MAX,
     ) -> None:
         self._instance = instance
+        # Every payload this instance sends starts so (see make_prefix): its own echoes
+        # are recognised without decoding them, two of them per job.
+        self._own = make_prefix(instance)
         self._deliver = deliver
         self._wake = wake
         self._fetch = fetch
@@ -125,6 +128,8 @@ class RemoteEvents:
 
     def on_payload(self, payload: str) -> None:
         """Handle one notification (called by the LISTEN connection)."""
+        if payload.startswith(self._own):
+            return
         data = json.loads(payload)
         if data.get("src") == self._instance:
             return

@@ -1,0 +1,68 @@
+"""The PostgreSQL store's hot path (issue 15, item 2): what it saves, and that the
+savings keep the store's rules (fencing, an event per change to every process, claims
+that never overlap, all-or-nothing batches)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from asyncjobs.job import EventType
+from asyncjobs.stores import Outcome
+from asyncjobs.stores.postgres import events
+from stores.test_conformance import DONE, EventLog, add, at, claim_one, make_job, token
+from stores.test_postgres import Factory, schema, stores  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.postgres
+
+E = EventType
+
+
+async def test_own_notifications_are_skipped_without_decoding_them(
+    stores: Factory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one, two = await stores(), await stores()
+    decoded: list[str] = []
+
+    class CountingJson:
+        @staticmethod
+        def loads(text: str) -> Any:
+            decoded.append(text)
+            return json.loads(text)
+
+    monkeypatch.setattr(events, "json", CountingJson)
+    log, heard = EventLog(one), EventLog(two)
+    (job,) = await add(one, make_job())
+    running = await claim_one(one)
+    await one.finish(job.id, token(running), Outcome(DONE), now=at(2))
+    # NOTIFY delivers in commit order: once two's event has reached one, so have the
+    # echoes of one's own three changes before it.
+    await add(two, make_job())
+    await log.expect(E.CREATED, E.STARTED, E.COMPLETED, E.CREATED)
+    await heard.wait_for(4)
+    sources = Counter(json.loads(text)["src"] for text in decoded)
+    # Each instance decodes only the other's notifications.
+    assert sources == {one._instance: 3, two._instance: 1}
+
+
+async def test_a_claim_walks_the_claim_index_of_a_deep_queue_never_analyzed(
+    stores: Factory,  # noqa: F811
+) -> None:
+    store = await stores()
+    await store.add_many([make_job() for _ in range(3000)])
+    sql = store._sql
+    args = (["t"], 50, "w", at(1), "a", "b", sql.channel, sql.prefix, "h", "n")
+
+    async def explain(conn: Any) -> str:
+        rows = await conn.fetch("EXPLAIN " + sql.claim_sql, *args)
+        return "\n".join(row[0] for row in rows)
+
+    plan = await store._run(explain)
+    picked = plan.split("CTE claimed")[0]
+    # Not a bitmap scan of every queued job and a sort of them: O(depth) per claim.
+    assert "Index Scan using jobs_claim" in picked, plan
+    assert "Sort" not in picked, plan
