@@ -4,16 +4,18 @@ that never overlap, all-or-nothing batches)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from typing import Any
 
 import pytest
 
-from asyncjobs.job import EventType
+from asyncjobs.errors import LeaseLost
+from asyncjobs.job import EventType, Job
 from asyncjobs.stores import Outcome
 from asyncjobs.stores.postgres import events
-from stores.test_conformance import DONE, EventLog, add, at, claim_one, make_job, token
+from stores.test_conformance import DONE, LEASE, EventLog, add, at, claim_one, make_job, token
 from stores.test_postgres import Factory, schema, stores  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.postgres
@@ -66,3 +68,41 @@ async def test_a_claim_walks_the_claim_index_of_a_deep_queue_never_analyzed(
     # Not a bitmap scan of every queued job and a sort of them: O(depth) per claim.
     assert "Index Scan using jobs_claim" in picked, plan
     assert "Sort" not in picked, plan
+
+
+async def test_progress_reports_of_the_moment_share_statements_fenced_and_announced(
+    stores: Factory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one, two = await stores(), await stores()
+    (lost,) = await add(one, make_job("short", max_attempts=2))
+    stale = (await one.claim("w", types=["short"], limit=1, lease=1.0, now=at(1)))[0]
+    await one.add_many([make_job() for _ in range(20)])
+    running = await one.claim("w", types=["t"], limit=20, lease=LEASE, now=at(1))
+    assert len(running) == 20
+    assert [j.id for j in await two.requeue_expired(now=at(5))] == [lost.id]
+    taken = await claim_one(two, "short", now=6, worker="w2")  # one's lease on it is gone
+    log = EventLog(two)
+    batches: list[int] = []
+    real = one._sql.write
+
+    async def write(conn: object, changes: list[object], *args: object) -> object:
+        batches.append(len(changes))
+        return await real(conn, changes, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(one._sql, "write", write)
+    reports = [
+        one.set_progress(j.id, token(j), 0.5, f"at {i}", now=at(7)) for i, j in enumerate(running)
+    ]
+    stale_report = one.set_progress(lost.id, token(stale), 0.9, "stale", now=at(7))
+    *reported, refused = await asyncio.gather(*reports, stale_report, return_exceptions=True)
+    assert 0 < len(batches) < 20  # shared statements (the stale one: missed, then read)
+    assert isinstance(refused, LeaseLost)
+    assert await two.get(lost.id) == taken  # fenced off: untouched
+    await log.wait_for(20)
+    assert sorted(e.job.id for e in log.events) == sorted(j.id for j in running)
+    assert {e.type for e in log.events} == {E.PROGRESS}
+    by_id = {j.id: j for j in reported if isinstance(j, Job)}
+    for event in log.events:
+        assert event.job == by_id[event.job.id] == await two.get(event.job.id)
+        assert event.job.progress == 0.5

@@ -38,14 +38,7 @@ from typing import Any, TypeVar, final
 
 import anyio
 
-from ...codec import (
-    dumps,
-    format_time,
-    job_from_record,
-    job_to_record,
-    worker_from_record,
-    worker_to_record,
-)
+from ...codec import dumps, format_time, worker_from_record, worker_to_record
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
@@ -65,11 +58,12 @@ from ..steps import (
     stats_from_counts,
 )
 from ..tasks import BackgroundTasks
-from .batch import FinishBatcher
+from .batch import ChangeBatcher
 from .events import RemoteEvents, encode_suffix, make_prefix
 from .listen import Listener
 from .ops import OpsStatements
 from .pool import Pool, connection_errors
+from .records import job_of, record_of
 from .schema import (
     apply_migrations,
     check_schema_name,
@@ -79,7 +73,7 @@ from .schema import (
     redact,
     split_url,
 )
-from .sql import Statements
+from .sql import Change, Statements, change
 from .webhooks import WebhookStatements
 
 __all__ = ["PostgresStore", "migrate"]
@@ -96,7 +90,7 @@ _HELD_MAX = 10_000
 
 
 def _load(text: str) -> Job:
-    return job_from_record(json.loads(text))
+    return job_of(json.loads(text))
 
 
 @final
@@ -150,7 +144,7 @@ class PostgresStore:
             wanted=lambda: self._notifier.wanted,
             resync=self._notifier.resync,
         )
-        self._finishes = FinishBatcher(self._run, self._sql)
+        self._changes = ChangeBatcher(self._run, self._sql)
         # Job id -> the last snapshot this instance wrote or read of a job it claimed:
         # the starting point of the next progress or finish, saving a read.
         self._held: OrderedDict[str, Job] = OrderedDict()
@@ -190,7 +184,7 @@ class PostgresStore:
             raise
         self._pool, self._listener = pool, listener
         self._remote.start(self._tasks)
-        self._finishes.start(self._tasks)
+        self._changes.start(self._tasks)
 
     async def _connect(self) -> Pool:
         """Migrate and open the pool, retrying like every other call: a worker started
@@ -233,7 +227,7 @@ class PostgresStore:
         if listener is not None:
             await listener.stop()
         await self._remote.stop()
-        await self._finishes.stop()
+        await self._changes.stop()
         await self._tasks.aclose()
         if pool is not None:
             await pool.close()
@@ -295,8 +289,8 @@ class PostgresStore:
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
         check_storable(job)
         sql = self._sql
-        record = dumps(job_to_record(job))
-        suffix = encode_suffix(self._prefix, EventType.CREATED, job, job.created_at)
+        record = dumps(record_of(job))
+        suffix = encode_suffix(self._prefix, EventType.CREATED, job, job.created_at, record)
         attempt = 0
 
         async def insert(conn: Conn) -> tuple[Job, JobEvent | None]:
@@ -446,7 +440,7 @@ class PostgresStore:
         """
         held = self._held
         job: Job | None = held.get(job_id)
-        written: tuple[str, EventType] | None = None  # our last write that seemed to miss
+        written: tuple[Job, EventType] | None = None  # our last write that seemed to miss
         while True:
             cached = job is not None
             if job is None:
@@ -455,7 +449,7 @@ class PostgresStore:
                 except JobNotFound:
                     held.pop(job_id, None)
                     raise
-                if written is not None and job == _load(written[0]):
+                if written is not None and job == written[0]:
                     # Our write committed, but its connection dropped before the reply
                     # and the retry found the version moved on (by that very write).
                     held.pop(job_id, None)
@@ -472,24 +466,12 @@ class PostgresStore:
             if result is None:
                 return job
             nxt, type_ = result
-            record = dumps(job_to_record(nxt))  # once, for the row and the payload
-
-            async def write(
-                conn: Conn,
-                nxt: Job = nxt,
-                type_: EventType = type_,
-                record: str = record,
-                version: int = job.version,
-            ) -> JobEvent | None:
-                return await self._sql.write_one(
-                    conn, nxt, type_, record, now, expected=version, token=token
-                )
-
-            if token is not None and nxt.status is not JobStatus.RUNNING:
-                # A worker's finish: written with the other finishes of the moment.
-                event = await self._finishes.write(nxt, type_, record, now, expected=job.version)
+            todo = change(job, nxt, type_, now)
+            if token is not None:
+                # A worker's progress or finish: written with the others of the moment.
+                event = await self._changes.write(todo)
             else:
-                event = await self._run(write)
+                event = await self._write(todo)
             if event is not None:
                 if nxt.status is JobStatus.RUNNING and (token is not None or job_id in held):
                     self._hold([nxt])
@@ -497,7 +479,11 @@ class PostgresStore:
                     held.pop(job_id, None)
                 self._emit([event])
                 return nxt
-            job, written = None, (record, type_)
+            job, written = None, (nxt, type_)
+
+    async def _write(self, todo: Change) -> JobEvent | None:
+        events = await self._run(lambda conn: self._sql.write(conn, [todo]))
+        return events[0] if events else None
 
     async def set_progress(
         self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
@@ -536,8 +522,9 @@ class PostgresStore:
             async def op(conn: Conn) -> list[JobEvent]:
                 async with conn.transaction():
                     rows = await conn.fetch(select, arg, _BATCH)
-                    changes = [step(_load(r[0])) for r in rows]
-                    return await self._sql.write(conn, changes, now)
+                    jobs = [_load(r[0]) for r in rows]
+                    changes = [change(j, *step(j), now) for j in jobs]
+                    return await self._sql.write(conn, changes)
 
             events = await self._run(op)
             self._emit(events)
