@@ -82,7 +82,7 @@ async def fill(store: PostgresStore, jobs: int, how: str) -> float:
     async with queue:
         if how == "many":
             for i in range(0, jobs, 500):
-                await queue.submit_many([("noop", {})] * min(500, jobs - i))
+                await queue.submit_many([{"type": "noop"}] * min(500, jobs - i))
         else:  # 10 concurrent submitters, like a busy web app
             async with anyio.create_task_group() as tg:
                 for i in range(10):

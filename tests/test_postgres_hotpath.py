@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from asyncjobs.errors import LeaseLost
-from asyncjobs.job import EventType, Job
+from asyncjobs.job import EventType, Job, JobStatus
 from asyncjobs.stores import Outcome
-from asyncjobs.stores.postgres import events
+from asyncjobs.stores.postgres import PostgresStore, events
 from stores.test_conformance import DONE, LEASE, EventLog, add, at, claim_one, make_job, token
 from stores.test_postgres import Factory, schema, stores  # noqa: F401 (fixtures)
 
@@ -106,3 +106,97 @@ async def test_progress_reports_of_the_moment_share_statements_fenced_and_announ
     for event in log.events:
         assert event.job == by_id[event.job.id] == await two.get(event.job.id)
         assert event.job.progress == 0.5
+
+
+# -- hand-off to a parked worker ----------------------------------------------------
+
+
+async def _parked(
+    store: PostgresStore, types: tuple[str, ...] = ("t", "u"), **limits: int
+) -> asyncio.Task[None]:
+    """Worker ``w`` claims (nothing there) and parks in wait_for_work, as workers do."""
+    generation = store.work_generation()
+    got = await store.claim("w", types=types, limit=5, lease=LEASE, now=at(1), type_limits=limits)
+    assert got == []
+    waiting = asyncio.create_task(store.wait_for_work(60, since=generation))
+    await asyncio.sleep(0.01)  # parked
+    return waiting
+
+
+def _no_claims(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def claim(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a claim statement was sent")
+
+    monkeypatch.setattr(store._sql, "claim", claim)
+
+
+async def test_a_job_submitted_to_a_parked_worker_is_handed_to_it(
+    stores: Factory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one, two = await stores(), await stores()
+    log = EventLog(two)
+    waiting = await _parked(one)
+    job, created = await one.add(make_job())
+    assert created and job.status is JobStatus.QUEUED
+    await asyncio.wait_for(waiting, 5)  # the submit woke the worker
+    assert await two.claim("w2", types=["t"], limit=5, lease=LEASE, now=at(2)) == []
+    _no_claims(one, monkeypatch)
+    (running,) = await one.claim("w", types=["t", "u"], limit=5, lease=LEASE, now=at(2))
+    assert running.status is JobStatus.RUNNING and running.attempts == 1
+    assert running.lease is not None and running.lease.worker_id == "w"
+    assert running == await two.get(job.id)
+    created_event, started = await log.expect(E.CREATED, E.STARTED)
+    assert created_event.job == job and started.job == running
+    assert created_event.seq < started.seq
+    done = await one.finish(job.id, token(running), Outcome(DONE), now=at(3))
+    assert done.status is DONE and done == await two.get(job.id)
+
+
+async def test_no_hand_off_without_a_parked_worker_or_for_a_limited_type(
+    stores: Factory,  # noqa: F811
+) -> None:
+    one, two = await stores(), await stores()
+    assert await one.claim("w", types=["t"], limit=5, lease=LEASE, now=at(1)) == []
+    (plain,) = await add(one, make_job())  # short claim, but nobody waits
+    waiting = await _parked(one, ("u", "v"), u=1)
+    (limited,) = await add(one, make_job("u"))  # counted across processes: never handed
+    delayed, _ = await one.add(make_job("v", delay=5))
+    waiting.cancel()
+    for job in (plain, limited, delayed):
+        assert (await two.get(job.id)).status in (JobStatus.QUEUED, JobStatus.SCHEDULED)
+    got = await two.claim("w2", types=["t", "u"], limit=5, lease=LEASE, now=at(2))
+    assert {j.id for j in got} == {plain.id, limited.id}
+
+
+@pytest.mark.parametrize("how", ["unregister", "close"])
+async def test_a_handed_job_its_worker_never_took_is_given_back(
+    stores: Factory,  # noqa: F811
+    how: str,
+) -> None:
+    one, two = await stores(), await stores()
+    waiting = await _parked(one)
+    job, _ = await one.add(make_job())
+    waiting.cancel()  # the worker stops instead of claiming
+    assert (await two.get(job.id)).status is JobStatus.RUNNING
+    if how == "unregister":
+        await one.remove_worker("w")
+    else:
+        await one.close()
+    back = await two.get(job.id)
+    assert back.status is JobStatus.QUEUED and back.attempts == 0  # its attempt returned
+    (again,) = await two.claim("w2", types=["t"], limit=5, lease=LEASE, now=at(2))
+    assert again.id == job.id and again.attempts == 1
+
+
+async def test_an_idempotent_resubmit_to_a_parked_worker_returns_the_stored_job(
+    stores: Factory,  # noqa: F811
+) -> None:
+    one = await stores()
+    await one.add(make_job(key="k"))
+    first = await claim_one(one, worker="w0")
+    waiting = await _parked(one)
+    again, created = await one.add(make_job(key="k"))
+    assert not created and again == first
+    assert not waiting.done()  # nothing new: the worker still waits
+    waiting.cancel()

@@ -16,9 +16,9 @@ from ...codec import dumps
 from ...errors import QueueFull
 from ...job import EventType, Job, JobEvent, JobStatus
 from ..steps import check_retry_statuses, retry_step
-from .events import encode_suffix
+from .events import encode_head
 from .records import job_of, record_of
-from .sql import Statements, change
+from .sql import Statements, change, payload
 
 __all__ = ["OpsStatements"]
 
@@ -40,7 +40,7 @@ WITH data AS (
                          $6::timestamptz[], $7::float8[], $8::text[], $9::text[],
                          $10::text[], $11::text[])
     WITH ORDINALITY AS d(id, type, status, priority, run_at, finished_at, retention,
-                         idempotency_key, owner, record, suffix, ord)
+                         idempotency_key, owner, record, head, ord)
 ),
 ins AS (
     INSERT INTO {s}.jobs (id, type, status, priority, run_at, finished_at, retention,
@@ -53,10 +53,11 @@ ins AS (
     RETURNING id
 ),
 ev AS (
-    SELECT d.ord, d.id, d.suffix, nextval('{s}.event_seq') AS seq
+    SELECT d.ord, d.id, d.record, d.head, nextval('{s}.event_seq') AS seq
     FROM (SELECT data.* FROM data JOIN ins USING (id) ORDER BY data.ord) AS d
-)
-SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
+),
+msg AS (SELECT ord, id, seq, record, $13 || seq::text || head AS head FROM ev)
+SELECT id, seq, pg_notify($12, {payload("head", "record", "id")}) FROM msg ORDER BY ord
 """
         # Keys are unique per owner (a NULL owner is one owner of its own).
         self.get_by_keys = (
@@ -106,10 +107,7 @@ SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
             [j.idempotency_key for j in fresh],
             [j.owner for j in fresh],
             records,
-            [
-                encode_suffix(sql.prefix, EventType.CREATED, j, j.created_at, r)
-                for j, r in zip(fresh, records, strict=True)
-            ],
+            [encode_head(EventType.CREATED, j.created_at) for j in fresh],
             sql.channel,
             sql.prefix,
         )

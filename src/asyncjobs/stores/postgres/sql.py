@@ -18,7 +18,7 @@ from ..steps import claim_step
 from .events import encode_head, encode_suffix
 from .records import job_of, patch_of
 
-__all__ = ["Change", "Statements", "change"]
+__all__ = ["Change", "Statements", "change", "payload"]
 
 _QUEUED = JobStatus.QUEUED.value
 _RUNNING = JobStatus.RUNNING.value
@@ -39,7 +39,7 @@ _LIMIT = 7890
 _SLIM = '{"params": {}, "result": null, "error": null, "message": null, "tags": []}'
 
 
-def _payload(head: str, record: str, id: str) -> str:
+def payload(head: str, record: str, id: str) -> str:
     """SQL for a NOTIFY payload built on the server: ``head`` (the payload up to the
     job, seq included) and the job's ``record`` text, or a partial event if too big."""
     slim = f"({record}::jsonb || '{_SLIM}'::jsonb)::text"
@@ -125,17 +125,42 @@ class Statements:
             f" WHERE id = $1 AND status = '{_RUNNING}' AND lease_token = $2"
             " RETURNING record::text"
         )
+        # The record is sent once, as text: stored as jsonb, and copied into the payload.
         self.insert = f"""
 WITH ins AS (
     INSERT INTO {s}.jobs (id, type, status, priority, run_at, finished_at, retention,
                           idempotency_key, owner, record)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)
     ON CONFLICT ((coalesce(owner, '')), (owner IS NULL), idempotency_key)
         WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ),
-ev AS (SELECT nextval('{s}.event_seq') AS seq FROM ins)
-SELECT seq, pg_notify($11, $12 || seq::text || $13) FROM ev
+ev AS (SELECT id, nextval('{s}.event_seq') AS seq FROM ins),
+msg AS (SELECT id, seq, $12 || seq::text || $13 AS head, $10::text AS record FROM ev)
+SELECT seq, pg_notify($11, {payload("head", "record", "id")}) FROM msg
+"""
+        # A job handed to a parked worker (see handoff.py): stored running, announced
+        # twice, created (the queued record $11) then started (the running one, $10).
+        self.insert_running = f"""
+WITH ins AS (
+    INSERT INTO {s}.jobs (id, type, status, priority, run_at, finished_at, retention,
+                          idempotency_key, owner, lease_token, lease_expires_at, record)
+    VALUES ($1, $2, '{_RUNNING}', $3, $4, NULL, $5, $6, $7, $8, $9, $10::text::jsonb)
+    ON CONFLICT ((coalesce(owner, '')), (owner IS NULL), idempotency_key)
+        WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+),
+created AS (SELECT id, nextval('{s}.event_seq') AS seq FROM ins),
+started AS (SELECT id, seq AS first, nextval('{s}.event_seq') AS seq FROM created),
+msg AS (
+    SELECT id, first, seq, $10::text AS running, $11::text AS queued,
+           $13 || first::text || $14 AS created_head, $13 || seq::text || $15 AS started_head
+    FROM started
+)
+SELECT first, seq,
+       pg_notify($12, {payload("created_head", "queued", "id")}),
+       pg_notify($12, {payload("started_head", "running", "id")})
+FROM msg
 """
         # A change is a patch merged into the stored record, fenced on the version it
         # was computed from: a row whose version is not ``expected`` (when given) is left
@@ -168,7 +193,7 @@ ev AS (
           FROM data JOIN changed USING (id) ORDER BY data.ord) AS d
 ),
 msg AS (SELECT ord, id, seq, record, $12 || seq::text || head AS head FROM ev)
-SELECT id, seq, pg_notify($11, {_payload("head", "record", "id")}) FROM msg ORDER BY ord
+SELECT id, seq, pg_notify($11, {payload("head", "record", "id")}) FROM msg ORDER BY ord
 """
         delete = f"""
 WITH data AS (
@@ -208,7 +233,7 @@ ev AS (
     FROM (SELECT * FROM claimed ORDER BY priority DESC, id) AS o
 ),
 msg AS (SELECT id, record, seq, $8 || seq::text || $9 AS head FROM ev)
-SELECT seq, record, pg_notify($7, {_payload("head", "record", "id")})
+SELECT seq, record, pg_notify($7, {payload("head", "record", "id")})
 FROM msg ORDER BY seq
 """
 

@@ -33,7 +33,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, final
 
 import anyio
@@ -50,6 +50,7 @@ from ..steps import (
     check_delete,
     check_lease,
     check_purge_statuses,
+    claim_step,
     expire_step,
     finish_step,
     progress_step,
@@ -59,7 +60,8 @@ from ..steps import (
 )
 from ..tasks import BackgroundTasks
 from .batch import ChangeBatcher
-from .events import RemoteEvents, encode_suffix, make_prefix
+from .events import RemoteEvents, encode_head, make_prefix
+from .handoff import Handoffs, Standing
 from .listen import Listener
 from .ops import OpsStatements
 from .pool import Pool, connection_errors
@@ -107,6 +109,9 @@ class PostgresStore:
         command_timeout: Seconds one statement may take before it is abandoned (the
             connection is dropped) and the call raises ``TimeoutError``; a server that
             stops answering cannot hang a worker's finish or a shutdown.
+        handoff: Insert a job submitted while a worker of this instance is parked
+            waiting for work as already claimed by it (one commit less before it
+            starts; see :mod:`.handoff`).
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class PostgresStore:
         max_pool: int = 10,
         reconnect_timeout: float = 30.0,
         command_timeout: float | None = 30.0,
+        handoff: bool = True,
     ) -> None:
         self.dsn = dsn
         self.schema = check_schema_name(schema)
@@ -148,6 +154,7 @@ class PostgresStore:
         # Job id -> the last snapshot this instance wrote or read of a job it claimed:
         # the starting point of the next progress or finish, saving a read.
         self._held: OrderedDict[str, Job] = OrderedDict()
+        self._handoffs = Handoffs() if handoff else None
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresStore:
@@ -221,6 +228,8 @@ class PostgresStore:
                 backoff = min(backoff * 2, 1.0)
 
     async def close(self) -> None:
+        if self._handoffs is not None and self._pool is not None:
+            await self._give_back(self._handoffs.forget())
         pool, self._pool = self._pool, None
         listener, self._listener = self._listener, None
         self._held.clear()
@@ -290,7 +299,11 @@ class PostgresStore:
         check_storable(job)
         sql = self._sql
         record = dumps(record_of(job))
-        suffix = encode_suffix(self._prefix, EventType.CREATED, job, job.created_at, record)
+        head = encode_head(EventType.CREATED, job.created_at)
+        if max_queued is None and self._handoffs is not None:
+            target = self._handoffs.target(job, self._notifier.work_generation())
+            if target is not None:
+                return await self._add_handed(job, target, record, head)
         attempt = 0
 
         async def insert(conn: Conn) -> tuple[Job, JobEvent | None]:
@@ -309,7 +322,7 @@ class PostgresStore:
                     record,
                     self._channel,
                     self._prefix,
-                    suffix,
+                    head,
                 )
             except import_asyncpg().UniqueViolationError:
                 raise ValueError(f"a job with id {job.id} exists already") from None
@@ -350,6 +363,83 @@ class PostgresStore:
         self._emit([event])
         return stored, True
 
+    async def _add_handed(
+        self, job: Job, target: Standing, record: str, head: str
+    ) -> tuple[Job, bool]:
+        """Store ``job`` as claimed by the parked worker ``target`` (see :mod:`.handoff`)."""
+        sql = self._sql
+        token = secrets.token_hex(16) + job.id
+        running = claim_step(job, target.worker_id, token, target.lease, job.created_at)
+        assert running.lease is not None
+        expires = running.lease.expires_at
+        running_record = dumps(record_of(running))
+        started_head = encode_head(EventType.STARTED, job.created_at)
+        attempt = 0
+
+        async def op(conn: Conn) -> tuple[Job, list[JobEvent] | None]:
+            nonlocal attempt
+            attempt += 1
+            if attempt > 1:
+                text = await conn.fetchval(sql.get, job.id)
+                if text is not None and _load(text) == running:
+                    return running, []  # our first attempt committed before the drop
+            try:
+                row = await conn.fetchrow(
+                    sql.insert_running,
+                    job.id,
+                    job.type,
+                    job.priority,
+                    job.run_at,
+                    job.retention,
+                    job.idempotency_key,
+                    job.owner,
+                    token,
+                    expires,
+                    running_record,
+                    record,
+                    self._channel,
+                    self._prefix,
+                    head,
+                    started_head,
+                )
+            except import_asyncpg().UniqueViolationError:
+                raise ValueError(f"a job with id {job.id} exists already") from None
+            if row is None:  # the idempotency key is taken: return its job
+                text = await conn.fetchval(sql.get_by_key, job.idempotency_key, job.owner)
+                if text is None:
+                    raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
+                return _load(text), None
+            return running, [
+                JobEvent(EventType.CREATED, row[0], job.created_at, job),
+                JobEvent(EventType.STARTED, row[1], job.created_at, running),
+            ]
+
+        stored, events = await self._run(op)
+        if events is None:
+            return stored, False
+        self._hold([running])
+        assert self._handoffs is not None
+        if not self._handoffs.hand(target.worker_id, running):
+            await self._give_back([running])  # its worker unregistered meanwhile
+        if events:
+            self._emit(events)  # the created event wakes the worker: it takes the job
+        else:
+            await self._announce_again(job, EventType.CREATED, job.created_at)
+            await self._announce_again(running, EventType.STARTED, job.created_at)
+        return job, True
+
+    async def _give_back(self, jobs: Sequence[Job]) -> None:
+        """Requeue jobs handed to a worker that never took them (attempt returned)."""
+        for job in jobs:
+            assert job.lease is not None
+            now = datetime.now(timezone.utc)
+            try:
+                await self.finish(job.id, job.lease.token, Outcome(JobStatus.QUEUED), now=now)
+            except (LeaseLost, JobNotFound):
+                pass  # its lease ran out and it moved on: nothing to give back
+            except Exception:  # the lease runs out and the janitor requeues it
+                logger.warning("could not give back job %s", job.id, exc_info=True)
+
     async def get(self, job_id: str) -> Job:
         text = await self._run(lambda conn: conn.fetchval(self._sql.get, job_id))
         if text is None:
@@ -373,6 +463,11 @@ class PostgresStore:
         wanted = sorted(set(types))
         if not wanted or limit <= 0:
             return []
+        if self._handoffs is not None and (handed := self._handoffs.take(worker_id)):
+            # Stored as claimed by this worker already: no round trip. The held snapshot
+            # is the newest (a cancel request through this instance updates it).
+            return [self._held.get(job.id, job) for job in handed]
+        generation = self._notifier.work_generation()
         limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
         free = [t for t in wanted if t not in limits]
         # The pool retries a call whose connection dropped, and the first attempt may
@@ -397,6 +492,9 @@ class PostgresStore:
         self._emit(events)
         claimed = [e.job for e in events]
         self._hold(claimed)
+        if self._handoffs is not None:
+            short = len(claimed) < limit
+            self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=short)
         return claimed
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
@@ -709,6 +807,8 @@ class PostgresStore:
         return [worker_from_record(json.loads(r[0])) for r in rows]
 
     async def remove_worker(self, worker_id: str) -> None:
+        if self._handoffs is not None:
+            await self._give_back(self._handoffs.forget(worker_id))
         sql = f"DELETE FROM {quote_ident(self.schema)}.workers WHERE id = $1"
         await self._run(lambda conn: conn.execute(sql, worker_id))
 
@@ -724,7 +824,12 @@ class PostgresStore:
         return self._notifier.work_generation()
 
     async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
-        await self._notifier.wait_for_work(timeout, since=since)
+        if self._handoffs is None:
+            await self._notifier.wait_for_work(timeout, since=since)
+            return
+        generation = self._notifier.work_generation() if since is None else since
+        with self._handoffs.parked(generation):
+            await self._notifier.wait_for_work(timeout, since=generation)
 
     # Defined last: inside the class body, ``list`` names this method from here on.
     async def list(
