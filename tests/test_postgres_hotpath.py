@@ -200,3 +200,44 @@ async def test_an_idempotent_resubmit_to_a_parked_worker_returns_the_stored_job(
     assert not created and again == first
     assert not waiting.done()  # nothing new: the worker still waits
     waiting.cancel()
+
+
+async def test_the_columns_follow_the_record_through_patches(
+    stores: Factory,  # noqa: F811
+) -> None:
+    store = await stores()
+    query = (
+        "SELECT status, priority, run_at, finished_at, lease_token, lease_expires_at"
+        f' FROM "{store.schema}".jobs WHERE id = $1'
+    )
+
+    async def columns(job_id: str) -> tuple[object, ...]:
+        row = await store._run(lambda conn: conn.fetchrow(query, job_id))
+        return tuple(row)
+
+    def expected(job: Job) -> tuple[object, ...]:
+        lease = job.lease
+        return (
+            job.status.value,
+            job.priority,
+            job.run_at,
+            job.finished_at,
+            None if lease is None else lease.token,
+            None if lease is None else lease.expires_at,
+        )
+
+    (job,) = await add(store, make_job(priority=3, max_attempts=3))
+    running = await claim_one(store)
+    assert await columns(job.id) == expected(running)
+    halfway = await store.set_progress(job.id, token(running), 0.5, None, now=at(2))
+    assert await columns(job.id) == expected(halfway)
+    retry = Outcome(JobStatus.SCHEDULED, run_at=at(60))
+    waiting = await store.finish(job.id, token(running), retry, now=at(3))
+    assert await columns(job.id) == expected(waiting)  # run_at moved, the lease gone
+    (due,) = await store.promote_scheduled(now=at(61))
+    again = await claim_one(store, now=62)
+    failed = await store.finish(job.id, token(again), Outcome(JobStatus.FAILED), now=at(63))
+    assert await columns(job.id) == expected(failed)  # finished_at set
+    requeued = await store.retry(job.id, now=at(64))
+    assert await columns(job.id) == expected(requeued)  # finished_at cleared
+    assert due.status is JobStatus.QUEUED

@@ -170,17 +170,21 @@ FROM msg
         # expiry than the row. The payloads are built here from the merged records.
         self.write_sql = f"""
 WITH data AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[],
-                         $5::timestamptz[], $6::text[], $7::timestamptz[], $8::jsonb[],
-                         $9::text[], $10::int[])
-    WITH ORDINALITY AS d(id, status, priority, run_at, finished_at, lease_token,
-                         lease_expires_at, patch, head, expected, ord)
+    SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::int[])
+    WITH ORDINALITY AS d(id, patch, head, expected, ord)
 ),
 changed AS (
-    UPDATE {s}.jobs AS j SET status = d.status, priority = d.priority, run_at = d.run_at,
-        finished_at = d.finished_at, lease_token = d.lease_token,
+    -- The columns follow the record: each is taken from the patch when it changed.
+    UPDATE {s}.jobs AS j SET
+        status = coalesce(d.patch->>'status', j.status),
+        priority = coalesce((d.patch->>'priority')::int, j.priority),
+        run_at = coalesce((d.patch->>'run_at')::timestamptz, j.run_at),
+        finished_at = CASE WHEN d.patch ? 'finished_at'
+            THEN (d.patch->>'finished_at')::timestamptz ELSE j.finished_at END,
+        lease_token = CASE WHEN d.patch ? 'lease'
+            THEN d.patch->'lease'->>'token' ELSE j.lease_token END,
         lease_expires_at = CASE WHEN d.patch ? 'lease'
-            THEN d.lease_expires_at ELSE j.lease_expires_at END,
+            THEN (d.patch->'lease'->>'expires_at')::timestamptz ELSE j.lease_expires_at END,
         record = j.record || d.patch
     FROM data AS d
     WHERE j.id = d.id
@@ -192,8 +196,8 @@ ev AS (
     FROM (SELECT data.ord, data.id, data.head, changed.record
           FROM data JOIN changed USING (id) ORDER BY data.ord) AS d
 ),
-msg AS (SELECT ord, id, seq, record, $12 || seq::text || head AS head FROM ev)
-SELECT id, seq, pg_notify($11, {payload("head", "record", "id")}) FROM msg ORDER BY ord
+msg AS (SELECT ord, id, seq, record, $6 || seq::text || head AS head FROM ev)
+SELECT id, seq, pg_notify($5, {payload("head", "record", "id")}) FROM msg ORDER BY ord
 """
         delete = f"""
 WITH data AS (
@@ -259,20 +263,13 @@ FROM msg ORDER BY seq
         """
         if not changes:
             return []
-        jobs = [c.job for c in changes]
         heads: dict[tuple[EventType, datetime], str] = {}
         for c in changes:
             if (c.type, c.at) not in heads:
                 heads[(c.type, c.at)] = encode_head(c.type, c.at)
         rows = await conn.fetch(
             self.write_sql,
-            [j.id for j in jobs],
-            [j.status.value for j in jobs],
-            [j.priority for j in jobs],
-            [j.run_at for j in jobs],
-            [j.finished_at for j in jobs],
-            [None if j.lease is None else j.lease.token for j in jobs],
-            [None if j.lease is None else j.lease.expires_at for j in jobs],
+            [c.job.id for c in changes],
             [c.patch for c in changes],
             [heads[(c.type, c.at)] for c in changes],
             [c.expected for c in changes],
