@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -15,6 +16,8 @@ from asyncjobs.errors import LeaseLost
 from asyncjobs.job import EventType, Job, JobStatus
 from asyncjobs.stores import Outcome
 from asyncjobs.stores.postgres import PostgresStore, events
+from asyncjobs.stores.postgres import store as store_module
+from asyncjobs.webhooks.model import Webhook
 from stores.test_conformance import DONE, LEASE, EventLog, add, at, claim_one, make_job, token
 from stores.test_postgres import Factory, schema, stores  # noqa: F401 (fixtures)
 
@@ -241,3 +244,40 @@ async def test_the_columns_follow_the_record_through_patches(
     requeued = await store.retry(job.id, now=at(64))
     assert await columns(job.id) == expected(requeued)  # finished_at cleared
     assert due.status is JobStatus.QUEUED
+
+
+# -- the webhook outbox of a queue without webhooks ----------------------------------
+
+
+async def test_without_webhooks_the_outbox_is_not_read_after_every_batch_of_ends(
+    stores: Factory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one, two = await stores(), await stores()
+    sent: list[str] = []
+    real = one._run
+
+    async def run(op: Any, **kw: Any) -> Any:
+        sent.append(getattr(op, "__qualname__", ""))
+        return await real(op, **kw)
+
+    monkeypatch.setattr(one, "_run", run)
+    assert await one.claim_deliveries(now=at(1), limit=10, lease=30) == []
+    assert await one.claim_deliveries(now=at(1), limit=10, lease=30) == []
+    assert len(sent) == 1  # the second look was spared: no webhook exists
+    # A webhook added through this instance counts at once; one added through another
+    # instance once the "no webhooks" answer is older than _HOOKS_FOR.
+    hook = await two.add_webhook(Webhook(url="https://example.com/hook", secret="s"), now=at(1))
+    (job,) = await add(two, make_job())
+    running = await claim_one(two)
+    await two.finish(job.id, token(running), Outcome(DONE), now=at(2))
+    assert await one.claim_deliveries(now=at(3), limit=10, lease=30) == []  # still spared
+    monkeypatch.setattr(store_module, "_HOOKS_FOR", 0.0)
+    one._hooks_known = (False, 0.0)  # the answer has aged
+    (taken,) = await one.claim_deliveries(now=at(3), limit=10, lease=30)
+    assert taken[0].job.id == job.id and taken[1].id == hook.id
+    one._hooks_known = (False, time.monotonic() + 60)
+    await one.add_webhook(Webhook(url="https://example.com/other", secret="s"), now=at(4))
+    looks = len(sent)
+    await one.claim_deliveries(now=at(100), limit=10, lease=30)
+    assert len(sent) == looks + 1

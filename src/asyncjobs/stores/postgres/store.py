@@ -89,6 +89,8 @@ _BATCH = 500
 #: Snapshots of claimed jobs kept per store instance (the oldest is dropped beyond it;
 #: a change to a job without one just reads it first).
 _HELD_MAX = 10_000
+#: Seconds for which "this schema has no webhooks" spares the outbox a look.
+_HOOKS_FOR = 1.0
 
 
 def _load(text: str) -> Job:
@@ -155,6 +157,8 @@ class PostgresStore:
         # the starting point of the next progress or finish, saving a read.
         self._held: OrderedDict[str, Job] = OrderedDict()
         self._handoffs = Handoffs() if handoff else None
+        # Whether the schema has webhooks, and until when that is taken as known.
+        self._hooks_known: tuple[bool, float] = (True, 0.0)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresStore:
@@ -743,7 +747,9 @@ class PostgresStore:
     # -- operations: the webhook outbox (rows written by a trigger) -----------------
 
     async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
-        return await self._run(lambda conn: self._hooks.add(conn, hook, now))
+        added = await self._run(lambda conn: self._hooks.add(conn, hook, now))
+        self._hooks_known = (True, time.monotonic() + _HOOKS_FOR)
+        return added
 
     async def list_webhooks(self) -> list[Webhook]:
         return await self._run(self._hooks.list_hooks)
@@ -754,7 +760,25 @@ class PostgresStore:
     async def claim_deliveries(
         self, *, now: datetime, limit: int, lease: float
     ) -> list[tuple[Delivery, Webhook]]:
-        return await self._run(lambda conn: self._hooks.take(conn, now, limit, lease))
+        # The dispatcher looks at the outbox after every batch of ends: without any
+        # webhook (most queues) no row can be due, and a statement per batch of finishes
+        # was a third of a drain's statements. Whether webhooks exist is checked at
+        # most every _HOOKS_FOR seconds (a hook added here counts at once; one added
+        # by another process within that time, as the dispatcher's own poll).
+        exists, until = self._hooks_known
+        if not exists and time.monotonic() < until:
+            return []
+
+        async def op(conn: Conn) -> tuple[list[tuple[Delivery, Webhook]], bool]:
+            taken = await self._hooks.take(conn, now, limit, lease)
+            if taken or (exists and time.monotonic() < until):
+                return taken, True
+            return taken, bool(await conn.fetchval(self._hooks.any))
+
+        taken, exists = await self._run(op)
+        if exists != self._hooks_known[0] or time.monotonic() >= self._hooks_known[1]:
+            self._hooks_known = (exists, time.monotonic() + _HOOKS_FOR)
+        return taken
 
     async def finish_delivery(
         self,
