@@ -5,13 +5,15 @@
   PostgreSQL delivers a notification only when its transaction commits, so no process
   hears of a change that was rolled back.
 * Single-job changes (progress, finish, cancel) are optimistic: compute the next
-  snapshot with the shared steps of :mod:`..steps` and write it only if the row still has
-  the version (and the lease token) it was computed from. For a job it claimed, the
-  store starts from the snapshot it holds already, so progress and finish are one
-  round trip; when the row moved on (a cancel request from another process, a lost
-  lease) it reads the job and tries again. No lock is held across round trips.
-  Finishes that arrive while another batch is being written go out together in one
-  statement and one commit (:mod:`.batch`).
+  snapshot with the shared steps of :mod:`..steps` and write the patch of what changed
+  only if the row still has the version it was computed from (:mod:`.records`). For a
+  job it claimed, the store starts from the snapshot it holds already, so progress and
+  finish are one round trip; when the row moved on (a cancel request from another
+  process, a lost lease) it reads the job and tries again. No lock is held across
+  round trips. A worker's progress reports and finishes that arrive while another
+  batch is being written go out together in one statement and one commit (:mod:`.batch`).
+* A job submitted while a worker of this instance is parked waiting for work is
+  inserted already claimed by it (:mod:`.handoff`).
 * ``claim`` picks queued jobs with ``FOR UPDATE SKIP LOCKED`` (priority, then id) and
   moves them to running in one statement, so workers never wait on each other or take
   the same job. Per-type limits are exact across all workers: such a claim holds a
