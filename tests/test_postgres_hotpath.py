@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import anyio
 import pytest
 
 from asyncjobs.errors import LeaseLost
@@ -281,3 +282,25 @@ async def test_without_webhooks_the_outbox_is_not_read_after_every_batch_of_ends
     looks = len(sent)
     await one.claim_deliveries(now=at(100), limit=10, lease=30)
     assert len(sent) == looks + 1
+
+
+async def test_prefetching_claims_from_two_instances_never_hand_a_job_to_both(
+    stores: Factory,  # noqa: F811
+) -> None:
+    one, two = await stores(), await stores()
+    jobs = [make_job(priority=i % 4) for i in range(400)]
+    await one.add_many(jobs)
+    claimed: Counter[str] = Counter()
+
+    async def claimer(store: PostgresStore, name: str) -> None:
+        while got := await store.claim(name, types=["t"], limit=40, lease=LEASE, now=at(1)):
+            claimed.update(j.id for j in got)
+            for job in got[::2]:  # finishes interleave with the claims, as in a drain
+                await store.finish(job.id, token(job), Outcome(DONE), now=at(2))
+
+    with anyio.fail_after(60):
+        await asyncio.gather(
+            *(claimer(s, f"{n}-{i}") for s, n in ((one, "one"), (two, "two")) for i in range(3))
+        )
+    assert set(claimed) == {j.id for j in jobs}
+    assert max(claimed.values()) == 1
