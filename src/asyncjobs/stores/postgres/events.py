@@ -20,17 +20,11 @@ from typing import Any, final
 
 import attrs
 
-from ...codec import (
-    dumps,
-    event_from_record,
-    format_time,
-    job_from_record,
-    job_to_record,
-    parse_time,
-)
+from ...codec import dumps, format_time, parse_time
 from ...job import EventType, Job, JobEvent
 from ..listeners import WAKE
 from ..tasks import BackgroundTasks, TaskHandle
+from .records import job_of, record_of
 
 __all__ = ["WAKE", "RemoteEvents", "encode_head", "encode_suffix", "make_prefix"]
 
@@ -50,7 +44,8 @@ def make_prefix(instance: str) -> str:
 
 def encode_head(type: EventType, at: datetime) -> str:
     """The payload between the seq and the job, for payloads built in SQL."""
-    return "," + dumps({"type": type.value, "at": format_time(at)})[1:-1]
+    # What dumps() makes of {"type", "at"}: neither value ever needs escaping.
+    return ',"type":"' + type.value + '","at":"' + format_time(at) + '"'
 
 
 def encode_suffix(
@@ -58,18 +53,18 @@ def encode_suffix(
 ) -> str:
     """The payload after the seq: the event record, or a partial one if it is too big.
 
-    ``record`` is ``dumps(job_to_record(job))`` when the caller has it already (the row
+    ``record`` is ``dumps(record_of(job))`` when the caller has it already (the row
     and the payload then share one encoding).
     """
     when = format_time(at)
     room = _NOTIFY_LIMIT - len(prefix.encode()) - 20
     if record is None:
-        record = dumps(job_to_record(job))
+        record = dumps(record_of(job))
     # Same text as dumps({"type", "at", "job"}), without encoding the job again.
     body = dumps({"type": type.value, "at": when})[:-1] + ',"job":' + record + "}"
     if len(body.encode()) > room:
         slim = attrs.evolve(job, params={}, result=None, error=None, message=None, tags=())
-        body = dumps({"type": type.value, "at": when, "partial": True, "job": job_to_record(slim)})
+        body = dumps({"type": type.value, "at": when, "partial": True, "job": record_of(slim)})
         if len(body.encode()) > room:
             body = dumps({"type": type.value, "at": when, "partial": True, "id": job.id})
     return "," + body[1:]
@@ -101,6 +96,9 @@ class RemoteEvents:
         inbox_max: int = INBOX_MAX,
     ) -> None:
         self._instance = instance
+        # Every payload this instance sends starts so (see make_prefix): its own echoes
+        # are recognised without decoding them, two of them per job.
+        self._own = make_prefix(instance)
         self._deliver = deliver
         self._wake = wake
         self._fetch = fetch
@@ -125,6 +123,8 @@ class RemoteEvents:
 
     def on_payload(self, payload: str) -> None:
         """Handle one notification (called by the LISTEN connection)."""
+        if payload.startswith(self._own):
+            return
         data = json.loads(payload)
         if data.get("src") == self._instance:
             return
@@ -147,7 +147,8 @@ class RemoteEvents:
                 self._resync()
             data = await self._inbox.get()
             if not data.get("partial"):
-                self._deliver([event_from_record(data)])
+                job = job_of(data["job"])
+                self._deliver([JobEvent(EventType(data["type"]), int(data["seq"]), _at(data), job)])
                 continue
             try:
                 event = await self._complete(data)
@@ -158,7 +159,7 @@ class RemoteEvents:
                 self._deliver([event])
 
     async def _complete(self, data: dict[str, Any]) -> JobEvent | None:
-        slim = job_from_record(data["job"]) if "job" in data else None
+        slim = job_of(data["job"]) if "job" in data else None
         current = await self._fetch(slim.id if slim is not None else data["id"])
         if current is not None and (slim is None or current.version == slim.version):
             job = current
@@ -170,4 +171,8 @@ class RemoteEvents:
             job = slim  # deleted since: the slim snapshot is all there is
         else:
             return None
-        return JobEvent(EventType(data["type"]), data["seq"], parse_time(data["at"]), job)
+        return JobEvent(EventType(data["type"]), int(data["seq"]), _at(data), job)
+
+
+def _at(data: dict[str, Any]) -> datetime:
+    return parse_time(data["at"])

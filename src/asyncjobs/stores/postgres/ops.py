@@ -12,12 +12,13 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, final
 
-from ...codec import dumps, job_from_record, job_to_record
+from ...codec import dumps
 from ...errors import QueueFull
 from ...job import EventType, Job, JobEvent, JobStatus
 from ..steps import check_retry_statuses, retry_step
-from .events import encode_suffix
-from .sql import Statements
+from .events import encode_head
+from .records import job_of, record_of
+from .sql import Statements, change, payload
 
 __all__ = ["OpsStatements"]
 
@@ -39,7 +40,7 @@ WITH data AS (
                          $6::timestamptz[], $7::float8[], $8::text[], $9::text[],
                          $10::text[], $11::text[])
     WITH ORDINALITY AS d(id, type, status, priority, run_at, finished_at, retention,
-                         idempotency_key, owner, record, suffix, ord)
+                         idempotency_key, owner, record, head, ord)
 ),
 ins AS (
     INSERT INTO {s}.jobs (id, type, status, priority, run_at, finished_at, retention,
@@ -52,10 +53,11 @@ ins AS (
     RETURNING id
 ),
 ev AS (
-    SELECT d.ord, d.id, d.suffix, nextval('{s}.event_seq') AS seq
+    SELECT d.ord, d.id, d.record, d.head, nextval('{s}.event_seq') AS seq
     FROM (SELECT data.* FROM data JOIN ins USING (id) ORDER BY data.ord) AS d
-)
-SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
+),
+msg AS (SELECT ord, id, seq, record, $13 || seq::text || head AS head FROM ev)
+SELECT id, seq, pg_notify($12, {payload("head", "record", "id")}) FROM msg ORDER BY ord
 """
         # Keys are unique per owner (a NULL owner is one owner of its own).
         self.get_by_keys = (
@@ -93,7 +95,7 @@ SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
                 fresh.append(job)
                 if key is not None:
                     first[key] = job
-        records = [dumps(job_to_record(j)) for j in fresh]
+        records = [dumps(record_of(j)) for j in fresh]
         args = (
             [j.id for j in fresh],
             [j.type for j in fresh],
@@ -105,10 +107,7 @@ SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
             [j.idempotency_key for j in fresh],
             [j.owner for j in fresh],
             records,
-            [
-                encode_suffix(sql.prefix, EventType.CREATED, j, j.created_at, r)
-                for j, r in zip(fresh, records, strict=True)
-            ],
+            [encode_head(EventType.CREATED, j.created_at) for j in fresh],
             sql.channel,
             sql.prefix,
         )
@@ -122,7 +121,7 @@ SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
                 # In the same transaction, a new snapshot: it sees the rows that won.
                 owners, keys = [k[0] for k in taken], [k[1] for k in taken]
                 for owner, key, text in await conn.fetch(self.get_by_keys, owners, keys):
-                    holders[(owner, key)] = job_from_record(json.loads(text))
+                    holders[(owner, key)] = job_of(json.loads(text))
             results: list[tuple[Job, bool]] = []
             for job in jobs:
                 if job.id in seqs:
@@ -157,7 +156,7 @@ SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
     async def committed(self, conn: Any, jobs: Sequence[Job]) -> dict[str, Job]:
         """Those of ``jobs`` stored already, by id (after a reply lost to a drop)."""
         rows = await conn.fetch(self.get_many, [j.id for j in jobs])
-        return {row[0]: job_from_record(json.loads(row[1])) for row in rows}
+        return {row[0]: job_of(json.loads(row[1])) for row in rows}
 
     async def retry_batch(
         self,
@@ -178,11 +177,9 @@ SELECT id, seq, pg_notify($12, $13 || seq::text || suffix) FROM ev ORDER BY ord
                 owner,
                 _BATCH,
             )
-            changes = [
-                (retry_step(job_from_record(json.loads(r[0])), now), EventType.RETRYING)
-                for r in rows
-            ]
-            return await self.sql.write(conn, changes, now)
+            jobs = [job_of(json.loads(r[0])) for r in rows]
+            changes = [change(j, retry_step(j, now), EventType.RETRYING, now) for j in jobs]
+            return await self.sql.write(conn, changes)
 
     @staticmethod
     def batch_size() -> int:

@@ -10,20 +10,22 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, final
+from typing import Any, NamedTuple, final
 
-from ...codec import dumps, format_time, job_from_record, job_to_record
+from ...codec import dumps, format_time
 from ...job import EventType, Job, JobEvent, JobStatus
 from ..steps import claim_step
 from .events import encode_head, encode_suffix
+from .records import job_of, patch_of
 
-__all__ = ["Statements"]
+__all__ = ["Change", "Statements", "change", "payload"]
 
 _QUEUED = JobStatus.QUEUED.value
 _RUNNING = JobStatus.RUNNING.value
 _SCHEDULED = JobStatus.SCHEDULED.value
+STARTED = EventType.STARTED
 
-# Announce each changed row: one seq and one notification each, in input order.
+# Announce each deleted row: one seq and one notification each, in input order.
 _ANNOUNCE = """
 ev AS (
     SELECT d.ord, d.id, d.suffix, nextval('{s}.event_seq') AS seq
@@ -35,6 +37,37 @@ SELECT id, seq, pg_notify(${ch}, ${prefix} || seq::text || suffix) FROM ev ORDER
 _LIMIT = 7890
 #: What a partial event keeps of a job too big for NOTIFY (see events.py).
 _SLIM = '{"params": {}, "result": null, "error": null, "message": null, "tags": []}'
+
+
+def payload(head: str, record: str, id: str) -> str:
+    """SQL for a NOTIFY payload built on the server: ``head`` (the payload up to the
+    job, seq included) and the job's ``record`` text, or a partial event if too big."""
+    slim = f"({record}::jsonb || '{_SLIM}'::jsonb)::text"
+    return f"""CASE
+    WHEN octet_length({head}) + octet_length({record}) < {_LIMIT}
+        THEN {head} || ',"job":' || {record} || '}}'
+    WHEN octet_length({head}) + octet_length({slim}) < {_LIMIT}
+        THEN {head} || ',"partial":true,"job":' || {slim} || '}}'
+    ELSE {head} || ',"partial":true,"id":' || to_json({id})::text || '}}'
+END"""
+
+
+class Change(NamedTuple):
+    """One change to one stored job, as :meth:`Statements.write` takes it."""
+
+    job: Job  #: the snapshot after the change
+    type: EventType
+    at: datetime
+    patch: str  #: JSON of the fields that changed (:func:`.records.patch_of`)
+    expected: int | None  #: the version the row must still have (None: any)
+
+
+def change(
+    before: Job, after: Job, type: EventType, at: datetime, *, fenced: bool = True
+) -> Change:
+    """The change from ``before`` to ``after``, fenced on ``before``'s version."""
+    patch = dumps(patch_of(before, after))
+    return Change(after, type, at, patch, before.version if fenced else None)
 
 
 @final
@@ -92,57 +125,79 @@ class Statements:
             f" WHERE id = $1 AND status = '{_RUNNING}' AND lease_token = $2"
             " RETURNING record::text"
         )
+        # The record is sent once, as text: stored as jsonb, and copied into the payload.
         self.insert = f"""
 WITH ins AS (
     INSERT INTO {s}.jobs (id, type, status, priority, run_at, finished_at, retention,
                           idempotency_key, owner, record)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)
     ON CONFLICT ((coalesce(owner, '')), (owner IS NULL), idempotency_key)
         WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
 ),
-ev AS (SELECT nextval('{s}.event_seq') AS seq FROM ins)
-SELECT seq, pg_notify($11, $12 || seq::text || $13) FROM ev
+ev AS (SELECT id, nextval('{s}.event_seq') AS seq FROM ins),
+msg AS (SELECT id, seq, $12 || seq::text || $13 AS head, $10::text AS record FROM ev)
+SELECT seq, pg_notify($11, {payload("head", "record", "id")}) FROM msg
 """
-        # Rows whose version is not ``expected`` (when given) are left alone and not
-        # announced: an optimistic write that lost a race changes nothing.
+        # A job handed to a parked worker (see handoff.py): stored running, announced
+        # twice, created (the queued record $11) then started (the running one, $10).
+        self.insert_running = f"""
+WITH ins AS (
+    INSERT INTO {s}.jobs (id, type, status, priority, run_at, finished_at, retention,
+                          idempotency_key, owner, lease_token, lease_expires_at, record)
+    VALUES ($1, $2, '{_RUNNING}', $3, $4, NULL, $5, $6, $7, $8, $9, $10::text::jsonb)
+    ON CONFLICT ((coalesce(owner, '')), (owner IS NULL), idempotency_key)
+        WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+),
+created AS (SELECT id, nextval('{s}.event_seq') AS seq FROM ins),
+started AS (SELECT id, seq AS first, nextval('{s}.event_seq') AS seq FROM created),
+msg AS (
+    SELECT id, first, seq, $10::text AS running, $11::text AS queued,
+           $13 || first::text || $14 AS created_head, $13 || seq::text || $15 AS started_head
+    FROM started
+)
+SELECT first, seq,
+       pg_notify($12, {payload("created_head", "queued", "id")}),
+       pg_notify($12, {payload("started_head", "running", "id")})
+FROM msg
+"""
+        # A change is a patch merged into the stored record, fenced on the version it
+        # was computed from: a row whose version is not ``expected`` (when given) is left
+        # alone and not announced (an optimistic write that lost a race changes
+        # nothing). A patch without a lease keeps the row's lease: a renew does not bump
+        # the version, so the snapshot a progress report started from may hold an older
+        # expiry than the row. The payloads are built here from the merged records.
         self.write_sql = f"""
 WITH data AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[],
-                         $5::timestamptz[], $6::text[], $7::timestamptz[], $8::text[],
-                         $9::text[], $10::int[])
-    WITH ORDINALITY AS d(id, status, priority, run_at, finished_at, lease_token,
-                         lease_expires_at, record, suffix, expected, ord)
+    SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::int[])
+    WITH ORDINALITY AS d(id, patch, head, expected, ord)
 ),
 changed AS (
-    UPDATE {s}.jobs AS j SET status = d.status, priority = d.priority, run_at = d.run_at,
-        finished_at = d.finished_at, lease_token = d.lease_token,
-        lease_expires_at = d.lease_expires_at, record = d.record::jsonb
+    -- The columns follow the record: each is taken from the patch when it changed.
+    UPDATE {s}.jobs AS j SET
+        status = coalesce(d.patch->>'status', j.status),
+        priority = coalesce((d.patch->>'priority')::int, j.priority),
+        run_at = coalesce((d.patch->>'run_at')::timestamptz, j.run_at),
+        finished_at = CASE WHEN d.patch ? 'finished_at'
+            THEN (d.patch->>'finished_at')::timestamptz ELSE j.finished_at END,
+        lease_token = CASE WHEN d.patch ? 'lease'
+            THEN d.patch->'lease'->>'token' ELSE j.lease_token END,
+        lease_expires_at = CASE WHEN d.patch ? 'lease'
+            THEN (d.patch->'lease'->>'expires_at')::timestamptz ELSE j.lease_expires_at END,
+        record = j.record || d.patch
     FROM data AS d
     WHERE j.id = d.id
       AND (d.expected IS NULL OR (j.record->>'version')::int = d.expected)
-    RETURNING j.id
-),""" + _ANNOUNCE.format(s=s, ch=11, prefix=12)
-        # One job, fenced: written only if it still has the version (and, for a worker,
-        # the lease token) its snapshot was computed from. The single-job path of
-        # progress, finish and cancel: one round trip, no read. A change that keeps the
-        # job running keeps the lease the row has: a renew does not bump the version,
-        # so a snapshot taken before the latest renew must not move the lease back.
-        self.write_one_sql = f"""
-WITH changed AS (
-    UPDATE {s}.jobs SET status = $2, priority = $3, run_at = $4, finished_at = $5,
-        lease_token = $6,
-        lease_expires_at = CASE WHEN $2::text = '{_RUNNING}' AND lease_token = $6
-            THEN lease_expires_at ELSE $7 END,
-        record = CASE WHEN $2::text = '{_RUNNING}' AND lease_token = $6
-            THEN $8::jsonb || jsonb_build_object('lease', record->'lease')
-            ELSE $8::jsonb END
-    WHERE id = $1 AND (record->>'version')::int = $9
-      AND ($10::text IS NULL OR lease_token = $10)
-    RETURNING id
-)
-SELECT seq, pg_notify($11, $12 || seq::text || $13)
-FROM (SELECT nextval('{s}.event_seq') AS seq FROM changed) AS ev
+    RETURNING j.id, j.record::text AS record
+),
+ev AS (
+    SELECT d.*, nextval('{s}.event_seq') AS seq
+    FROM (SELECT data.ord, data.id, data.head, changed.record
+          FROM data JOIN changed USING (id) ORDER BY data.ord) AS d
+),
+msg AS (SELECT ord, id, seq, record, $6 || seq::text || head AS head FROM ev)
+SELECT id, seq, pg_notify($5, {payload("head", "record", "id")}) FROM msg ORDER BY ord
 """
         delete = f"""
 WITH data AS (
@@ -182,13 +237,7 @@ ev AS (
     FROM (SELECT * FROM claimed ORDER BY priority DESC, id) AS o
 ),
 msg AS (SELECT id, record, seq, $8 || seq::text || $9 AS head FROM ev)
-SELECT seq, record, pg_notify($7, CASE
-    WHEN octet_length(head) + octet_length(record) < {_LIMIT}
-        THEN head || ',"job":' || record || '}}'
-    WHEN octet_length(head) + octet_length((record::jsonb || '{_SLIM}'::jsonb)::text) < {_LIMIT}
-        THEN head || ',"partial":true,"job":' || (record::jsonb || '{_SLIM}'::jsonb)::text || '}}'
-    ELSE head || ',"partial":true,"id":' || to_json(id)::text || '}}'
-END)
+SELECT seq, record, pg_notify($7, {payload("head", "record", "id")})
 FROM msg ORDER BY seq
 """
 
@@ -203,89 +252,32 @@ FROM msg ORDER BY seq
             await conn.execute(self.lock, nonce)
             rows = await conn.fetch(self.claimed_sql, nonce)
         return [
-            JobEvent(EventType.STARTED, row[1], now, job_from_record(json.loads(row[0])))
-            for row in rows
+            JobEvent(EventType.STARTED, row[1], now, job_of(json.loads(row[0]))) for row in rows
         ]
 
-    async def write(
-        self,
-        conn: Any,
-        changes: list[tuple[Job, EventType]],
-        now: datetime | list[datetime],
-        *,
-        expected: list[int] | None = None,
-        records: list[str] | None = None,
-    ) -> list[JobEvent]:
-        """Store new snapshots of existing jobs and announce them, in one statement.
+    async def write(self, conn: Any, changes: list[Change]) -> list[JobEvent]:
+        """Store changes to existing jobs and announce them, in one statement.
 
-        With ``expected`` (the version each job had when read), a job that changed
-        since is skipped: it is neither written nor announced, nor in the result.
-        ``now`` is the time of every event, or one per change; ``records`` the encoded
-        jobs, if the caller has them.
+        A change whose row no longer has its ``expected`` version is skipped: it is
+        neither written nor announced, nor in the result.
         """
         if not changes:
             return []
-        jobs = [job for job, _ in changes]
-        ats = now if isinstance(now, list) else [now] * len(jobs)
-        if records is None:  # once: for the row and the payload
-            records = [dumps(job_to_record(j)) for j in jobs]
+        heads: dict[tuple[EventType, datetime], str] = {}
+        for c in changes:
+            if (c.type, c.at) not in heads:
+                heads[(c.type, c.at)] = encode_head(c.type, c.at)
         rows = await conn.fetch(
             self.write_sql,
-            [j.id for j in jobs],
-            [j.status.value for j in jobs],
-            [j.priority for j in jobs],
-            [j.run_at for j in jobs],
-            [j.finished_at for j in jobs],
-            [None if j.lease is None else j.lease.token for j in jobs],
-            [None if j.lease is None else j.lease.expires_at for j in jobs],
-            records,
-            [
-                encode_suffix(self.prefix, t, j, at, r)
-                for (j, t), at, r in zip(changes, ats, records, strict=True)
-            ],
-            expected if expected is not None else [None] * len(jobs),
+            [c.job.id for c in changes],
+            [c.patch for c in changes],
+            [heads[(c.type, c.at)] for c in changes],
+            [c.expected for c in changes],
             self.channel,
             self.prefix,
         )
-        seqs = {row["id"]: row["seq"] for row in rows}
-        return [
-            JobEvent(t, seqs[j.id], at, j)
-            for (j, t), at in zip(changes, ats, strict=True)
-            if j.id in seqs
-        ]
-
-    async def write_one(
-        self,
-        conn: Any,
-        job: Job,
-        type: EventType,
-        record: str,
-        now: datetime,
-        *,
-        expected: int,
-        token: str | None,
-    ) -> JobEvent | None:
-        """Store ``job`` (encoded as ``record``) if the row still has version ``expected``
-        (and lease ``token``, when given) and announce it; None if the row moved on.
-        """
-        lease = job.lease
-        row = await conn.fetchrow(
-            self.write_one_sql,
-            job.id,
-            job.status.value,
-            job.priority,
-            job.run_at,
-            job.finished_at,
-            None if lease is None else lease.token,
-            None if lease is None else lease.expires_at,
-            record,
-            expected,
-            token,
-            self.channel,
-            self.prefix,
-            encode_suffix(self.prefix, type, job, now, record),
-        )
-        return None if row is None else JobEvent(type, row[0], now, job)
+        seqs = {row[0]: row[1] for row in rows}
+        return [JobEvent(c.type, seqs[c.job.id], c.at, c.job) for c in changes if c.job.id in seqs]
 
     async def delete(self, conn: Any, jobs: list[Job], now: datetime) -> list[JobEvent]:
         """Delete jobs and announce ``job_deleted`` with their last snapshots."""
@@ -331,8 +323,7 @@ FROM msg ORDER BY seq
             nonce,
         )
         return [
-            JobEvent(EventType.STARTED, row[0], now, job_from_record(json.loads(row[1])))
-            for row in rows
+            JobEvent(EventType.STARTED, row[0], now, job_of(json.loads(row[1]))) for row in rows
         ]
 
     async def claim_limited(
@@ -363,13 +354,13 @@ FROM msg ORDER BY seq
                     texts += [r[0] for r in await conn.fetch(self.pick, [type_], room)]
             if free:
                 texts += [r[0] for r in await conn.fetch(self.pick, free, limit)]
-            jobs = [job_from_record(json.loads(text)) for text in texts]
+            jobs = [job_of(json.loads(text)) for text in texts]
             picked = sorted(jobs, key=lambda j: (-j.priority, j.id))[:limit]
             changes = [
-                (claim_step(j, worker_id, nonce + j.id, lease, now), EventType.STARTED)
+                change(j, claim_step(j, worker_id, nonce + j.id, lease, now), STARTED, now)
                 for j in picked
             ]
-            return await self.write(conn, changes, now)
+            return await self.write(conn, changes)
 
     def list_query(
         self,

@@ -5,13 +5,15 @@
   PostgreSQL delivers a notification only when its transaction commits, so no process
   hears of a change that was rolled back.
 * Single-job changes (progress, finish, cancel) are optimistic: compute the next
-  snapshot with the shared steps of :mod:`..steps` and write it only if the row still has
-  the version (and the lease token) it was computed from. For a job it claimed, the
-  store starts from the snapshot it holds already, so progress and finish are one
-  round trip; when the row moved on (a cancel request from another process, a lost
-  lease) it reads the job and tries again. No lock is held across round trips.
-  Finishes that arrive while another batch is being written go out together in one
-  statement and one commit (:mod:`.batch`).
+  snapshot with the shared steps of :mod:`..steps` and write the patch of what changed
+  only if the row still has the version it was computed from (:mod:`.records`). For a
+  job it claimed, the store starts from the snapshot it holds already, so progress and
+  finish are one round trip; when the row moved on (a cancel request from another
+  process, a lost lease) it reads the job and tries again. No lock is held across
+  round trips. A worker's progress reports and finishes that arrive while another
+  batch is being written go out together in one statement and one commit (:mod:`.batch`).
+* A job submitted while a worker of this instance is parked waiting for work is
+  inserted already claimed by it (:mod:`.handoff`).
 * ``claim`` picks queued jobs with ``FOR UPDATE SKIP LOCKED`` (priority, then id) and
   moves them to running in one statement, so workers never wait on each other or take
   the same job. Per-type limits are exact across all workers: such a claim holds a
@@ -33,19 +35,12 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, final
 
 import anyio
 
-from ...codec import (
-    dumps,
-    format_time,
-    job_from_record,
-    job_to_record,
-    worker_from_record,
-    worker_to_record,
-)
+from ...codec import dumps, format_time, worker_from_record, worker_to_record
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
@@ -57,6 +52,7 @@ from ..steps import (
     check_delete,
     check_lease,
     check_purge_statuses,
+    claim_step,
     expire_step,
     finish_step,
     progress_step,
@@ -65,11 +61,13 @@ from ..steps import (
     stats_from_counts,
 )
 from ..tasks import BackgroundTasks
-from .batch import FinishBatcher
-from .events import RemoteEvents, encode_suffix, make_prefix
+from .batch import ChangeBatcher
+from .events import RemoteEvents, encode_head, make_prefix
+from .handoff import Handoffs, Standing
 from .listen import Listener
 from .ops import OpsStatements
 from .pool import Pool, connection_errors
+from .records import job_of, record_of
 from .schema import (
     apply_migrations,
     check_schema_name,
@@ -79,7 +77,7 @@ from .schema import (
     redact,
     split_url,
 )
-from .sql import Statements
+from .sql import Change, Statements, change
 from .webhooks import WebhookStatements
 
 __all__ = ["PostgresStore", "migrate"]
@@ -93,10 +91,12 @@ _BATCH = 500
 #: Snapshots of claimed jobs kept per store instance (the oldest is dropped beyond it;
 #: a change to a job without one just reads it first).
 _HELD_MAX = 10_000
+#: Seconds for which "this schema has no webhooks" spares the outbox a look.
+_HOOKS_FOR = 1.0
 
 
 def _load(text: str) -> Job:
-    return job_from_record(json.loads(text))
+    return job_of(json.loads(text))
 
 
 @final
@@ -113,6 +113,9 @@ class PostgresStore:
         command_timeout: Seconds one statement may take before it is abandoned (the
             connection is dropped) and the call raises ``TimeoutError``; a server that
             stops answering cannot hang a worker's finish or a shutdown.
+        handoff: Insert a job submitted while a worker of this instance is parked
+            waiting for work as already claimed by it (one commit less before it
+            starts; see :mod:`.handoff`).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class PostgresStore:
         max_pool: int = 10,
         reconnect_timeout: float = 30.0,
         command_timeout: float | None = 30.0,
+        handoff: bool = True,
     ) -> None:
         self.dsn = dsn
         self.schema = check_schema_name(schema)
@@ -150,10 +154,13 @@ class PostgresStore:
             wanted=lambda: self._notifier.wanted,
             resync=self._notifier.resync,
         )
-        self._finishes = FinishBatcher(self._run, self._sql)
+        self._changes = ChangeBatcher(self._run, self._sql)
         # Job id -> the last snapshot this instance wrote or read of a job it claimed:
         # the starting point of the next progress or finish, saving a read.
         self._held: OrderedDict[str, Job] = OrderedDict()
+        self._handoffs = Handoffs() if handoff else None
+        # Whether the schema has webhooks, and until when that is taken as known.
+        self._hooks_known: tuple[bool, float] = (True, 0.0)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresStore:
@@ -190,7 +197,7 @@ class PostgresStore:
             raise
         self._pool, self._listener = pool, listener
         self._remote.start(self._tasks)
-        self._finishes.start(self._tasks)
+        self._changes.start(self._tasks)
 
     async def _connect(self) -> Pool:
         """Migrate and open the pool, retrying like every other call: a worker started
@@ -227,13 +234,15 @@ class PostgresStore:
                 backoff = min(backoff * 2, 1.0)
 
     async def close(self) -> None:
+        if self._handoffs is not None and self._pool is not None:
+            await self._give_back(self._handoffs.forget())
         pool, self._pool = self._pool, None
         listener, self._listener = self._listener, None
         self._held.clear()
         if listener is not None:
             await listener.stop()
         await self._remote.stop()
-        await self._finishes.stop()
+        await self._changes.stop()
         await self._tasks.aclose()
         if pool is not None:
             await pool.close()
@@ -295,8 +304,12 @@ class PostgresStore:
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
         check_storable(job)
         sql = self._sql
-        record = dumps(job_to_record(job))
-        suffix = encode_suffix(self._prefix, EventType.CREATED, job, job.created_at)
+        record = dumps(record_of(job))
+        head = encode_head(EventType.CREATED, job.created_at)
+        if max_queued is None and self._handoffs is not None:
+            target = self._handoffs.target(job, self._notifier.work_generation())
+            if target is not None:
+                return await self._add_handed(job, target, record, head)
         attempt = 0
 
         async def insert(conn: Conn) -> tuple[Job, JobEvent | None]:
@@ -315,7 +328,7 @@ class PostgresStore:
                     record,
                     self._channel,
                     self._prefix,
-                    suffix,
+                    head,
                 )
             except import_asyncpg().UniqueViolationError:
                 raise ValueError(f"a job with id {job.id} exists already") from None
@@ -356,6 +369,83 @@ class PostgresStore:
         self._emit([event])
         return stored, True
 
+    async def _add_handed(
+        self, job: Job, target: Standing, record: str, head: str
+    ) -> tuple[Job, bool]:
+        """Store ``job`` as claimed by the parked worker ``target`` (see :mod:`.handoff`)."""
+        sql = self._sql
+        token = secrets.token_hex(16) + job.id
+        running = claim_step(job, target.worker_id, token, target.lease, job.created_at)
+        assert running.lease is not None
+        expires = running.lease.expires_at
+        running_record = dumps(record_of(running))
+        started_head = encode_head(EventType.STARTED, job.created_at)
+        attempt = 0
+
+        async def op(conn: Conn) -> tuple[Job, list[JobEvent] | None]:
+            nonlocal attempt
+            attempt += 1
+            if attempt > 1:
+                text = await conn.fetchval(sql.get, job.id)
+                if text is not None and _load(text) == running:
+                    return running, []  # our first attempt committed before the drop
+            try:
+                row = await conn.fetchrow(
+                    sql.insert_running,
+                    job.id,
+                    job.type,
+                    job.priority,
+                    job.run_at,
+                    job.retention,
+                    job.idempotency_key,
+                    job.owner,
+                    token,
+                    expires,
+                    running_record,
+                    record,
+                    self._channel,
+                    self._prefix,
+                    head,
+                    started_head,
+                )
+            except import_asyncpg().UniqueViolationError:
+                raise ValueError(f"a job with id {job.id} exists already") from None
+            if row is None:  # the idempotency key is taken: return its job
+                text = await conn.fetchval(sql.get_by_key, job.idempotency_key, job.owner)
+                if text is None:
+                    raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
+                return _load(text), None
+            return running, [
+                JobEvent(EventType.CREATED, row[0], job.created_at, job),
+                JobEvent(EventType.STARTED, row[1], job.created_at, running),
+            ]
+
+        stored, events = await self._run(op)
+        if events is None:
+            return stored, False
+        self._hold([running])
+        assert self._handoffs is not None
+        if not self._handoffs.hand(target.worker_id, running):
+            await self._give_back([running])  # its worker unregistered meanwhile
+        if events:
+            self._emit(events)  # the created event wakes the worker: it takes the job
+        else:
+            await self._announce_again(job, EventType.CREATED, job.created_at)
+            await self._announce_again(running, EventType.STARTED, job.created_at)
+        return job, True
+
+    async def _give_back(self, jobs: Sequence[Job]) -> None:
+        """Requeue jobs handed to a worker that never took them (attempt returned)."""
+        for job in jobs:
+            assert job.lease is not None
+            now = datetime.now(timezone.utc)
+            try:
+                await self.finish(job.id, job.lease.token, Outcome(JobStatus.QUEUED), now=now)
+            except (LeaseLost, JobNotFound):
+                pass  # its lease ran out and it moved on: nothing to give back
+            except Exception:  # the lease runs out and the janitor requeues it
+                logger.warning("could not give back job %s", job.id, exc_info=True)
+
     async def get(self, job_id: str) -> Job:
         text = await self._run(lambda conn: conn.fetchval(self._sql.get, job_id))
         if text is None:
@@ -379,6 +469,11 @@ class PostgresStore:
         wanted = sorted(set(types))
         if not wanted or limit <= 0:
             return []
+        if self._handoffs is not None and (handed := self._handoffs.take(worker_id)):
+            # Stored as claimed by this worker already: no round trip. The held snapshot
+            # is the newest (a cancel request through this instance updates it).
+            return [self._held.get(job.id, job) for job in handed]
+        generation = self._notifier.work_generation()
         limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
         free = [t for t in wanted if t not in limits]
         # The pool retries a call whose connection dropped, and the first attempt may
@@ -403,6 +498,9 @@ class PostgresStore:
         self._emit(events)
         claimed = [e.job for e in events]
         self._hold(claimed)
+        if self._handoffs is not None:
+            short = len(claimed) < limit
+            self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=short)
         return claimed
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
@@ -446,7 +544,7 @@ class PostgresStore:
         """
         held = self._held
         job: Job | None = held.get(job_id)
-        written: tuple[str, EventType] | None = None  # our last write that seemed to miss
+        written: tuple[Job, EventType] | None = None  # our last write that seemed to miss
         while True:
             cached = job is not None
             if job is None:
@@ -455,7 +553,7 @@ class PostgresStore:
                 except JobNotFound:
                     held.pop(job_id, None)
                     raise
-                if written is not None and job == _load(written[0]):
+                if written is not None and job == written[0]:
                     # Our write committed, but its connection dropped before the reply
                     # and the retry found the version moved on (by that very write).
                     held.pop(job_id, None)
@@ -472,24 +570,12 @@ class PostgresStore:
             if result is None:
                 return job
             nxt, type_ = result
-            record = dumps(job_to_record(nxt))  # once, for the row and the payload
-
-            async def write(
-                conn: Conn,
-                nxt: Job = nxt,
-                type_: EventType = type_,
-                record: str = record,
-                version: int = job.version,
-            ) -> JobEvent | None:
-                return await self._sql.write_one(
-                    conn, nxt, type_, record, now, expected=version, token=token
-                )
-
-            if token is not None and nxt.status is not JobStatus.RUNNING:
-                # A worker's finish: written with the other finishes of the moment.
-                event = await self._finishes.write(nxt, type_, record, now, expected=job.version)
+            todo = change(job, nxt, type_, now)
+            if token is not None:
+                # A worker's progress or finish: written with the others of the moment.
+                event = await self._changes.write(todo)
             else:
-                event = await self._run(write)
+                event = await self._write(todo)
             if event is not None:
                 if nxt.status is JobStatus.RUNNING and (token is not None or job_id in held):
                     self._hold([nxt])
@@ -497,7 +583,11 @@ class PostgresStore:
                     held.pop(job_id, None)
                 self._emit([event])
                 return nxt
-            job, written = None, (record, type_)
+            job, written = None, (nxt, type_)
+
+    async def _write(self, todo: Change) -> JobEvent | None:
+        events = await self._run(lambda conn: self._sql.write(conn, [todo]))
+        return events[0] if events else None
 
     async def set_progress(
         self, job_id: str, token: str, progress: float, message: str | None, *, now: datetime
@@ -536,8 +626,9 @@ class PostgresStore:
             async def op(conn: Conn) -> list[JobEvent]:
                 async with conn.transaction():
                     rows = await conn.fetch(select, arg, _BATCH)
-                    changes = [step(_load(r[0])) for r in rows]
-                    return await self._sql.write(conn, changes, now)
+                    jobs = [_load(r[0]) for r in rows]
+                    changes = [change(j, *step(j), now) for j in jobs]
+                    return await self._sql.write(conn, changes)
 
             events = await self._run(op)
             self._emit(events)
@@ -658,7 +749,9 @@ class PostgresStore:
     # -- operations: the webhook outbox (rows written by a trigger) -----------------
 
     async def add_webhook(self, hook: Webhook, *, now: datetime) -> Webhook:
-        return await self._run(lambda conn: self._hooks.add(conn, hook, now))
+        added = await self._run(lambda conn: self._hooks.add(conn, hook, now))
+        self._hooks_known = (True, time.monotonic() + _HOOKS_FOR)
+        return added
 
     async def list_webhooks(self) -> list[Webhook]:
         return await self._run(self._hooks.list_hooks)
@@ -669,7 +762,25 @@ class PostgresStore:
     async def claim_deliveries(
         self, *, now: datetime, limit: int, lease: float
     ) -> list[tuple[Delivery, Webhook]]:
-        return await self._run(lambda conn: self._hooks.take(conn, now, limit, lease))
+        # The dispatcher looks at the outbox after every batch of ends: without any
+        # webhook (most queues) no row can be due, and a statement per batch of finishes
+        # was a third of a drain's statements. Whether webhooks exist is checked at
+        # most every _HOOKS_FOR seconds (a hook added here counts at once; one added
+        # by another process within that time, as the dispatcher's own poll).
+        exists, until = self._hooks_known
+        if not exists and time.monotonic() < until:
+            return []
+
+        async def op(conn: Conn) -> tuple[list[tuple[Delivery, Webhook]], bool]:
+            taken = await self._hooks.take(conn, now, limit, lease)
+            if taken or (exists and time.monotonic() < until):
+                return taken, True
+            return taken, bool(await conn.fetchval(self._hooks.any))
+
+        taken, exists = await self._run(op)
+        if exists != self._hooks_known[0] or time.monotonic() >= self._hooks_known[1]:
+            self._hooks_known = (exists, time.monotonic() + _HOOKS_FOR)
+        return taken
 
     async def finish_delivery(
         self,
@@ -722,6 +833,8 @@ class PostgresStore:
         return [worker_from_record(json.loads(r[0])) for r in rows]
 
     async def remove_worker(self, worker_id: str) -> None:
+        if self._handoffs is not None:
+            await self._give_back(self._handoffs.forget(worker_id))
         sql = f"DELETE FROM {quote_ident(self.schema)}.workers WHERE id = $1"
         await self._run(lambda conn: conn.execute(sql, worker_id))
 
@@ -737,7 +850,12 @@ class PostgresStore:
         return self._notifier.work_generation()
 
     async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
-        await self._notifier.wait_for_work(timeout, since=since)
+        if self._handoffs is None:
+            await self._notifier.wait_for_work(timeout, since=since)
+            return
+        generation = self._notifier.work_generation() if since is None else since
+        with self._handoffs.parked(generation):
+            await self._notifier.wait_for_work(timeout, since=generation)
 
     # Defined last: inside the class body, ``list`` names this method from here on.
     async def list(

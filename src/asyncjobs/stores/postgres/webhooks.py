@@ -64,6 +64,7 @@ class WebhookStatements:
         self.delete = f"DELETE FROM {s}.webhooks WHERE id = $1 RETURNING id"
         self.delete_deliveries = f"DELETE FROM {s}.webhook_deliveries WHERE webhook_id = $1"
         self.exists = f"SELECT 1 FROM {s}.webhooks WHERE id = $1"
+        self.any = f"SELECT EXISTS (SELECT 1 FROM {s}.webhooks)"
         self.claim = f"""
 WITH due AS (
     SELECT id FROM {s}.webhook_deliveries
