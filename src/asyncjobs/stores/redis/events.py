@@ -84,7 +84,8 @@ class StreamTail:
         poke: Appends an entry to the given (control) stream on another connection.
         key: The stream's key.
         instance: This store instance's id (its own entries are skipped).
-        deliver: Called with each decoded event of another instance.
+        deliver: Called with each decoded event of another instance, and whether
+            webhook deliveries were written with it.
         resync: Called when entries may have been missed.
         retry_cap: The longest pause between reconnection attempts.
     """
@@ -95,7 +96,7 @@ class StreamTail:
         poke: Callable[[str], Awaitable[Any]],
         key: str,
         instance: str,
-        deliver: Callable[[JobEvent], None],
+        deliver: Callable[[JobEvent, bool], None],
         resync: Callable[[], None],
         *,
         retry_cap: float = 1.0,
@@ -120,6 +121,9 @@ class StreamTail:
     async def start(self) -> None:
         """Note where the stream ends now (what came before is history), then tail it."""
         self._client = self._connect()
+        # The blocking reads take the reply as the server sends it (see _take): redis-py
+        # would build a dict per entry, for entries that are mostly this instance's own.
+        self._client.set_response_callback("XREAD", _as_is)
         self._stopping = False
         if not self._positioned:  # a restart after stop() goes on from where it stopped
             await self._position()
@@ -157,12 +161,22 @@ class StreamTail:
         from redis.exceptions import ConnectionError, TimeoutError
 
         pause = 0.05
+        key = self._key.encode()
         while not self._stopping:
             try:
                 if not self.connected.is_set():
                     await self._reconnected()
-                reply = await self._client.xread(
-                    {self._key: self._last_id, self._control: "0-0"}, count=1000, block=2000
+                reply = await self._client.execute_command(
+                    "XREAD",
+                    "COUNT",
+                    1000,
+                    "BLOCK",
+                    2000,
+                    "STREAMS",
+                    self._key,
+                    self._control,
+                    self._last_id,
+                    "0-0",
                 )
                 pause = 0.05
             except (ConnectionError, TimeoutError, OSError) as exc:
@@ -172,11 +186,12 @@ class StreamTail:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, self._retry_cap)
                 continue
-            for stream, entries in reply or ():
-                if stream != self._key.encode():
+            streams = reply.items() if isinstance(reply, dict) else reply or ()  # RESP3, 2
+            for stream, entries in streams:
+                if stream != key:
                     continue
-                for entry_id, fields in entries:
-                    self._take(entry_id, fields)
+                for entry_id, flat in entries:
+                    self._take(entry_id, flat)
         with contextlib.suppress(Exception):
             await self._client.delete(self._control)
 
@@ -192,27 +207,43 @@ class StreamTail:
             self._signal_resync()
         logger.info("redis event stream: reconnected")
 
-    def _take(self, entry_id: bytes, fields: _Fields) -> None:
+    def _take(self, entry_id: bytes, flat: list[bytes]) -> None:
+        """One entry, its fields as a flat list (name, value, ...)."""
         self._last_id = entry_id
-        seq = int(fields[b"q"])
+        fields: _Fields | None = None
+        instance: bytes | None
+        if len(flat) > 7 and flat[0] == b"q" and flat[6] == b"i":  # as the scripts write
+            seq, instance = int(flat[1]), flat[7]
+        else:
+            fields = _pairs(flat)
+            seq, instance = int(fields[b"q"]), fields.get(b"i")
         if seq != self._seq + 1:
             logger.warning("redis event stream: seq %d after %d; resyncing", seq, self._seq)
             self._signal_resync()
         self._seq = seq
-        if fields.get(b"i") == self._instance:
-            return
+        if instance == self._instance:
+            return  # this instance handed it to its listeners when it made it
+        event_fields = fields if fields is not None else _pairs(flat)
         try:
-            event = decode_event(fields)
+            event = decode_event(event_fields)
         except Exception:  # a malformed entry must not stop the stream
             logger.exception("undecodable event entry %r", entry_id)
             return
-        self._deliver(event)
+        self._deliver(event, b"o" in event_fields)
 
     def _signal_resync(self) -> None:
         try:
             self._resync()
         except Exception:
             logger.exception("resync callback failed")
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=False))
+
+
+def _as_is(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
