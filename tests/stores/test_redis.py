@@ -528,3 +528,50 @@ async def test_the_outbox_is_not_asked_again_until_a_delivery_can_be_due(
         await sender.close()
         await worker.close()
         await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_own_writes_do_not_wake_the_tail_and_others_still_arrive(redis_url: str) -> None:
+    """A store that only writes never reads its own events back (its tail waits on its
+    bell), and does not resync when the stream is trimmed past them; an event of
+    another store still reaches it, in order, without a resync."""
+    prefix = f"aj_bell_{uuid.uuid4().hex[:12]}"
+    writer = RedisStore(redis_url, prefix=prefix, stream_maxlen=10)
+    other = RedisStore(redis_url, prefix=prefix, stream_maxlen=10)
+    resyncs: list[int] = []
+    heard: list[JobEvent] = []
+    try:
+        await writer.open()
+        await other.open()
+        writer.add_resync_listener(lambda: resyncs.append(1))
+        writer.add_listener(heard.append)
+        assert writer._tail is not None
+        reads = 0
+        inner = writer._tail._take
+
+        def counting(entry_id: bytes, flat: list[bytes]) -> None:
+            nonlocal reads
+            reads += 1
+            inner(entry_id, flat)
+
+        writer._tail._take = counting  # type: ignore[method-assign]
+        tails = "{" + prefix + "}:tails"
+        with anyio.fail_after(10):  # the tail is waiting on its bell
+            while not await writer._redis().sismember(tails, writer._instance):
+                await anyio.sleep(0.01)
+        for _ in range(5):
+            await writer.add_many([_queued() for _ in range(20)])  # 100 entries, trimmed
+        await anyio.sleep(0.2)
+        assert reads == 0
+        heard.clear()
+        job = _queued("from-other")
+        await other.add(job)
+        with anyio.fail_after(10):
+            while not heard:
+                await anyio.sleep(0.01)
+        assert [(e.type, e.job.id) for e in heard] == [(EventType.CREATED, job.id)]
+        assert reads == 1
+        assert resyncs == []
+    finally:
+        await writer.close()
+        await other.close()
+        await destroy_redis_prefix(redis_url, prefix)

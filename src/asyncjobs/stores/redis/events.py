@@ -6,10 +6,22 @@ that made it: an instance hands its own events to its listeners directly and ski
 their echo), ``d`` (the job record) and, for running jobs, ``w``/``k``/``e`` (the lease)
 and ``c`` (claimed at; see :mod:`.scripts`).
 
-A dedicated connection tails the stream with ``XREAD BLOCK`` from the last id it saw, so
-a reconnect (a dropped connection, a Redis restart) resumes exactly where it stopped.
-Because seqs are consecutive, a jump shows that entries were missed (the stream was
-trimmed past them, or a restarted server lost its tail): then the store signals resync.
+A dedicated connection follows the stream from the last id it saw, so a reconnect (a
+dropped connection, a Redis restart) resumes exactly where it stopped. Because seqs are
+consecutive, a jump shows that entries were missed (the stream was trimmed past them,
+or a restarted server lost its tail): then the store signals resync.
+
+It does not block on the stream itself: a blocking ``XREAD`` there would wake for every
+entry, this instance's own included (a round trip per submit for a process that only
+submits). Instead, an instance that has read everything adds itself to ``P tails`` (in
+the same script as its last read, :data:`TAIL`) and blocks on its own bell stream ``P
+bell:<instance>``; every script that writes events copies them onto the bells of the
+waiting instances other than its own, and takes them off the list (the ``ring`` of
+:mod:`.scripts`). So another instance's events arrive in one hop, as before, and an
+instance's own events never wake it: the store reports them (:meth:`StreamTail.wrote`),
+which moves the position past them while nothing else came in between. A bell read that
+times out (2 s) reads the stream again, so a writer that rings nobody (an older version
+of this store) is still heard, just later.
 """
 
 from __future__ import annotations
@@ -75,14 +87,30 @@ def decode_event(fields: _Fields) -> JobEvent:
     )
 
 
+#: Read what follows ``last id`` in the stream; with nothing there, wait on the bell.
+#: KEYS: the stream. ARGV: prefix, instance, last id, count. Returns the entries (``[id,
+#: fields]`` each); none: this instance's bell is emptied and it is on ``P tails``.
+TAIL = r"""
+local P, inst = ARGV[1], ARGV[2]
+local got = redis.call('XREAD', 'COUNT', ARGV[4], 'STREAMS', KEYS[1], ARGV[3])
+if got then return got[1][2] end
+redis.call('DEL', P .. 'bell:' .. inst)
+redis.call('SADD', P .. 'tails', inst)
+return {}
+"""
+
+#: Milliseconds a wait on the bell lasts before the stream is read again.
+BELL_WAIT = 2000
+
+
 @final
 class StreamTail:
-    """Reads the stream on its own connection and hands every other instance's events on.
+    """Follows the stream on its own connection and hands every other instance's events on.
 
     Args:
-        connect: Makes a new client (one connection) for the blocking reads.
+        connect: Makes a new client (one connection) for the reads.
         poke: Appends an entry to the given (control) stream on another connection.
-        key: The stream's key.
+        prefix: The queue's key prefix (with its hash tag).
         instance: This store instance's id (its own entries are skipped).
         deliver: Called with each decoded event of another instance, and whether
             webhook deliveries were written with it.
@@ -94,7 +122,7 @@ class StreamTail:
         self,
         connect: Callable[[], Any],
         poke: Callable[[str], Awaitable[Any]],
-        key: str,
+        prefix: str,
         instance: str,
         deliver: Callable[[JobEvent, bool], None],
         resync: Callable[[], None],
@@ -103,10 +131,12 @@ class StreamTail:
     ) -> None:
         self._connect = connect
         self._poke = poke
-        # Read with the events: an entry here ends the blocking read (see stop()).
-        self._control = f"{key}:stop:{instance}"
+        self._prefix = prefix
+        self._key = prefix + "events"
+        self._bell = f"{prefix}bell:{instance}"
+        # Read with the bell: an entry here ends the blocking read (see stop()).
+        self._control = f"{self._key}:stop:{instance}"
         self._stopping = False
-        self._key = key
         self._instance = instance.encode()
         self._deliver = deliver
         self._resync = resync
@@ -115,15 +145,17 @@ class StreamTail:
         self._seq = 0
         self._positioned = False
         self._client: Any = None
+        self._script: Any = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
-        """Note where the stream ends now (what came before is history), then tail it."""
+        """Note where the stream ends now (what came before is history), then follow it."""
         self._client = self._connect()
-        # The blocking reads take the reply as the server sends it (see _take): redis-py
-        # would build a dict per entry, for entries that are mostly this instance's own.
+        # Replies are taken as the server sends them (see _take): redis-py would build a
+        # dict per entry.
         self._client.set_response_callback("XREAD", _as_is)
+        self._script = self._client.register_script(TAIL)
         self._stopping = False
         if not self._positioned:  # a restart after stop() goes on from where it stopped
             await self._position()
@@ -138,6 +170,12 @@ class StreamTail:
         if last:
             entry_id, fields = last[0]
             self._last_id, self._seq = entry_id, int(fields[b"q"])
+
+    def wrote(self, first_seq: int, last_seq: int, last_id: bytes) -> None:
+        """This instance wrote the entries ``first_seq..last_seq`` (the last one
+        ``last_id``): when they follow what was read, the position moves past them."""
+        if first_seq == self._seq + 1:
+            self._seq, self._last_id = last_seq, last_id
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -161,21 +199,28 @@ class StreamTail:
         from redis.exceptions import ConnectionError, TimeoutError
 
         pause = 0.05
-        key = self._key.encode()
+        bell = self._bell.encode()
+        args = [self._prefix, self._instance, b"", 1000]
         while not self._stopping:
             try:
                 if not self.connected.is_set():
                     await self._reconnected()
+                args[2] = self._last_id
+                entries = await self._script(keys=[self._key], args=args, client=self._client)
+                if entries:
+                    for entry_id, flat in entries:
+                        self._take(entry_id, flat)
+                    continue
                 reply = await self._client.execute_command(
                     "XREAD",
                     "COUNT",
                     1000,
                     "BLOCK",
-                    2000,
+                    BELL_WAIT,
                     "STREAMS",
-                    self._key,
+                    self._bell,
                     self._control,
-                    self._last_id,
+                    "0-0",
                     "0-0",
                 )
                 pause = 0.05
@@ -187,13 +232,15 @@ class StreamTail:
                 pause = min(pause * 2, self._retry_cap)
                 continue
             streams = reply.items() if isinstance(reply, dict) else reply or ()  # RESP3, 2
-            for stream, entries in streams:
-                if stream != key:
+            for stream, copies in streams:
+                if stream != bell:
                     continue
-                for entry_id, flat in entries:
-                    self._take(entry_id, flat)
+                for _, flat in copies:  # x, the entry's id in the stream, then its fields
+                    if _id_tuple(flat[1]) > _id_tuple(self._last_id):
+                        self._take(flat[1], flat[2:])
         with contextlib.suppress(Exception):
-            await self._client.delete(self._control)
+            await self._client.delete(self._control, self._bell)
+            await self._client.srem(self._prefix + "tails", self._instance)
 
     async def _reconnected(self) -> None:
         """After a reconnect: if the stream now ends before our last id, the server lost
@@ -209,7 +256,6 @@ class StreamTail:
 
     def _take(self, entry_id: bytes, flat: list[bytes]) -> None:
         """One entry, its fields as a flat list (name, value, ...)."""
-        self._last_id = entry_id
         fields: _Fields | None = None
         instance: bytes | None
         if len(flat) > 7 and flat[0] == b"q" and flat[6] == b"i":  # as the scripts write
@@ -218,8 +264,11 @@ class StreamTail:
             fields = _pairs(flat)
             seq, instance = int(fields[b"q"]), fields.get(b"i")
         if seq != self._seq + 1:
+            if seq <= self._seq and _id_tuple(entry_id) <= _id_tuple(self._last_id):
+                return  # read already: this instance's own, reported by wrote()
             logger.warning("redis event stream: seq %d after %d; resyncing", seq, self._seq)
             self._signal_resync()
+        self._last_id = entry_id
         self._seq = seq
         if instance == self._instance:
             return  # this instance handed it to its listeners when it made it

@@ -132,10 +132,32 @@ local function outbox(doc, new, msg, at, at_score)
   end
   return wrote
 end
+local written = {}
 local function emit(maxlen, fields)
   local seq = redis.call('INCR', P .. 'seq')
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'q', seq, unpack(fields))
+  local id = redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'q', seq,
+                        unpack(fields))
+  written[#written + 1] = {id, seq, fields}
   return seq
+end
+-- The bells (see asyncjobs.stores.redis.events): every other store instance that waits
+-- for events gets a copy of this script's entries on its bell stream, and stops waiting.
+-- Returns what the script wrote, for the writer's own tail: {first seq, last seq, last
+-- entry id}, or 0.
+local function ring(inst)
+  if #written == 0 then return 0 end
+  local waiting = redis.call('SMEMBERS', P .. 'tails')
+  for _, tail in ipairs(waiting) do
+    if tail ~= inst then
+      local bell = P .. 'bell:' .. tail
+      for _, e in ipairs(written) do
+        redis.call('XADD', bell, '*', 'x', e[1], 'q', e[2], unpack(e[3]))
+      end
+      redis.call('PEXPIRE', bell, 60000)  -- a reader that died leaves nothing behind
+      redis.call('SREM', P .. 'tails', tail)
+    end
+  end
+  return {written[1][2], written[#written][2], written[#written][1]}
 end
 """
 
@@ -154,7 +176,8 @@ COMMIT_FIELDS = 17
 #: expiry the change was judged by ('' for none); for a job's end: its webhook message
 #: id without the hook id, the end's time (ISO) and score ('' otherwise).
 #:
-#: Returns one reply per change: ``{1, seq}`` (``{1, seq, 1}``: webhook deliveries were
+#: Returns one reply per change, then what the call wrote to the stream (see ``ring``):
+#: ``{1, seq}`` (``{1, seq, 1}``: webhook deliveries were
 #: written too, and the event says so with ``o``); ``{0}`` version moved on; ``{-1}`` no
 #: such job; ``{2, d, c, w, k, e}`` the idempotency key's job; ``{3}`` queue full; ``{4}``
 #: the id exists.
@@ -223,6 +246,7 @@ for i = 1, n do out[i] = commit(4 + (i - 1) * """
     + str(COMMIT_FIELDS)
     + r""") end
 flush()
+out[n + 1] = ring(inst)
 return out
 """
 )
@@ -234,7 +258,8 @@ return out
 #: instance, stream maxlen, number of types n, then n pairs (type, limit or -1), then
 #: ``limit`` fresh tokens.
 #:
-#: Returns a flat list: ``id, doc, token, seq`` per claimed job.
+#: Returns a flat list: ``id, doc, token, seq`` per claimed job, then what the call wrote
+#: to the stream (see ``ring``).
 CLAIM = (
     _COMMON
     + r"""
@@ -312,6 +337,7 @@ for i, p in ipairs(picked) do
   out[#out + 1] = seq
 end
 flush()
+out[#out + 1] = ring(inst)
 return out
 """
 )
@@ -337,7 +363,8 @@ return {1, got[1], got[2], got[3], got[4], got[5]}
 #: id, doc, status, type, priority, run_at (epoch), idempotency field ('' for none),
 #: created at (ISO).
 #:
-#: Returns ``{1, r1, ..., rn}`` with ``ri`` one of ``{1, seq}`` (stored), ``{2, d, c, w,
+#: Returns ``{1, r1, ..., rn, w}`` (``w``: what the call wrote to the stream, see
+#: ``ring``) with ``ri`` one of ``{1, seq}`` (stored), ``{2, d, c, w,
 #: k, e}`` (the stored job holding its key), ``{5, j}`` (job ``j`` of this batch holds
 #: it); ``{3}`` queue full; ``{4, id}`` that id exists.
 ADD_MANY = (
@@ -380,6 +407,7 @@ for i = 1, n do
   end
 end
 flush()
+out[n + 2] = ring(inst)
 return out
 """
 )

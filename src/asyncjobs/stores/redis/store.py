@@ -165,7 +165,7 @@ class RedisStore:
             tail = StreamTail(
                 lambda: make_tail_client(self.redis_url, name=self.tail_client_name),
                 lambda key: client.xadd(key, {"stop": "1"}),
-                self._p + "events",
+                self._p,
                 self._instance,
                 self._on_remote,
                 self._on_resync,
@@ -212,9 +212,17 @@ class RedisStore:
         for change in changes:
             args += change
         replies: builtins.list[Any] = await self._eval("commit", self._p + "seq", *args)
+        self._wrote(replies.pop())
         if any(len(reply) > 2 for reply in replies):
             self._webhooks.written()
         return replies
+
+    def _wrote(self, written: Any) -> None:
+        """What a script wrote to the stream (see ``ring`` in :mod:`.scripts`): this
+        instance's tail moves past it without reading it back."""
+        if written and self._tail is not None:
+            first, last, entry_id = written
+            self._tail.wrote(int(first), int(last), entry_id)
 
     def _key(self, job_id: str) -> str:
         return self._p + "job:" + job_id
@@ -370,6 +378,7 @@ class RedisStore:
             *pairs,
             *tokens,
         )
+        self._wrote(flat.pop())
         claimed: builtins.list[Job] = []
         events: builtins.list[JobEvent] = []
         for i in range(0, len(flat), 4):
@@ -679,6 +688,7 @@ class RedisStore:
             raise QueueFull(max_queued)
         if reply[0] == 4:
             raise ValueError(f"a job with id {reply[1].decode()} exists already")
+        self._wrote(reply.pop())
         results: builtins.list[tuple[Job, bool]] = []
         events: builtins.list[JobEvent] = []
         for job, row in zip(jobs, reply[1:], strict=True):
