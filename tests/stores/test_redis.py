@@ -575,3 +575,36 @@ async def test_own_writes_do_not_wake_the_tail_and_others_still_arrive(redis_url
         await writer.close()
         await other.close()
         await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_a_copy_ahead_of_an_unreported_own_write_is_no_gap(redis_url: str) -> None:
+    """Another store's event reaches the bell before this store has taken in the reply
+    of its own write just before it: the tail reads the stream for the entries between,
+    rather than taking the difference for a gap (a resync)."""
+    prefix = f"aj_gap_{uuid.uuid4().hex[:12]}"
+    writer, other = RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
+    resyncs: list[int] = []
+    heard: list[JobEvent] = []
+    try:
+        await writer.open()
+        await other.open()
+        writer.add_resync_listener(lambda: resyncs.append(1))
+        writer.add_listener(heard.append)
+        tails = "{" + prefix + "}:tails"
+        with anyio.fail_after(10):
+            while not await writer._redis().sismember(tails, writer._instance):
+                await anyio.sleep(0.01)
+        writer._wrote = lambda written: None  # type: ignore[method-assign]  # reply not in yet
+        mine, theirs = _queued(), _queued()
+        await writer.add(mine)
+        heard.clear()
+        await other.add(theirs)
+        with anyio.fail_after(10):
+            while not heard:
+                await anyio.sleep(0.01)
+        assert [(e.type, e.job.id) for e in heard] == [(EventType.CREATED, theirs.id)]
+        assert resyncs == []
+    finally:
+        await writer.close()
+        await other.close()
+        await destroy_redis_prefix(redis_url, prefix)

@@ -235,8 +235,14 @@ class StreamTail:
             for stream, copies in streams:
                 if stream != bell:
                     continue
-                for _, flat in copies:  # x, the entry's id in the stream, then its fields
-                    if _id_tuple(flat[1]) > _id_tuple(self._last_id):
+                for _, flat in copies:  # x, the entry's id in the stream, q, seq, fields
+                    seq = int(flat[3])
+                    if seq > self._seq + 1:
+                        # Entries before it are not in hand: this instance's own, not
+                        # reported yet (its reply is on another connection), or missed.
+                        # The stream has them all, in order: read it there.
+                        break
+                    if seq == self._seq + 1:
                         self._take(flat[1], flat[2:])
         with contextlib.suppress(Exception):
             await self._client.delete(self._control, self._bell)
