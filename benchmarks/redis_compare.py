@@ -3,6 +3,7 @@
     python benchmarks/redis_compare.py --n 10000 --runs 3 \\
         --peer-python .bvenv/bin/python --peers saq,arq,taskiq,streaq
     python benchmarks/redis_compare.py --n 10000 --cases drain_c10 --systems asyncjobs,raw
+    python benchmarks/redis_compare.py --baseline /tmp/main-tree ...   # + that tree's asyncjobs
     python benchmarks/redis_compare.py --n 10000 --child drain_c50 asyncjobs --profile cprofile
 
 Cases (every run of every system is its own process):
@@ -281,10 +282,11 @@ _PEERS = {
 
 
 def _argv(args: argparse.Namespace, system: str, case: str) -> list[str] | None:
-    if system in ("asyncjobs", "raw"):
+    if system in ("asyncjobs", "raw", "baseline"):
         if system == "raw" and not case.startswith("drain"):
             return None
-        return [sys.executable, __file__, "--n", str(args.n), "--child", case, system]
+        child = "raw" if system == "raw" else "asyncjobs"
+        return [sys.executable, __file__, "--n", str(args.n), "--child", case, child]
     python = args.streaq_python if system == "streaq" else args.peer_python
     script = HERE / _PEERS[system]
     if not python or not script.exists():
@@ -302,8 +304,10 @@ def _argv(args: argparse.Namespace, system: str, case: str) -> list[str] | None:
     return argv
 
 
-def _run(argv: list[str], timeout: float) -> dict[str, Any] | str:
+def _run(argv: list[str], timeout: float, src: str | None = None) -> dict[str, Any] | str:
     env = {**os.environ, "BENCH_REDIS_URL": REDIS_URL}
+    if src is not None:  # another tree's asyncjobs first on the path
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE
@@ -339,6 +343,9 @@ def main() -> None:
     parser.add_argument("--peers", default="saq,arq,taskiq,streaq")
     parser.add_argument("--systems", default=None, help="default: asyncjobs,raw and --peers")
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument(
+        "--baseline", default=None, help="another tree (its src/): run as system 'baseline'"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "SYSTEM"), help=argparse.SUPPRESS)
     parser.add_argument("--profile", choices=["cprofile", "pyinstrument"], default=None)
@@ -353,7 +360,7 @@ def main() -> None:
         systems = [s for s in args.systems.split(",") if s]
     else:
         peers = [p for p in args.peers.split(",") if p] if args.peer_python else []
-        systems = ["asyncjobs", "raw", *peers]
+        systems = ["asyncjobs", *(["baseline"] if args.baseline else []), "raw", *peers]
     figures: dict[tuple[str, str], list[float]] = {}
     starts: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
@@ -368,7 +375,8 @@ def main() -> None:
                 argv = _argv(args, system, case)
                 if argv is None or (case, system) in notes:
                     continue
-                result = _run(argv, args.timeout)
+                src = str(Path(args.baseline) / "src") if system == "baseline" else None
+                result = _run(argv, args.timeout, src)
                 if isinstance(result, str):
                     notes[(case, system)] = result
                     print(f"round {round_} {case:10} {system:10} {result}", file=sys.stderr)
@@ -444,7 +452,7 @@ def _report(
         values = figures.get((case, system))
         return statistics.median(values) if values else None
 
-    peers = [s for s in systems if s not in ("asyncjobs", "raw")]
+    peers = [s for s in systems if s not in ("asyncjobs", "raw", "baseline")]
     print("\nGoals (medians of this run):")
     for case in ("drain_c10", "drain_c50"):
         ours, raw = med(case, "asyncjobs"), med(case, "raw")
