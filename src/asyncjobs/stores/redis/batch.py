@@ -40,7 +40,9 @@ class CommitBatcher:
         self._pending.append((change, future))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush())
-        return await asyncio.shield(future)
+        # A caller cancelled here cancels only its own future (the batch goes on; its
+        # reply for this change is dropped).
+        return await future
 
     async def _flush(self) -> None:
         while self._pending:

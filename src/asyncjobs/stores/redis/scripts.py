@@ -211,19 +211,20 @@ local function commit(b)
     move(id, t, '', new, prio, runat, fin, expiry)
     return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc})}
   end
-  local h = redis.call('HMGET', key, 'v', 's', 'd', 'w', 'k', 'e')
+  local h = redis.call('HMGET', key, 'v', 's', 'w', 'k', 'e')
   if not h[1] then return {-1} end
   if h[1] ~= expected then return {0} end
-  if lease_was ~= '' and h[6] ~= lease_was then return {0} end
+  if lease_was ~= '' and h[5] ~= lease_was then return {0} end
   local old = h[2]
   if doc == '' then
+    local last = redis.call('HGET', key, 'd')  -- the deleted job's event carries it
     redis.call('DEL', key)
     zrem(P .. 'ids', id)
     if idem ~= '' and redis.call('HGET', P .. 'idem', idem) == id then
       redis.call('HDEL', P .. 'idem', idem)
     end
     move(id, t, old, '', prio, runat, fin, expiry)
-    return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', h[3]})}
+    return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', last})}
   end
   redis.call('HSET', key, 'd', doc, 'v', tonumber(expected) + 1, 's', new)
   move(id, t, old, new, prio, runat, fin, expiry)
@@ -231,7 +232,7 @@ local function commit(b)
     redis.call('HDEL', key, 'c')
     -- The lease may have been renewed since the doc was computed: the fields are newer.
     return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc,
-                             'w', h[4], 'k', h[5], 'e', h[6]})}
+                             'w', h[3], 'k', h[4], 'e', h[5]})}
   end
   redis.call('HDEL', key, 'c', 'w', 'k', 'e')
   if ARGV[b + 15] ~= '' and old ~= new and outbox(doc, new, ARGV[b + 15], ARGV[b + 16],
