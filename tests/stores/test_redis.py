@@ -608,3 +608,23 @@ async def test_a_copy_ahead_of_an_unreported_own_write_is_no_gap(redis_url: str)
         await writer.close()
         await other.close()
         await destroy_redis_prefix(redis_url, prefix)
+
+
+def test_own_writes_reported_out_of_order_still_move_the_tail_past_them() -> None:
+    """Script replies come back on several pooled connections: a later write can be
+    reported before an earlier one. The tail waits for the gap to fill, then moves past
+    both (it never reads its own entries back, so a lost report would leave it behind
+    until the stream is trimmed past it: a resync)."""
+    from asyncjobs.stores.redis.events import StreamTail
+
+    async def poke(key: str) -> None:
+        return None
+
+    tail = StreamTail(lambda: None, poke, "{p}:", "me", lambda e, o: None, lambda: None)
+    assert tail.position == (0, b"0-0")
+    tail.wrote(6, 9, b"9-0")  # the later write first
+    assert tail.position == (0, b"0-0")
+    tail.wrote(1, 5, b"5-0")
+    assert tail.position == (9, b"9-0")
+    tail.wrote(3, 4, b"4-0")  # behind the position: nothing to do
+    assert tail.position == (9, b"9-0")

@@ -143,6 +143,8 @@ class StreamTail:
         self._retry_cap = retry_cap
         self._last_id = b"0-0"
         self._seq = 0
+        # Own writes reported ahead of the position: first seq -> (last seq, last id).
+        self._own: dict[int, tuple[int, bytes]] = {}
         self._positioned = False
         self._client: Any = None
         self._script: Any = None
@@ -171,11 +173,31 @@ class StreamTail:
             entry_id, fields = last[0]
             self._last_id, self._seq = entry_id, int(fields[b"q"])
 
+    @property
+    def position(self) -> tuple[int, bytes]:
+        """The seq and the stream id of the last entry taken in."""
+        return self._seq, self._last_id
+
     def wrote(self, first_seq: int, last_seq: int, last_id: bytes) -> None:
         """This instance wrote the entries ``first_seq..last_seq`` (the last one
-        ``last_id``): when they follow what was read, the position moves past them."""
-        if first_seq == self._seq + 1:
-            self._seq, self._last_id = last_seq, last_id
+        ``last_id``): once they follow what was read, the position moves past them.
+
+        Replies come back on several connections, so a later write can be reported
+        first: it waits here until the writes before it are in.
+        """
+        if last_seq <= self._seq:
+            return
+        own = self._own
+        own[first_seq] = (last_seq, last_id)
+        self._advance()
+        if len(own) > 256:  # reports the stream read has passed meanwhile
+            for first in [f for f, (last, _) in own.items() if last <= self._seq]:
+                del own[first]
+
+    def _advance(self) -> None:
+        own = self._own
+        while (ahead := own.pop(self._seq + 1, None)) is not None:
+            self._seq, self._last_id = ahead
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -257,6 +279,7 @@ class StreamTail:
             logger.warning("redis event stream went back in time; resyncing")
             self._last_id = last[0][0] if last else b"0-0"
             self._seq = int(last[0][1][b"q"]) if last else 0
+            self._own.clear()
             self._signal_resync()
         logger.info("redis event stream: reconnected")
 
@@ -276,6 +299,8 @@ class StreamTail:
             self._signal_resync()
         self._last_id = entry_id
         self._seq = seq
+        if self._own:
+            self._advance()
         if instance == self._instance:
             return  # this instance handed it to its listeners when it made it
         event_fields = fields if fields is not None else _pairs(flat)
