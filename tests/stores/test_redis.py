@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from asyncjobs import Job, JobStatus, Queue
-from asyncjobs.job import EventType
+from asyncjobs.job import EventType, JobEvent
 from asyncjobs.stores import open_store
 from asyncjobs.stores.redis import RedisStore
 
@@ -336,3 +337,294 @@ async def test_a_job_retried_in_place_leaves_the_finished_indexes(redis_url: str
         await client.aclose()
         await store.close()
         await destroy_redis_prefix(redis_url, prefix)
+
+
+def _queued(type_: str = "t", *, priority: int = 0, max_attempts: int = 1) -> Job:
+    from datetime import datetime, timezone
+
+    from asyncjobs._ulid import new_ulid
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return Job(
+        id=new_ulid(), type=type_, params={}, status=JobStatus.QUEUED, created_at=now,
+        run_at=now, priority=priority, max_attempts=max_attempts,
+    )  # fmt: skip
+
+
+@contextmanager
+def _script_calls(store: RedisStore) -> Iterator[list[tuple[str, int]]]:
+    """Record (script, changes or jobs asked for) of every script call ``store`` makes."""
+    calls: list[tuple[str, int]] = []
+    inner = store._eval
+
+    async def spy(name: str, key: str, *args: object) -> object:
+        calls.append((name, int(str(args[3])) if name == "commit" else 0))
+        return await inner(name, key, *args)
+
+    store._eval = spy  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        store._eval = inner  # type: ignore[method-assign]
+
+
+async def test_a_batch_of_finishes_is_one_call_and_a_stale_token_fails_only_its_job(
+    redis_url: str,
+) -> None:
+    """Finishes made together go as one script call; the call checks each change on its
+    own: the one whose lease moved to another store fails alone, the others land with
+    their events (seen by this instance's listeners and, through the stream, another's)."""
+    from datetime import datetime, timedelta, timezone
+
+    from asyncjobs.errors import LeaseLost
+    from asyncjobs.stores import Outcome
+
+    prefix = f"aj_batch_{uuid.uuid4().hex[:12]}"
+    mine, other = RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    seen_here: list[JobEvent] = []
+    seen_there: list[JobEvent] = []
+    try:
+        await mine.open()
+        await other.open()
+        mine.add_listener(seen_here.append)
+        other.add_listener(seen_there.append)
+        jobs = [_queued(max_attempts=3) for _ in range(3)]
+        for job in jobs:
+            await mine.add(job)
+        claimed = await mine.claim("w1", types=["t"], limit=3, lease=30, now=t0)
+        assert [j.id for j in claimed] == [j.id for j in jobs]
+        tokens = {j.id: j.lease.token for j in claimed if j.lease is not None}
+        stale = jobs[1].id
+        for job in (jobs[0], jobs[2]):  # renewed; the middle one's lease runs out
+            await mine.renew(job.id, tokens[job.id], lease=30, now=t0 + timedelta(seconds=20))
+        later = t0 + timedelta(seconds=31)
+        assert [j.id for j in await other.requeue_expired(now=later)] == [stale]
+        (reclaimed,) = await other.claim("w2", types=["t"], limit=3, lease=30, now=later)
+        assert reclaimed.id == stale and reclaimed.lease is not None
+        seen_here.clear()
+        with _script_calls(mine) as calls:
+            results = await asyncio.gather(
+                *(
+                    mine.finish(job.id, tokens[job.id], Outcome(JobStatus.COMPLETED), now=later)
+                    for job in jobs
+                ),
+                return_exceptions=True,
+            )
+        assert calls[0] == ("commit", 3), calls  # one call for the three finishes
+        assert isinstance(results[1], LeaseLost)
+        finished = [results[0], results[2]]
+        assert [r.status for r in finished] == [JobStatus.COMPLETED] * 2  # type: ignore[union-attr]
+        held = await mine.get(stale)
+        assert held.status is JobStatus.RUNNING
+        assert held.lease is not None and held.lease.token == reclaimed.lease.token
+        done = {jobs[0].id, jobs[2].id}
+        assert {e.job.id for e in seen_here if e.type is EventType.COMPLETED} == done
+        with anyio.fail_after(10):
+            while {e.job.id for e in seen_there if e.type is EventType.COMPLETED} != done:
+                await anyio.sleep(0.01)
+    finally:
+        await mine.close()
+        await other.close()
+        await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_a_big_claim_across_types_keeps_the_order_and_limits_and_no_job_twice(
+    redis_url: str,
+) -> None:
+    """Two stores claim 25 jobs each at once from three types: together they take the
+    best jobs by priority then age, never more running of a limited type than its limit,
+    and no job twice; each claim lists its jobs in that order."""
+    import random
+    from datetime import datetime, timezone
+
+    prefix = f"aj_bigclaim_{uuid.uuid4().hex[:12]}"
+    one, two = RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rng = random.Random(12)
+    try:
+        await one.open()
+        await two.open()
+        jobs = [_queued(rng.choice("abc"), priority=rng.choice([0, 1, 5])) for _ in range(90)]
+        await one.add_many(jobs)
+        (running,) = await two.claim("w0", types=["a"], limit=1, lease=30, now=now)
+        limits = {"a": 6}  # one of them is running already: room for 5
+        first, second = await asyncio.gather(
+            one.claim("w1", types=["a", "b", "c"], limit=25, lease=30, now=now, type_limits=limits),
+            two.claim("w2", types=["c", "b", "a"], limit=25, lease=30, now=now, type_limits=limits),
+        )
+
+        def rank(job: Job) -> tuple[int, str]:
+            return (-job.priority, job.id)
+
+        expected: list[str] = []
+        room = 5
+        for job in sorted((j for j in jobs if j.id != running.id), key=rank):
+            if job.type == "a":
+                if room == 0:
+                    continue
+                room -= 1
+            expected.append(job.id)
+        for claimed in (first, second):
+            assert [j.id for j in claimed] == [j.id for j in sorted(claimed, key=rank)]
+        ids = [j.id for j in first] + [j.id for j in second]
+        assert len(set(ids)) == len(ids) == 50
+        if first[0].id != expected[0]:  # the second call's script ran first
+            first, second = second, first
+        assert [j.id for j in first] == expected[:25]
+        assert [j.id for j in second] == expected[25:50]
+        assert sum(j.type == "a" for j in first + second) == 5
+        stats = await one.stats()
+        assert stats.by_type["a"][JobStatus.RUNNING] == 6
+        assert stats.counts[JobStatus.RUNNING] == 51
+    finally:
+        await one.close()
+        await two.close()
+        await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_the_outbox_is_not_asked_again_until_a_delivery_can_be_due(
+    redis_url: str,
+) -> None:
+    """A claim of deliveries that found none due is trusted (no round trip) until the
+    next one is due or a job's end wrote one, here or in another process."""
+    from datetime import datetime, timedelta, timezone
+
+    from asyncjobs.stores import Outcome
+    from asyncjobs.webhooks.model import Webhook
+
+    prefix = f"aj_outbox_{uuid.uuid4().hex[:12]}"
+    sender, worker = RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    asked: list[str] = []
+    try:
+        await sender.open()
+        await worker.open()
+        inner = sender._webhooks._run
+
+        async def spy(name: str, *args: object) -> object:
+            asked.append(name)
+            return await inner(name, *args)
+
+        sender._webhooks._run = spy  # type: ignore[method-assign]
+        await worker.add_webhook(Webhook(url="https://example.com/h", secret="s"), now=now)
+        assert await sender.claim_deliveries(now=now, limit=10, lease=30) == []
+        assert await sender.claim_deliveries(now=now, limit=10, lease=30) == []
+        assert asked == ["claim"]  # the second answer came without asking
+        job = _queued()
+        await worker.add(job)
+        (running,) = await worker.claim("w", types=["t"], limit=1, lease=30, now=now)
+        assert running.lease is not None
+        await worker.finish(job.id, running.lease.token, Outcome(JobStatus.COMPLETED), now=now)
+        with anyio.fail_after(10):  # the end's event says a delivery was written
+            while not (claimed := await sender.claim_deliveries(now=now, limit=10, lease=30)):
+                await anyio.sleep(0.01)
+        assert [d.job.id for d, _ in claimed] == [job.id]
+        later = now + timedelta(seconds=1)  # no longer trusted: asked again
+        before = len(asked)
+        assert await sender.claim_deliveries(now=later, limit=10, lease=30) == []
+        assert len(asked) == before + 1
+    finally:
+        await sender.close()
+        await worker.close()
+        await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_own_writes_do_not_wake_the_tail_and_others_still_arrive(redis_url: str) -> None:
+    """A store that only writes never reads its own events back (its tail waits on its
+    bell), and does not resync when the stream is trimmed past them; an event of
+    another store still reaches it, in order, without a resync."""
+    prefix = f"aj_bell_{uuid.uuid4().hex[:12]}"
+    writer = RedisStore(redis_url, prefix=prefix, stream_maxlen=10)
+    other = RedisStore(redis_url, prefix=prefix, stream_maxlen=10)
+    resyncs: list[int] = []
+    heard: list[JobEvent] = []
+    try:
+        await writer.open()
+        await other.open()
+        writer.add_resync_listener(lambda: resyncs.append(1))
+        writer.add_listener(heard.append)
+        assert writer._tail is not None
+        reads = 0
+        inner = writer._tail._take
+
+        def counting(entry_id: bytes, flat: list[bytes]) -> None:
+            nonlocal reads
+            reads += 1
+            inner(entry_id, flat)
+
+        writer._tail._take = counting  # type: ignore[method-assign]
+        tails = "{" + prefix + "}:tails"
+        with anyio.fail_after(10):  # the tail is waiting on its bell
+            while not await writer._redis().sismember(tails, writer._instance):
+                await anyio.sleep(0.01)
+        for _ in range(5):
+            await writer.add_many([_queued() for _ in range(20)])  # 100 entries, trimmed
+        await anyio.sleep(0.2)
+        assert reads == 0
+        heard.clear()
+        job = _queued("from-other")
+        await other.add(job)
+        with anyio.fail_after(10):
+            while not heard:
+                await anyio.sleep(0.01)
+        assert [(e.type, e.job.id) for e in heard] == [(EventType.CREATED, job.id)]
+        assert reads == 1
+        assert resyncs == []
+    finally:
+        await writer.close()
+        await other.close()
+        await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_a_copy_ahead_of_an_unreported_own_write_is_no_gap(redis_url: str) -> None:
+    """Another store's event reaches the bell before this store has taken in the reply
+    of its own write just before it: the tail reads the stream for the entries between,
+    rather than taking the difference for a gap (a resync)."""
+    prefix = f"aj_gap_{uuid.uuid4().hex[:12]}"
+    writer, other = RedisStore(redis_url, prefix=prefix), RedisStore(redis_url, prefix=prefix)
+    resyncs: list[int] = []
+    heard: list[JobEvent] = []
+    try:
+        await writer.open()
+        await other.open()
+        writer.add_resync_listener(lambda: resyncs.append(1))
+        writer.add_listener(heard.append)
+        tails = "{" + prefix + "}:tails"
+        with anyio.fail_after(10):
+            while not await writer._redis().sismember(tails, writer._instance):
+                await anyio.sleep(0.01)
+        writer._wrote = lambda written: None  # type: ignore[method-assign]  # reply not in yet
+        mine, theirs = _queued(), _queued()
+        await writer.add(mine)
+        heard.clear()
+        await other.add(theirs)
+        with anyio.fail_after(10):
+            while not heard:
+                await anyio.sleep(0.01)
+        assert [(e.type, e.job.id) for e in heard] == [(EventType.CREATED, theirs.id)]
+        assert resyncs == []
+    finally:
+        await writer.close()
+        await other.close()
+        await destroy_redis_prefix(redis_url, prefix)
+
+
+def test_own_writes_reported_out_of_order_still_move_the_tail_past_them() -> None:
+    """Script replies come back on several pooled connections: a later write can be
+    reported before an earlier one. The tail waits for the gap to fill, then moves past
+    both (it never reads its own entries back, so a lost report would leave it behind
+    until the stream is trimmed past it: a resync)."""
+    from asyncjobs.stores.redis.events import StreamTail
+
+    async def poke(key: str) -> None:
+        return None
+
+    tail = StreamTail(lambda: None, poke, "{p}:", "me", lambda e, o: None, lambda: None)
+    assert tail.position == (0, b"0-0")
+    tail.wrote(6, 9, b"9-0")  # the later write first
+    assert tail.position == (0, b"0-0")
+    tail.wrote(1, 5, b"5-0")
+    assert tail.position == (9, b"9-0")
+    tail.wrote(3, 4, b"4-0")  # behind the position: nothing to do
+    assert tail.position == (9, b"9-0")

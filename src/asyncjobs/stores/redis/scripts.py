@@ -30,46 +30,92 @@ carries it, so all of them live in one Redis Cluster slot):
 
 from __future__ import annotations
 
-__all__ = ["ADD_MANY", "CLAIM", "COMMIT", "RENEW"]
+__all__ = ["ADD_MANY", "CLAIM", "COMMIT", "COMMIT_FIELDS", "RENEW"]
 
-# Index maintenance shared by the scripts: moving job ``id`` of type ``t`` from status
-# ``old`` to ``new`` ('' for none: created or deleted).
+# Shared by the scripts. Index changes of a batch are gathered (``zadd``, ``zrem``,
+# ``count``) and written by ``flush`` in one variadic command per key: a batch of k jobs
+# costs a few calls per job instead of a dozen. The result is the same as writing them
+# one by one as long as no job appears twice in one flush (``touch`` flushes first when
+# one does) and nothing reads an index before its flush (``flush`` runs before the
+# queue-full check, the only such read).
 _COMMON = r"""
 local P = ARGV[1]
 local function terminal(s)
   return s == 'completed' or s == 'failed' or s == 'cancelled'
 end
+local adds, rems, counts, seen = {}, {}, {}, {}
+local function zadd(key, score, id)
+  local t = adds[key]
+  if not t then t = {}; adds[key] = t end
+  t[#t + 1] = score
+  t[#t + 1] = id
+end
+local function zrem(key, id)
+  local t = rems[key]
+  if not t then t = {}; rems[key] = t end
+  t[#t + 1] = id
+end
+local function count(field, d)
+  counts[field] = (counts[field] or 0) + d
+end
+local function flush()
+  for key, t in pairs(rems) do
+    for i = 1, #t, 4000 do redis.call('ZREM', key, unpack(t, i, math.min(i + 3999, #t))) end
+  end
+  for key, t in pairs(adds) do
+    for i = 1, #t, 4000 do redis.call('ZADD', key, unpack(t, i, math.min(i + 3999, #t))) end
+  end
+  for field, d in pairs(counts) do
+    if d ~= 0 then redis.call('HINCRBY', P .. 'counts', field, d) end
+  end
+  adds, rems, counts, seen = {}, {}, {}, {}
+end
+local function touch(id)
+  if seen[id] then flush() end
+  seen[id] = true
+end
 local function move(id, t, old, new, prio, runat, fin, expiry)
   if old == new then return end
   if old ~= '' then
-    redis.call('HINCRBY', P .. 'counts', old .. '|' .. t, -1)
-    redis.call('ZREM', P .. 'st:' .. old, id)
-    if old == 'queued' then redis.call('ZREM', P .. 'ready:' .. t, id)
-    elseif old == 'scheduled' then redis.call('ZREM', P .. 'scheduled', id)
-    elseif old == 'running' then redis.call('ZREM', P .. 'leases', id)
+    count(old .. '|' .. t, -1)
+    zrem(P .. 'st:' .. old, id)
+    if old == 'queued' then zrem(P .. 'ready:' .. t, id)
+    elseif old == 'scheduled' then zrem(P .. 'scheduled', id)
+    elseif old == 'running' then zrem(P .. 'leases', id)
     end
   end
   if new ~= '' then
-    redis.call('HINCRBY', P .. 'counts', new .. '|' .. t, 1)
-    redis.call('ZADD', P .. 'st:' .. new, 0, id)
-    if new == 'queued' then redis.call('ZADD', P .. 'ready:' .. t, -tonumber(prio), id)
-    elseif new == 'scheduled' then redis.call('ZADD', P .. 'scheduled', runat, id)
+    count(new .. '|' .. t, 1)
+    zadd(P .. 'st:' .. new, 0, id)
+    if new == 'queued' then zadd(P .. 'ready:' .. t, -tonumber(prio), id)
+    elseif new == 'scheduled' then zadd(P .. 'scheduled', runat, id)
     elseif terminal(new) then
-      redis.call('ZADD', P .. 'finished', fin, id)
-      if expiry ~= '' then redis.call('ZADD', P .. 'expiry', expiry, id) end
+      zadd(P .. 'finished', fin, id)
+      if expiry ~= '' then zadd(P .. 'expiry', expiry, id) end
     end
   end
   if terminal(old) then  -- deleted, or retried in place
-    redis.call('ZREM', P .. 'finished', id)
-    redis.call('ZREM', P .. 'expiry', id)
+    zrem(P .. 'finished', id)
+    zrem(P .. 'expiry', id)
   end
+end
+local function waiting()
+  local n = 0
+  local all = redis.call('HGETALL', P .. 'counts')
+  for i = 1, #all, 2 do
+    local s = string.match(all[i], '^[^|]*')
+    if s == 'queued' or s == 'scheduled' then n = n + tonumber(all[i + 1]) end
+  end
+  return n
 end
 -- The webhook outbox: a job that just ended gets one pending delivery per webhook that
 -- asked for its end, in the same script as the end itself. ``msg`` is the delivery id
 -- without the hook id (see asyncjobs.webhooks.model.message_id).
+-- Returns how many deliveries it wrote.
+local hooks = nil
 local function outbox(doc, new, msg, at, at_score)
-  local ev = 'job_' .. new
-  local hooks = redis.call('HGETALL', P .. 'webhooks:ev')
+  local ev, wrote = 'job_' .. new, 0
+  if hooks == nil then hooks = redis.call('HGETALL', P .. 'webhooks:ev') end
   for i = 1, #hooks, 2 do
     if string.find(hooks[i + 1], ',' .. ev .. ',', 1, true) then
       local hook = hooks[i]
@@ -80,85 +126,129 @@ local function outbox(doc, new, msg, at, at_score)
                    'n', 0, 'nx', at)
         redis.call('ZADD', P .. 'dlv:due', at_score, did)
         redis.call('ZADD', P .. 'dlv:hook:' .. hook, redis.call('INCR', P .. 'dlv:n'), did)
+        wrote = wrote + 1
       end
     end
   end
+  return wrote
 end
+local written = {}
 local function emit(maxlen, fields)
   local seq = redis.call('INCR', P .. 'seq')
-  redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'q', seq, unpack(fields))
+  local id = redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'q', seq,
+                        unpack(fields))
+  written[#written + 1] = {id, seq, fields}
   return seq
+end
+-- The bells (see asyncjobs.stores.redis.events): every other store instance that waits
+-- for events gets a copy of this script's entries on its bell stream, and stops waiting.
+-- Returns what the script wrote, for the writer's own tail: {first seq, last seq, last
+-- entry id}, or 0.
+local function ring(inst)
+  if #written == 0 then return 0 end
+  local waiting = redis.call('SMEMBERS', P .. 'tails')
+  for _, tail in ipairs(waiting) do
+    if tail ~= inst then
+      local bell = P .. 'bell:' .. tail
+      for _, e in ipairs(written) do
+        redis.call('XADD', bell, '*', 'x', e[1], 'q', e[2], unpack(e[3]))
+      end
+      redis.call('PEXPIRE', bell, 60000)  -- a reader that died leaves nothing behind
+      redis.call('SREM', P .. 'tails', tail)
+    end
+  end
+  return {written[1][2], written[#written][2], written[#written][1]}
 end
 """
 
-#: One change to one job, computed in Python by :mod:`asyncjobs.stores.steps` and
-#: written only if the job still has the version it was computed from.
+#: Arguments per change in :data:`COMMIT`.
+COMMIT_FIELDS = 17
+
+#: Changes to jobs, each computed in Python by :mod:`asyncjobs.stores.steps` and written
+#: only if its job still has the version it was computed from. The changes of one call
+#: are independent (one that finds its job changed leaves the others alone); the call
+#: as a whole is atomic, like every script.
 #:
-#: ARGV: prefix, id, expected version ('0': a new job), new doc ('': delete), new status,
-#: type, priority, run_at, finished_at, expiry ('' for none), event type, event time,
-#: instance, stream maxlen, idempotency field ('' for none), max_queued ('' for none),
-#: lease expiry the change was judged by ('' for none); for a job's end: its webhook
-#: message id without the hook id, the end's time (ISO) and score ('' otherwise).
+#: ARGV: prefix, instance, stream maxlen, number of changes n, then n times
+#: :data:`COMMIT_FIELDS` arguments: id, expected version ('0': a new job), new doc ('':
+#: delete), new status, type, priority, run_at, finished_at, expiry ('' for none), event
+#: type, event time, idempotency field ('' for none), max_queued ('' for none), lease
+#: expiry the change was judged by ('' for none); for a job's end: its webhook message
+#: id without the hook id, the end's time (ISO) and score ('' otherwise).
 #:
-#: Returns ``{1, seq}``; ``{0}`` version moved on; ``{-1}`` no such job; ``{2, d, c, w,
-#: k, e}`` the idempotency key's job; ``{3}`` queue full; ``{4}`` the id exists.
+#: Returns one reply per change, then what the call wrote to the stream (see ``ring``):
+#: ``{1, seq}`` (``{1, seq, 1}``: webhook deliveries were
+#: written too, and the event says so with ``o``); ``{0}`` version moved on; ``{-1}`` no
+#: such job; ``{2, d, c, w, k, e}`` the idempotency key's job; ``{3}`` queue full; ``{4}``
+#: the id exists.
 COMMIT = (
     _COMMON
     + r"""
-local id, expected, doc, new = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local t, prio, runat, fin, expiry = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local etype, at, inst, maxlen = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local idem, maxq, lease_was = ARGV[15], ARGV[16], ARGV[17]
-local key = P .. 'job:' .. id
-if expected == '0' then
-  if idem ~= '' then
-    local other = redis.call('HGET', P .. 'idem', idem)
-    if other then
-      local h = redis.call('HMGET', P .. 'job:' .. other, 'd', 'c', 'w', 'k', 'e')
-      if h[1] then return {2, h[1], h[2], h[3], h[4], h[5]} end
+local inst, maxlen, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local function commit(b)
+  local id, expected, doc, new = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local t, prio, runat, fin = ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], ARGV[b + 8]
+  local expiry, etype, at, idem = ARGV[b + 9], ARGV[b + 10], ARGV[b + 11], ARGV[b + 12]
+  local maxq, lease_was = ARGV[b + 13], ARGV[b + 14]
+  local key = P .. 'job:' .. id
+  touch(id)
+  if expected == '0' then
+    if idem ~= '' then
+      local other = redis.call('HGET', P .. 'idem', idem)
+      if other then
+        local h = redis.call('HMGET', P .. 'job:' .. other, 'd', 'c', 'w', 'k', 'e')
+        if h[1] then return {2, h[1], h[2], h[3], h[4], h[5]} end
+      end
     end
-  end
-  if maxq ~= '' then
-    local waiting = 0
-    local all = redis.call('HGETALL', P .. 'counts')
-    for i = 1, #all, 2 do
-      local s = string.match(all[i], '^[^|]*')
-      if s == 'queued' or s == 'scheduled' then waiting = waiting + tonumber(all[i + 1]) end
+    if maxq ~= '' then
+      flush()
+      if waiting() >= tonumber(maxq) then return {3} end
     end
-    if waiting >= tonumber(maxq) then return {3} end
+    if redis.call('EXISTS', key) == 1 then return {4} end
+    redis.call('HSET', key, 'd', doc, 'v', 1, 's', new, 't', t)
+    zadd(P .. 'ids', 0, id)
+    if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
+    move(id, t, '', new, prio, runat, fin, expiry)
+    return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc})}
   end
-  if redis.call('EXISTS', key) == 1 then return {4} end
-  redis.call('HSET', key, 'd', doc, 'v', 1, 's', new, 't', t)
-  redis.call('ZADD', P .. 'ids', 0, id)
-  if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
-  move(id, t, '', new, prio, runat, fin, expiry)
+  local h = redis.call('HMGET', key, 'v', 's', 'w', 'k', 'e')
+  if not h[1] then return {-1} end
+  if h[1] ~= expected then return {0} end
+  if lease_was ~= '' and h[5] ~= lease_was then return {0} end
+  local old = h[2]
+  if doc == '' then
+    local last = redis.call('HGET', key, 'd')  -- the deleted job's event carries it
+    redis.call('DEL', key)
+    zrem(P .. 'ids', id)
+    if idem ~= '' and redis.call('HGET', P .. 'idem', idem) == id then
+      redis.call('HDEL', P .. 'idem', idem)
+    end
+    move(id, t, old, '', prio, runat, fin, expiry)
+    return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', last})}
+  end
+  redis.call('HSET', key, 'd', doc, 'v', tonumber(expected) + 1, 's', new)
+  move(id, t, old, new, prio, runat, fin, expiry)
+  if new == 'running' then
+    redis.call('HDEL', key, 'c')
+    -- The lease may have been renewed since the doc was computed: the fields are newer.
+    return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc,
+                             'w', h[3], 'k', h[4], 'e', h[5]})}
+  end
+  redis.call('HDEL', key, 'c', 'w', 'k', 'e')
+  if ARGV[b + 15] ~= '' and old ~= new and outbox(doc, new, ARGV[b + 15], ARGV[b + 16],
+                                                  ARGV[b + 17]) > 0 then
+    -- 'o': deliveries were written with it (every process's dispatcher looks then).
+    return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc, 'o', '1'}), 1}
+  end
   return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc})}
 end
-local h = redis.call('HMGET', key, 'v', 's', 'd', 'w', 'k', 'e')
-if not h[1] then return {-1} end
-if h[1] ~= expected then return {0} end
-if lease_was ~= '' and h[6] ~= lease_was then return {0} end
-local old = h[2]
-if doc == '' then
-  redis.call('DEL', key)
-  redis.call('ZREM', P .. 'ids', id)
-  if idem ~= '' and redis.call('HGET', P .. 'idem', idem) == id then
-    redis.call('HDEL', P .. 'idem', idem)
-  end
-  move(id, t, old, '', prio, runat, fin, expiry)
-  return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', h[3]})}
-end
-redis.call('HSET', key, 'd', doc, 'v', tonumber(expected) + 1, 's', new)
-redis.call('HDEL', key, 'c')
-move(id, t, old, new, prio, runat, fin, expiry)
-if ARGV[18] ~= '' and old ~= new then outbox(doc, new, ARGV[18], ARGV[19], ARGV[20]) end
-if new == 'running' then
-  -- The lease may have been renewed since the doc was computed: the fields are newer.
-  return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc,
-                           'w', h[4], 'k', h[5], 'e', h[6]})}
-end
-redis.call('HDEL', key, 'w', 'k', 'e')
-return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc})}
+local out = {}
+for i = 1, n do out[i] = commit(4 + (i - 1) * """
+    + str(COMMIT_FIELDS)
+    + r""") end
+flush()
+out[n + 1] = ring(inst)
+return out
 """
 )
 
@@ -169,52 +259,62 @@ return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc})}
 #: instance, stream maxlen, number of types n, then n pairs (type, limit or -1), then
 #: ``limit`` fresh tokens.
 #:
-#: Returns a flat list: ``id, doc, token, seq`` per claimed job.
+#: Returns a flat list: ``id, doc, token, seq`` per claimed job, then what the call wrote
+#: to the stream (see ``ring``).
 CLAIM = (
     _COMMON
     + r"""
 local worker, now, exp_iso, exp_score = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local limit, inst, maxlen, n = tonumber(ARGV[6]), ARGV[7], ARGV[8], tonumber(ARGV[9])
 local tokens = 9 + 2 * n
-local types, room = {}, {}
-for i = 1, n do
-  local t, lim = ARGV[8 + 2 * i], tonumber(ARGV[9 + 2 * i])
-  types[i] = t
-  if lim < 0 then
-    room[i] = limit
-  else
-    local running = tonumber(redis.call('HGET', P .. 'counts', 'running|' .. t) or '0')
-    room[i] = lim - running
-  end
+-- How many jobs of type ``t`` this claim may take under its running limit (-1: none).
+local function room_for(t, lim)
+  if lim < 0 then return limit end
+  local running = tonumber(redis.call('HGET', P .. 'counts', 'running|' .. t) or '0')
+  return math.min(limit, lim - running)
 end
 local picked = {}
 if n == 1 then
-  if room[1] > 0 then
-    local got = redis.call('ZPOPMIN', P .. 'ready:' .. types[1], math.min(limit, room[1]))
-    for i = 1, #got, 2 do picked[#picked + 1] = {got[i], types[1]} end
+  local t = ARGV[10]
+  local room = room_for(t, tonumber(ARGV[11]))
+  if room > 0 then
+    local got = redis.call('ZPOPMIN', P .. 'ready:' .. t, room)
+    for i = 1, #got, 2 do picked[#picked + 1] = {got[i], t} end
   end
 else
-  local heads = {}
-  local function head(i)
-    local got = redis.call('ZRANGE', P .. 'ready:' .. types[i], 0, 0, 'WITHSCORES')
-    if got[1] then heads[i] = {tonumber(got[2]), got[1]} else heads[i] = false end
+  -- The first ``room`` ready jobs of each type (in claim order within the type), merged
+  -- by (-priority, id): the same order as one index of every type would give.
+  local cands, pos = {}, {}
+  for i = 1, n do
+    local t = ARGV[8 + 2 * i]
+    local room = room_for(t, tonumber(ARGV[9 + 2 * i]))
+    cands[i] = {}
+    pos[i] = 1
+    if room > 0 then
+      cands[i] = redis.call('ZRANGE', P .. 'ready:' .. t, 0, room - 1, 'WITHSCORES')
+    end
   end
-  for i = 1, n do if room[i] > 0 then head(i) else heads[i] = false end end
+  local taken = {}
   while #picked < limit do
-    local best = nil
+    local best, bs, bid = nil, nil, nil
     for i = 1, n do
-      local hd = heads[i]
-      if hd and (best == nil or hd[1] < heads[best][1]
-                 or (hd[1] == heads[best][1] and hd[2] < heads[best][2])) then
-        best = i
+      local c, j = cands[i], pos[i]
+      if c[j] then
+        local s = tonumber(c[j + 1])
+        if best == nil or s < bs or (s == bs and c[j] < bid) then
+          best, bs, bid = i, s, c[j]
+        end
       end
     end
     if best == nil then break end
-    local id = heads[best][2]
-    redis.call('ZREM', P .. 'ready:' .. types[best], id)
-    picked[#picked + 1] = {id, types[best]}
-    room[best] = room[best] - 1
-    if room[best] > 0 then head(best) else heads[best] = false end
+    pos[best] = pos[best] + 2
+    local t = ARGV[8 + 2 * best]
+    picked[#picked + 1] = {bid, t}
+    taken[t] = taken[t] or {}
+    taken[t][#taken[t] + 1] = bid
+  end
+  for t, ids in pairs(taken) do
+    redis.call('ZREM', P .. 'ready:' .. t, unpack(ids))
   end
 end
 local out = {}
@@ -225,11 +325,11 @@ for i, p in ipairs(picked) do
   local h = redis.call('HMGET', key, 'd', 'v')
   redis.call('HSET', key, 'v', tonumber(h[2]) + 1, 's', 'running', 'c', now,
              'w', worker, 'k', token, 'e', exp_iso)
-  redis.call('HINCRBY', P .. 'counts', 'queued|' .. t, -1)
-  redis.call('HINCRBY', P .. 'counts', 'running|' .. t, 1)
-  redis.call('ZREM', P .. 'st:queued', id)
-  redis.call('ZADD', P .. 'st:running', 0, id)
-  redis.call('ZADD', P .. 'leases', exp_score, id)
+  count('queued|' .. t, -1)
+  count('running|' .. t, 1)
+  zrem(P .. 'st:queued', id)
+  zadd(P .. 'st:running', 0, id)
+  zadd(P .. 'leases', exp_score, id)
   local seq = emit(maxlen, {'t', 'job_started', 'a', now, 'i', inst, 'd', h[1],
                             'c', now, 'w', worker, 'k', token, 'e', exp_iso})
   out[#out + 1] = id
@@ -237,6 +337,8 @@ for i, p in ipairs(picked) do
   out[#out + 1] = token
   out[#out + 1] = seq
 end
+flush()
+out[#out + 1] = ring(inst)
 return out
 """
 )
@@ -262,14 +364,15 @@ return {1, got[1], got[2], got[3], got[4], got[5]}
 #: id, doc, status, type, priority, run_at (epoch), idempotency field ('' for none),
 #: created at (ISO).
 #:
-#: Returns ``{1, r1, ..., rn}`` with ``ri`` one of ``{1, seq}`` (stored), ``{2, d, c, w,
+#: Returns ``{1, r1, ..., rn, w}`` (``w``: what the call wrote to the stream, see
+#: ``ring``) with ``ri`` one of ``{1, seq}`` (stored), ``{2, d, c, w,
 #: k, e}`` (the stored job holding its key), ``{5, j}`` (job ``j`` of this batch holds
 #: it); ``{3}`` queue full; ``{4, id}`` that id exists.
 ADD_MANY = (
     _COMMON
     + r"""
 local inst, maxlen, maxq, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local out, seen, ids, created = {1}, {}, {}, 0
+local out, keys, ids, created = {1}, {}, {}, 0
 for i = 1, n do
   local b = 5 + (i - 1) * 8
   local id, idem = ARGV[b + 1], ARGV[b + 7]
@@ -280,38 +383,32 @@ for i = 1, n do
       local h = redis.call('HMGET', P .. 'job:' .. other, 'd', 'c', 'w', 'k', 'e')
       if h[1] then r = {2, h[1], h[2], h[3], h[4], h[5]} end
     end
-    if r == nil and seen[idem] then r = {5, seen[idem]} end
+    if r == nil and keys[idem] then r = {5, keys[idem]} end
   end
   if r == nil then
     if ids[id] or redis.call('EXISTS', P .. 'job:' .. id) == 1 then return {4, id} end
     ids[id] = true
-    if idem ~= '' then seen[idem] = i end
+    if idem ~= '' then keys[idem] = i end
     created = created + 1
     r = {1}
   end
   out[i + 1] = r
 end
-if maxq ~= '' and created > 0 then
-  local waiting = 0
-  local all = redis.call('HGETALL', P .. 'counts')
-  for i = 1, #all, 2 do
-    local s = string.match(all[i], '^[^|]*')
-    if s == 'queued' or s == 'scheduled' then waiting = waiting + tonumber(all[i + 1]) end
-  end
-  if waiting + created > tonumber(maxq) then return {3} end
-end
+if maxq ~= '' and created > 0 and waiting() + created > tonumber(maxq) then return {3} end
 for i = 1, n do
   if out[i + 1][1] == 1 then
     local b = 5 + (i - 1) * 8
     local id, doc, new, t = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
     local idem = ARGV[b + 7]
     redis.call('HSET', P .. 'job:' .. id, 'd', doc, 'v', 1, 's', new, 't', t)
-    redis.call('ZADD', P .. 'ids', 0, id)
+    zadd(P .. 'ids', 0, id)
     if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
     move(id, t, '', new, ARGV[b + 5], ARGV[b + 6], '', '')
     out[i + 1] = {1, emit(maxlen, {'t', 'job_created', 'a', ARGV[b + 8], 'i', inst, 'd', doc})}
   end
 end
+flush()
+out[n + 2] = ring(inst)
 return out
 """
 )

@@ -48,6 +48,7 @@ from ..steps import (
     retry_step,
 )
 from .batch import CommitBatcher
+from .connection import make_client, make_tail_client
 from .events import StreamTail, materialize
 from .scripts import ADD_MANY, CLAIM, COMMIT, RENEW
 from .webhooks import WebhookOutbox
@@ -71,16 +72,6 @@ WAKE = frozenset(
         EventType.CANCELLED,
     }
 )
-
-
-def _import_redis() -> Any:
-    try:
-        import redis.asyncio as aioredis
-    except ImportError:
-        raise ConfigurationError(
-            "the Redis store needs redis-py: pip install 'asyncjobs[redis]'"
-        ) from None
-    return aioredis
 
 
 def _score(value: datetime) -> str:
@@ -134,13 +125,11 @@ class RedisStore:
         self._listeners = Listeners()
         self._resync_items: builtins.list[Callable[[], None]] = []
         self._generation = 0
-        self._wake = anyio.Event()
+        self._wake: anyio.Event | None = None
         self._held: OrderedDict[str, Job] = OrderedDict()
         self._workers = WorkerRegistry(self._redis, self._p)
         self._webhooks = WebhookOutbox(self._redis, self._p)
-        self._finishes = CommitBatcher(
-            lambda calls: self._eval_many("commit", calls, raise_errors=False)
-        )
+        self._finishes = CommitBatcher(self._commit)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
@@ -162,49 +151,21 @@ class RedisStore:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def _make_client(self, *, single: bool = False) -> Any:
-        aioredis = _import_redis()
-        from redis.asyncio.retry import Retry
-        from redis.backoff import ExponentialBackoff, NoBackoff
-        from redis.exceptions import ConnectionError, TimeoutError
-
-        cap = 0.5
-        retry = Retry(
-            ExponentialBackoff(cap=cap, base=0.02), int(self._reconnect_timeout / cap) + 5
-        )
-        kwargs: dict[str, Any] = {
-            "retry": retry,
-            "retry_on_error": [ConnectionError, TimeoutError, OSError],
-            "socket_keepalive": True,
-        }
-        if single:
-            # The event tail reconnects by itself (see StreamTail): a connection error
-            # must reach it, so that it checks what the server kept, not be retried away.
-            kwargs.update(
-                retry=Retry(NoBackoff(), 0),
-                retry_on_error=[],
-                single_connection_client=True,
-                socket_timeout=15.0,
-                client_name=self.tail_client_name,
-            )
-            return aioredis.Redis.from_url(self.redis_url, **kwargs)
-        # Blocking: a burst of calls beyond the pool waits for a connection, not fails.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.redis_url, max_connections=self._max_connections, timeout=None, **kwargs
-        )
-        return aioredis.Redis.from_pool(pool)
-
     async def open(self) -> None:
         if self._client is not None:
             return
-        client = self._make_client()
+        client = make_client(
+            self.redis_url,
+            reconnect_timeout=self._reconnect_timeout,
+            max_connections=self._max_connections,
+        )
         try:
             for name, source in _SOURCES.items():
                 self._sha[name] = await client.script_load(source)
             tail = StreamTail(
-                lambda: self._make_client(single=True),
+                lambda: make_tail_client(self.redis_url, name=self.tail_client_name),
                 lambda key: client.xadd(key, {"stop": "1"}),
-                self._p + "events",
+                self._p,
                 self._instance,
                 self._on_remote,
                 self._on_resync,
@@ -242,36 +203,26 @@ class RedisStore:
             self._sha[name] = await client.script_load(_SOURCES[name])
             return await client.evalsha(self._sha[name], 1, key, *args)
 
-    async def _eval_many(
-        self, name: str, calls: Sequence[tuple[str, Sequence[Any]]], *, raise_errors: bool = True
-    ) -> list[Any]:
-        """Run one script for many keys in one pipeline (not a transaction: each call is
-        atomic on its own). With ``raise_errors=False`` a failed call's exception takes
-        its reply's place."""
-        from redis.exceptions import NoScriptError
-
-        if not calls:
+    async def _commit(self, changes: Sequence[Sequence[str]]) -> builtins.list[Any]:
+        """Write changes (each :meth:`_commit_args`) in one script call: each lands or
+        not on its own; one reply per change, in order."""
+        if not changes:
             return []
-        client = self._redis()
-        for _ in range(2):
-            pipe = client.pipeline(transaction=False)
-            for key, args in calls:
-                pipe.evalsha(self._sha[name], 1, key, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            if not any(isinstance(r, NoScriptError) for r in results):
-                break
-            self._sha[name] = await client.script_load(_SOURCES[name])
-            # Only the calls that found no script ran nowhere; the others stand.
-            redo = [c for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
-            again = await self._eval_many(name, redo, raise_errors=False)
-            it = iter(again)
-            results = [next(it) if isinstance(r, NoScriptError) else r for r in results]
-            break
-        if raise_errors:
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-        return results
+        args = [self._p, self._instance, self._maxlen, str(len(changes))]
+        for change in changes:
+            args += change
+        replies: builtins.list[Any] = await self._eval("commit", self._p + "seq", *args)
+        self._wrote(replies.pop())
+        if any(len(reply) > 2 for reply in replies):
+            self._webhooks.written()
+        return replies
+
+    def _wrote(self, written: Any) -> None:
+        """What a script wrote to the stream (see ``ring`` in :mod:`.scripts`): this
+        instance's tail moves past it without reading it back."""
+        if written and self._tail is not None:
+            first, last, entry_id = written
+            self._tail.wrote(int(first), int(last), entry_id)
 
     def _key(self, job_id: str) -> str:
         return self._p + "job:" + job_id
@@ -286,12 +237,12 @@ class RedisStore:
         delete: bool = False,
         max_queued: int | None = None,
         lease_was: str = "",
-    ) -> list[Any]:
+    ) -> list[str]:
+        """One change for :data:`.scripts.COMMIT` (see there)."""
         expiry = ""
         if nxt.finished_at is not None and nxt.retention is not None:
             expiry = repr(nxt.finished_at.timestamp() + nxt.retention)
         return [
-            self._p,
             nxt.id,
             str(expected),
             "" if delete else dumps(job_to_record(nxt)),
@@ -303,8 +254,6 @@ class RedisStore:
             expiry,
             type_.value,
             format_time(now),
-            self._instance,
-            self._maxlen,
             _idem_field(nxt) if (expected == 0 or delete) else "",
             "" if max_queued is None else str(max_queued),
             lease_was,
@@ -324,7 +273,9 @@ class RedisStore:
         if any(e.type in WAKE for e in events):
             self._notify_work()
 
-    def _on_remote(self, event: JobEvent) -> None:
+    def _on_remote(self, event: JobEvent, outbox: bool) -> None:
+        if outbox:
+            self._webhooks.written()
         if self._listeners:
             self._listeners.emit((event,))
         if event.type in WAKE:
@@ -332,6 +283,7 @@ class RedisStore:
 
     def _on_resync(self) -> None:
         self._notify_work()  # a missed wake-up is as good as lost: claim again
+        self._webhooks.written()
         for callback in builtins.list(self._resync_items):
             try:
                 callback()
@@ -340,8 +292,9 @@ class RedisStore:
 
     def _notify_work(self) -> None:
         self._generation += 1
-        self._wake.set()
-        self._wake = anyio.Event()
+        wake, self._wake = self._wake, None  # the next waiter makes a new one
+        if wake is not None:
+            wake.set()
 
     async def _read(self, job_ids: Sequence[str]) -> builtins.list[Job | None]:
         if not job_ids:
@@ -357,7 +310,7 @@ class RedisStore:
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
         check_storable(job)  # the rule every store applies (see jsonrules.json_problems)
         args = self._commit_args(0, job, EventType.CREATED, job.created_at, max_queued=max_queued)
-        reply = await self._eval("commit", self._key(job.id), *args)
+        (reply,) = await self._commit([args])
         code = reply[0]
         if code == 1:
             self._emit([JobEvent(EventType.CREATED, int(reply[1]), job.created_at, job)])
@@ -425,6 +378,7 @@ class RedisStore:
             *pairs,
             *tokens,
         )
+        self._wrote(flat.pop())
         claimed: builtins.list[Job] = []
         events: builtins.list[JobEvent] = []
         for i in range(0, len(flat), 4):
@@ -500,11 +454,9 @@ class RedisStore:
             args = self._commit_args(job.version, nxt, type_, now)
             if token is not None and nxt.status is not JobStatus.RUNNING:
                 # A worker's finish: sent with the other finishes of the moment.
-                reply = await self._finishes.call(self._key(job_id), args)
-                if isinstance(reply, Exception):
-                    raise reply
+                reply = await self._finishes.call(args)
             else:
-                reply = await self._eval("commit", self._key(job_id), *args)
+                (reply,) = await self._commit([args])
             if reply[0] == 1:
                 if nxt.status is JobStatus.RUNNING and (token is not None or job_id in held):
                     self._hold([nxt])
@@ -539,7 +491,7 @@ class RedisStore:
             if not job.is_terminal:
                 raise IllegalTransition(job.id, job.status.value, "deleted")
             args = self._commit_args(job.version, job, EventType.DELETED, now, delete=True)
-            reply = await self._eval("commit", self._key(job_id), *args)
+            (reply,) = await self._commit([args])
             if reply[0] == 1:
                 self._emit([JobEvent(EventType.DELETED, int(reply[1]), now, job)])
                 return job
@@ -570,7 +522,7 @@ class RedisStore:
             ]
             if not ids:
                 return changed
-            calls: builtins.list[tuple[str, Sequence[Any]]] = []
+            calls: builtins.list[builtins.list[str]] = []
             pending: builtins.list[tuple[Job, EventType]] = []
             skipped = 0
             for job in await self._read(ids):
@@ -584,9 +536,9 @@ class RedisStore:
                 if judge_lease and job.lease is not None:
                     lease_was = format_time(job.lease.expires_at)
                 args = self._commit_args(job.version, nxt, type_, now, lease_was=lease_was)
-                calls.append((self._key(job.id), args))
+                calls.append(args)
                 pending.append((nxt, type_))
-            replies = await self._eval_many("commit", calls)
+            replies = await self._commit(calls)
             events = [
                 JobEvent(type_, int(reply[1]), now, nxt)
                 for (nxt, type_), reply in zip(pending, replies, strict=True)
@@ -665,7 +617,7 @@ class RedisStore:
             ]
             if not ids:
                 break
-            calls: builtins.list[tuple[str, Sequence[Any]]] = []
+            calls: builtins.list[builtins.list[str]] = []
             gone: builtins.list[Job] = []
             kept = 0
             for job in await self._read(ids):
@@ -677,9 +629,9 @@ class RedisStore:
                     kept += 1
                     continue
                 args = self._commit_args(job.version, job, EventType.DELETED, now, delete=True)
-                calls.append((self._key(job.id), args))
+                calls.append(args)
                 gone.append(job)
-            replies = await self._eval_many("commit", calls)
+            replies = await self._commit(calls)
             events = [
                 JobEvent(EventType.DELETED, int(reply[1]), now, job)
                 for job, reply in zip(gone, replies, strict=True)
@@ -736,6 +688,7 @@ class RedisStore:
             raise QueueFull(max_queued)
         if reply[0] == 4:
             raise ValueError(f"a job with id {reply[1].decode()} exists already")
+        self._wrote(reply.pop())
         results: builtins.list[tuple[Job, bool]] = []
         events: builtins.list[JobEvent] = []
         for job, row in zip(jobs, reply[1:], strict=True):
@@ -783,10 +736,10 @@ class RedisStore:
             chunk = picked[start : start + _BATCH]
             nexts = [retry_step(job, now) for job in chunk]
             calls = [
-                (self._key(job.id), self._commit_args(job.version, nxt, EventType.RETRYING, now))
+                self._commit_args(job.version, nxt, EventType.RETRYING, now)
                 for job, nxt in zip(chunk, nexts, strict=True)
             ]
-            replies = await self._eval_many("commit", calls)
+            replies = await self._commit(calls)
             events: builtins.list[JobEvent] = []
             for job, nxt, reply in zip(chunk, nexts, replies, strict=True):
                 if reply[0] == 1:
@@ -873,8 +826,11 @@ class RedisStore:
     async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
         if since is not None and self._generation > since:
             return
+        if self._wake is None:
+            self._wake = anyio.Event()
+        wake = self._wake
         with anyio.move_on_after(timeout):
-            await self._wake.wait()
+            await wake.wait()
 
     # Defined last: inside the class body, ``list`` names this method from here on.
     async def list(

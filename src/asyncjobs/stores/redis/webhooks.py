@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import math
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, final
@@ -33,6 +34,10 @@ from ...webhooks.model import Delivery, DeliveryStatus, Webhook, WebhookNotFound
 from .events import materialize
 
 __all__ = ["WebhookOutbox"]
+
+#: Longest a claim that found nothing due is trusted, in seconds of the caller's clock:
+#: a delivery rescheduled by another process's dispatcher is not announced.
+QUIET = 1.0
 
 _FIELDS = ("w", "ev", "d", "at", "st", "n", "nx", "le", "da")
 
@@ -65,7 +70,8 @@ return 1
 """
 
 #: ARGV: prefix, now (epoch), limit, hidden until (ISO), hidden until (epoch).
-#: Returns per delivery: id, its fields (as ``_FIELDS``), the hook's record, created at.
+#: Returns ``{next, rows}``: when the next pending delivery is due (epoch; '' for none),
+#: and per claimed delivery: id, its fields (as ``_FIELDS``), the hook's record, created at.
 CLAIM = r"""
 local P = ARGV[1]
 local due = redis.call('ZRANGEBYSCORE', P .. 'dlv:due', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
@@ -84,7 +90,8 @@ for _, did in ipairs(due) do
                      redis.call('HGET', P .. 'webhooks:created', h[1])}
   end
 end
-return out
+local nxt = redis.call('ZRANGE', P .. 'dlv:due', 0, 0, 'WITHSCORES')
+return {nxt[2] or '', out}
 """
 
 #: ARGV: prefix, delivery id, status, next attempt (ISO, epoch; '' for none), last error
@@ -171,6 +178,18 @@ class WebhookOutbox:
         self._redis = redis
         self._p = p
         self._scripts: dict[str, Any] = {}
+        # The dispatcher asks after every job end; without a webhook that is a round
+        # trip per finish batch for nothing. A claim that left nothing due now says
+        # when the next delivery is due: until then (at most QUIET), claims answer
+        # without asking, unless a delivery may have been written since (written()).
+        self._quiet_until: float | None = None
+        self._writes = 0
+
+    def written(self) -> None:
+        """A delivery may have become due: a commit wrote one, a delivery was put off,
+        or events were missed."""
+        self._quiet_until = None
+        self._writes += 1
 
     async def _run(self, name: str, source: str, *args: Any) -> Any:
         # redis-py's Script reloads itself when a restarted server forgot it; it runs on
@@ -209,16 +228,19 @@ class WebhookOutbox:
     ) -> builtins.list[tuple[Delivery, Webhook]]:
         if limit <= 0:
             return []
+        stamp = now.timestamp()
+        if self._quiet_until is not None and stamp < self._quiet_until:
+            return []
+        self._quiet_until = None
+        writes = self._writes  # a write announced during the call is not lost
         until = now + timedelta(seconds=lease)
-        rows = await self._run(
-            "claim",
-            CLAIM,
-            repr(now.timestamp()),
-            str(limit),
-            format_time(until),
-            repr(until.timestamp()),
+        nxt, rows = await self._run(
+            "claim", CLAIM, repr(stamp), str(limit), format_time(until), repr(until.timestamp())
         )
-        return [(_delivery(r[0].decode(), r[1:10]), _hook(r[10], r[11])) for r in rows]
+        claimed = [(_delivery(r[0].decode(), r[1:10]), _hook(r[10], r[11])) for r in rows]
+        if len(claimed) < limit and writes == self._writes:
+            self._quiet_until = min(stamp + QUIET, float(nxt) if nxt else math.inf)
+        return claimed
 
     async def finish(
         self,
@@ -245,6 +267,8 @@ class WebhookOutbox:
             "" if ok or error is None else error,
             delivered,
         )
+        if next_at is not None:
+            self.written()
 
     async def deliveries(
         self, webhook_id: str, *, status: str | None, limit: int
