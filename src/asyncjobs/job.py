@@ -212,15 +212,19 @@ def _make_copier() -> Callable[[Job, dict[str, Any]], Job]:
 
     ``attrs.evolve`` re-reads the field list and goes through ``__init__`` for every
     new version, twice per job on the worker's hot path; ``Job`` has no validators or
-    converters to re-run, so a straight slot copy makes the same record at half the cost.
+    converters to re-run, so a straight slot copy makes the same record at a third of
+    the cost. Each slot is written through its own descriptor's ``__set__``, bound once
+    here: ``object.__setattr__`` would look the descriptor up again for every field.
     """
-    names = [a.name for a in attrs.fields(Job)]
-    assert all(a.validator is None and a.converter is None for a in attrs.fields(Job))
+    fields = attrs.fields(Job)
+    assert all(a.validator is None and a.converter is None for a in fields)
+    setters = {a.name: Job.__dict__[a.name].__set__ for a in fields}
     lines = ["def _copy_job(job, changes):", "    new = _new(Job)"]
-    lines += [f"    _set(new, {name!r}, job.{name})" for name in names]
-    lines += ["    for name, value in changes.items():", "        _set(new, name, value)"]
+    lines += [f"    _set_{name}(new, job.{name})" for name in setters]
+    lines += ["    for name, value in changes.items():", "        _setters[name](new, value)"]
     lines += ["    return new"]
-    namespace: dict[str, Any] = {"_new": object.__new__, "_set": object.__setattr__, "Job": Job}
+    namespace: dict[str, Any] = {"_new": object.__new__, "Job": Job, "_setters": setters}
+    namespace.update({f"_set_{name}": setter for name, setter in setters.items()})
     exec("\n".join(lines), namespace)  # the source is built from field names only
     copier: Callable[[Job, dict[str, Any]], Job] = namespace["_copy_job"]
     return copier

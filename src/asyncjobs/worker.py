@@ -28,6 +28,7 @@ from .registry import JobRegistry, JobType
 from .stores.protocol import Outcome, Store, WorkerInfo
 from .supervision import Supervisor
 from .tracing import attempt_span
+from .tracing import enabled as tracing_enabled
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -35,6 +36,7 @@ __all__ = ["Worker", "WorkerConfig"]
 _UNREGISTER_TIMEOUT = 5.0
 
 logger = logging.getLogger("asyncjobs.worker")
+_jobs_log = joblog.logger
 
 #: Seconds between registry refreshes while the set of running jobs keeps changing.
 REGISTRY_REFRESH = 1.0
@@ -159,9 +161,11 @@ class Worker:
         self.started_at = clock()
         self._running: dict[str, _Running] = {}
         self._registered_running: frozenset[str] = frozenset()
-        # Claimed jobs waiting for a slot task; the slots wait on _ready_event.
+        # Claimed jobs waiting for a slot task, best first; idle slots wait on an event
+        # each, and one is woken at a time (_wake_slot).
         self._ready: deque[_Running] = deque()
-        self._ready_event = anyio.Event()
+        self._idle: deque[anyio.Event] = deque()
+        self._waking = 0  # slots woken that have not looked at _ready yet
         self._stopping = False
         self._changed = anyio.Event()  # a slot freed up or stop() was called
         self._idle_scope: anyio.CancelScope | None = None
@@ -271,12 +275,13 @@ class Worker:
                         # We still run it under a lease that ran out (renewals stalled):
                         # the store handed it out again, so that run is fenced off.
                         self._halt(stale, _Stop.LOST)
-                    ctx = JobContext(job, self._progress_sink(job.id, job.lease.token))
-                    running = _Running(job, job.lease.token, ctx)
+                    token = job.lease.token
+                    ctx = JobContext(job, functools.partial(self._store_progress, job.id, token))
+                    running = _Running(job, token, ctx)
                     self._running[job.id] = running
                     self._ready.append(running)
                 if jobs:
-                    self._ready_event.set()  # renewed by the slots (_take)
+                    self._wake_slot()
                 elif not self._stopping:  # stop() during the claim: no wait
                     with anyio.CancelScope() as self._idle_scope:
                         try:
@@ -370,20 +375,20 @@ class Worker:
         while self._running:
             await self._wait_changed()
 
-    def _progress_sink(self, job_id: str, token: str) -> Callable[[float, str | None], Any]:
-        async def sink(fraction: float, message: str | None) -> None:
-            try:
-                await self.store.set_progress(job_id, token, fraction, message, now=self.clock())
-            except (LeaseLost, JobNotFound):
-                raise
-            except Exception as exc:
-                # Progress is advisory: an outage drops this update (the next one
-                # carries the newest state) rather than failing the job.
-                self.supervisor.failed("progress", exc)
-            else:
-                self.supervisor.recovered("progress")
-
-        return sink
+    async def _store_progress(
+        self, job_id: str, token: str, fraction: float, message: str | None
+    ) -> None:
+        """A job's progress sink (bound to its id and token with functools.partial)."""
+        try:
+            await self.store.set_progress(job_id, token, fraction, message, now=self.clock())
+        except (LeaseLost, JobNotFound):
+            raise
+        except Exception as exc:
+            # Progress is advisory: an outage drops this update (the next one
+            # carries the newest state) rather than failing the job.
+            self.supervisor.failed("progress", exc)
+        else:
+            self.supervisor.recovered("progress")
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval
@@ -423,13 +428,37 @@ class Worker:
             if running.finish_scope is not None and now >= running.finish_by:
                 running.finish_scope.cancel()
 
+    def _wake_slot(self) -> None:
+        """Wake one idle slot for the jobs in ``_ready``, unless one is on its way.
+
+        The slot that takes a job wakes the next while jobs are left (:meth:`_take`):
+        a batch spreads over as many slots as its handlers need, and a slot whose
+        handler never suspends runs job after job with no trip through the event loop
+        and without waking every idle slot for nothing.
+        """
+        if not self._waking and self._idle:
+            self._waking += 1
+            self._idle.pop().set()  # the slot idle the shortest time: its frames are warm
+
     async def _take(self) -> _Running:
-        """The next claimed job for a slot; waits for the claim loop to hand one over."""
-        while not self._ready:
-            if self._ready_event.is_set():
-                self._ready_event = anyio.Event()
-            await self._ready_event.wait()
-        return self._ready.popleft()
+        """The next claimed job for a slot; waits until the claim loop hands one over."""
+        ready = self._ready
+        while not ready:
+            event = anyio.Event()
+            self._idle.append(event)
+            try:
+                await event.wait()
+            except BaseException:  # cancelled: no longer idle, nor on its way
+                if event.is_set():
+                    self._waking -= 1
+                else:
+                    self._idle.remove(event)
+                raise
+            self._waking -= 1
+        running = ready.popleft()
+        if ready:
+            self._wake_slot()
+        return running
 
     async def _slot(self) -> None:
         """Run claimed jobs one after another until the worker's task group ends.
@@ -439,19 +468,31 @@ class Worker:
         """
         current: _Running | None = None
         outcome: Outcome | None = None
+        ready = self._ready
+        traced = tracing_enabled()
         try:
             while True:
                 with anyio.CancelScope() as scope:
                     while True:
-                        current, outcome = await self._take(), None
-                        joblog.attempt_started(current.job)
+                        if ready:
+                            current = ready.popleft()
+                            if ready and not self._waking:
+                                self._wake_slot()
+                        else:
+                            current = await self._take()
+                        outcome = None
+                        if _jobs_log.isEnabledFor(logging.DEBUG):
+                            joblog.attempt_started(current.job)
                         current.began = time.monotonic()
                         if current.stop is None:  # halted while it waited for the slot
                             current.scope = scope
                             try:
-                                outcome = await attempt_span(
-                                    current.job, functools.partial(self._attempt, current)
-                                )
+                                if traced:
+                                    outcome = await attempt_span(
+                                        current.job, functools.partial(self._attempt, current)
+                                    )
+                                else:
+                                    outcome = await self._attempt(current)
                             finally:
                                 current.scope = None
                         if scope.cancel_called:
@@ -491,7 +532,12 @@ class Worker:
         try:
             if outcome is not None:
                 await self._finish(running, outcome, scope)
-            joblog.attempt_ended(running.job, outcome, took)
+            if (
+                outcome is None
+                or outcome.status not in joblog.QUIET_STATUSES
+                or _jobs_log.isEnabledFor(logging.INFO)
+            ):
+                joblog.attempt_ended(running.job, outcome, took)
         finally:
             if self._running.get(running.job.id) is running:  # not a later claim's entry
                 del self._running[running.job.id]
@@ -578,7 +624,19 @@ class Worker:
             running.finish_scope = scope
             scope.shield = True
             try:
-                if await self._store_end(running, outcome):
+                # The first try inline: a coroutine less per job on the common path.
+                try:
+                    await self.store.finish(
+                        running.job.id, running.token, outcome, now=self.clock()
+                    )
+                except (LeaseLost, JobNotFound):
+                    self._log_lost_finish(running, outcome)
+                    return
+                except Exception as exc:  # the finish's edge: retry while time is left
+                    if await self._store_end(running, outcome, exc):
+                        return
+                else:
+                    self.supervisor.recovered("finish")
                     return
             except anyio.get_cancelled_exc_class():
                 if scope.cancel_called:  # cut off by the heartbeat loop
@@ -590,28 +648,36 @@ class Worker:
         # Only a passed deadline gets here: cut off by the heartbeat loop, or out of time.
         self._log_unstored(running, outcome)
 
-    async def _store_end(self, running: _Running, outcome: Outcome) -> bool:
-        """Try to store the end until it is stored (True) or time is up (False)."""
+    async def _store_end(
+        self, running: _Running, outcome: Outcome, failed: Exception | None = None
+    ) -> bool:
+        """Try to store the end until it is stored (True) or time is up (False);
+        ``failed`` is the error of a first try made by the caller."""
         job_id = running.job.id
         while True:
-            try:
-                await self.store.finish(job_id, running.token, outcome, now=self.clock())
-            except (LeaseLost, JobNotFound):
-                logger.warning(
-                    "job %s ended (%s) after this worker lost its lease; the new holder decides",
-                    job_id,
-                    outcome.status.value,
-                )
-                return True
-            except Exception as exc:  # the finish's edge: retry while time is left
-                delay = self.supervisor.failed("finish", exc)
+            if failed is not None:
+                delay = self.supervisor.failed("finish", failed)
                 left = running.finish_by - time.monotonic()
                 if left <= 0:
                     return False
                 await anyio.sleep(min(delay, left))
+            try:
+                await self.store.finish(job_id, running.token, outcome, now=self.clock())
+            except (LeaseLost, JobNotFound):
+                self._log_lost_finish(running, outcome)
+                return True
+            except Exception as exc:  # the finish's edge: retry while time is left
+                failed = exc
                 continue
             self.supervisor.recovered("finish")
             return True
+
+    def _log_lost_finish(self, running: _Running, outcome: Outcome) -> None:
+        logger.warning(
+            "job %s ended (%s) after this worker lost its lease; the new holder decides",
+            running.job.id,
+            outcome.status.value,
+        )
 
     def _log_unstored(self, running: _Running, outcome: Outcome) -> None:
         logger.error(

@@ -18,7 +18,7 @@ from typing import final
 import attrs
 
 from ...errors import JobNotFound, QueueFull
-from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...job import EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, DeliveryStatus, Webhook, WebhookNotFound, message_id
 from ..listeners import LocalNotifier
@@ -80,23 +80,28 @@ class MemoryStore:
     # -- internal bookkeeping ----------------------------------------------------
 
     def _put(self, old: Job | None, new: Job) -> None:
+        status = new.status
+        counts = self._counts
         if old is not None:
-            self._counts[(old.type, old.status)] -= 1
+            counts[(old.type, old.status)] -= 1
+            if old.status is status:  # a progress update or a cancel request
+                counts[(new.type, status)] += 1
+                self._jobs[new.id] = new
+                return
             # Only a status change leaves the running set: a progress update or a cancel
             # request keeps the job running, and its lease must still be recoverable.
-            if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
+            if old.status is JobStatus.RUNNING:
                 self._running.discard(old.id)
-        self._counts[(new.type, new.status)] += 1
+        counts[(new.type, status)] += 1
         self._jobs[new.id] = new
-        if new.status in TERMINAL and (old is None or old.status is not new.status):
+        if status is JobStatus.QUEUED:
+            heapq.heappush(self._queued.setdefault(new.type, []), (-new.priority, new.id))
+        elif status is JobStatus.RUNNING:
+            self._running.add(new.id)
+        elif status is JobStatus.SCHEDULED:
+            heapq.heappush(self._scheduled, (new.run_at, new.id))
+        elif self._webhooks:  # a terminal status, reached just now
             self._outbox(new)
-        if old is None or old.status is not new.status:
-            if new.status is JobStatus.QUEUED:
-                heapq.heappush(self._queued.setdefault(new.type, []), (-new.priority, new.id))
-            elif new.status is JobStatus.SCHEDULED:
-                heapq.heappush(self._scheduled, (new.run_at, new.id))
-            elif new.status is JobStatus.RUNNING:
-                self._running.add(new.id)
 
     def _remove(self, job: Job) -> None:
         del self._jobs[job.id]
@@ -110,7 +115,7 @@ class MemoryStore:
 
     def _emit(self, type: EventType, job: Job, now: datetime) -> None:
         self._seq += 1
-        self._notifier.emit((JobEvent(type=type, seq=self._seq, at=now, job=job),), wake=False)
+        self._notifier.emit_one(JobEvent(type, self._seq, now, job))
 
     def _notify_work(self) -> None:
         self._notifier.wake()
@@ -187,31 +192,37 @@ class MemoryStore:
         type_limits: Mapping[str, int] | None = None,
     ) -> builtins.list[Job]:
         claimed: builtins.list[Job] = []
-        running_now = {t: self._counts[(t, JobStatus.RUNNING)] for t in types}
+        jobs, counts = self._jobs, self._counts
+        running_now = {t: counts[(t, JobStatus.RUNNING)] for t in types}
         room = claim_room(types, type_limits, running_now)
+        queued = [(t, heap) for t in types if (heap := self._queued.get(t))]
         while len(claimed) < limit:
+            # The best head among the types' heaps: O(T + log n) per job claimed.
             best: tuple[int, str] | None = None
-            best_type = ""
-            for type_ in types:
-                heap = self._queued.get(type_)
+            best_heap: builtins.list[tuple[int, str]] = []
+            for type_, heap in queued:
                 if not heap or room.get(type_, 1) <= 0:
                     continue
-                while heap:  # drop stale heads
-                    _, head_id = heap[0]
-                    head = self._jobs.get(head_id)
+                while heap:  # drop stale heads (lazy deletion)
+                    head = jobs.get(heap[0][1])
                     if head is not None and head.status is JobStatus.QUEUED:
                         break
                     heapq.heappop(heap)
                 if heap and (best is None or heap[0] < best):
-                    best, best_type = heap[0], type_
+                    best, best_heap = heap[0], heap
             if best is None:
                 break
-            heapq.heappop(self._queued[best_type])
-            job = self._jobs[best[1]]
+            heapq.heappop(best_heap)
+            job = jobs[best[1]]
+            type_ = job.type
             running = claim_step(job, worker_id, new_token(), lease, now)
-            self._put(job, running)
-            if best_type in room:
-                room[best_type] -= 1
+            # What _put does for queued -> running, inline: twice per batch is the hot path.
+            counts[(type_, JobStatus.QUEUED)] -= 1
+            counts[(type_, JobStatus.RUNNING)] += 1
+            jobs[job.id] = running
+            self._running.add(job.id)
+            if type_ in room:
+                room[type_] -= 1
             claimed.append(running)
             self._emit(EventType.STARTED, running, now)
         return claimed
