@@ -194,44 +194,70 @@ def advance(job: Job, status: JobStatus | None = None, **changes: Any) -> Job:
         IllegalTransition: the lifecycle does not allow this change, including any change
             at all to a job in a terminal state.
     """
-    if status is not None and status is not job.status:
-        if not can_transition(job.status, status):
-            raise IllegalTransition(job.id, job.status.value, status.value)
+    current = job.status
+    if status is not None and status is not current:
+        if status not in _TRANSITIONS[current]:  # can_transition, inline (twice per job)
+            raise IllegalTransition(job.id, current.value, status.value)
         changes["status"] = status
-    elif job.status in TERMINAL:
-        raise IllegalTransition(job.id, job.status.value, job.status.value)
-    if not _FIELD_NAMES.issuperset(changes):
-        unknown = sorted(set(changes) - _FIELD_NAMES)
-        raise TypeError(f"Job has no field(s) {', '.join(unknown)}")
+    elif current in TERMINAL:
+        raise IllegalTransition(job.id, current.value, current.value)
     changes["version"] = job.version + 1
-    return _copy_job(job, changes)
+    copier = _copiers.get(tuple(changes))
+    if copier is None:
+        if not _FIELD_NAMES.issuperset(changes):
+            unknown = sorted(set(changes) - _FIELD_NAMES)
+            raise TypeError(f"Job has no field(s) {', '.join(unknown)}")
+        copier = _copier_for(tuple(changes))
+    return copier(job, changes)
 
 
-def _make_copier() -> Callable[[Job, dict[str, Any]], Job]:
-    """Build ``_copy_job(job, changes)``: a field-by-field copy with ``changes`` applied.
+_Copier = Callable[[Job, dict[str, Any]], Job]
+#: Copiers by the names of the fields they change, in the order the caller gave them
+#: (each call site of advance() always gives the same order). Bounded: past it, the
+#: generic copier serves the rare new combination.
+_copiers: dict[tuple[str, ...], _Copier] = {}
+_MAX_COPIERS = 128
+
+
+def _make_copier(changed: tuple[str, ...] | None) -> _Copier:
+    """Build ``copy(job, changes)``: a slot-by-slot copy of ``job`` with ``changes``.
 
     ``attrs.evolve`` re-reads the field list and goes through ``__init__`` for every
     new version, twice per job on the worker's hot path; ``Job`` has no validators or
     converters to re-run, so a straight slot copy makes the same record at a third of
-    the cost. Each slot is written through its own descriptor's ``__set__``, bound once
-    here: ``object.__setattr__`` would look the descriptor up again for every field.
+    the cost. Each slot is written once, through its own descriptor's ``__set__`` bound
+    here (``object.__setattr__`` would look the descriptor up for every field), from
+    ``changes[name]`` for the ``changed`` fields and from ``job`` for the others.
+    ``changed=None`` builds the generic copier, which takes any set of changes.
     """
     fields = attrs.fields(Job)
     assert all(a.validator is None and a.converter is None for a in fields)
     setters = {a.name: Job.__dict__[a.name].__set__ for a in fields}
-    lines = ["def _copy_job(job, changes):", "    new = _new(Job)"]
-    lines += [f"    _set_{name}(new, job.{name})" for name in setters]
-    lines += ["    for name, value in changes.items():", "        _setters[name](new, value)"]
+    kept = [name for name in setters if changed is None or name not in changed]
+    lines = ["def copy(job, changes):", "    new = _new(Job)"]
+    lines += [f"    _set_{name}(new, job.{name})" for name in kept]
+    if changed is None:
+        lines += ["    for name, value in changes.items():", "        _setters[name](new, value)"]
+    else:
+        lines += [f"    _set_{name}(new, changes[{name!r}])" for name in changed]
     lines += ["    return new"]
     namespace: dict[str, Any] = {"_new": object.__new__, "Job": Job, "_setters": setters}
     namespace.update({f"_set_{name}": setter for name, setter in setters.items()})
     exec("\n".join(lines), namespace)  # the source is built from field names only
-    copier: Callable[[Job, dict[str, Any]], Job] = namespace["_copy_job"]
+    copier: _Copier = namespace["copy"]
+    return copier
+
+
+def _copier_for(changed: tuple[str, ...]) -> _Copier:
+    """The copier for ``changed`` (known field names), made and kept on first use."""
+    if len(_copiers) >= _MAX_COPIERS:
+        return _copy_job
+    copier = _copiers[changed] = _make_copier(changed)
     return copier
 
 
 _FIELD_NAMES: Final = frozenset(a.name for a in attrs.fields(Job))
-_copy_job: Final = _make_copier()
+_copy_job: Final = _make_copier(None)
 
 
 @attrs.frozen

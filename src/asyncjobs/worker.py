@@ -168,7 +168,9 @@ class Worker:
         self._waking = 0  # slots woken that have not looked at _ready yet
         self._stopping = False
         self._changed = anyio.Event()  # a slot freed up or stop() was called
+        self._waiting = False  # _wait_changed waits: the next _poke must set _changed
         self._idle_scope: anyio.CancelScope | None = None
+        self._job_types: dict[str, JobType] = {}  # the registry's, as of run()
         self._stopped = anyio.Event()
         self._hurry = False  # stop(now=True): skip what is left of the grace
         self._grace_scope: anyio.CancelScope | None = None
@@ -200,8 +202,11 @@ class Worker:
 
     def _poke(self) -> None:
         # The event is renewed by the waiter (_wait_changed), not here: a poke per
-        # finished job would otherwise build an Event nobody waits on.
-        self._changed.set()
+        # finished job would otherwise build an Event nobody waits on; and it is set
+        # only while someone waits (a poke before the wait was accounted for).
+        if self._waiting:
+            self._waiting = False
+            self._changed.set()
         if self._idle_scope is not None:
             self._idle_scope.cancel()
 
@@ -210,7 +215,11 @@ class Worker:
         no await in between, so a poke that came earlier has been accounted for."""
         if self._changed.is_set():
             self._changed = anyio.Event()
-        await self._changed.wait()
+        self._waiting = True
+        try:
+            await self._changed.wait()
+        finally:
+            self._waiting = False
 
     def on_event(self, event: JobEvent) -> None:
         """React to store events: a cancel request for a job this worker runs."""
@@ -246,6 +255,7 @@ class Worker:
                 tg.start_soon(self._slot)
             task_status.started()
             types = self.registry.names()
+            self._job_types = {name: self.registry.get(name) for name in types}
             while not self._stopping:
                 free = self._claim_limit()
                 if free <= 0:
@@ -524,13 +534,15 @@ class Worker:
         elif outcome is None:  # cancelled from outside (the host): requeue
             outcome = Outcome(JobStatus.QUEUED)
         took = 0.0
+        ended = time.monotonic()
         if running.began:  # it started (a job given back unstarted says nothing)
-            took = time.monotonic() - running.began
+            took = ended - running.began
             avg = self._avg_run
             self._avg_run = took if avg is None else avg + (took - avg) * 0.1
         running.finishing = True
         try:
             if outcome is not None:
+                running.finish_by = ended + self.config.finish_timeout
                 await self._finish(running, outcome, scope)
             if (
                 outcome is None
@@ -545,11 +557,14 @@ class Worker:
 
     async def _attempt(self, running: _Running) -> Outcome | None:
         job = running.job
-        job_type = self.registry.get(job.type)
+        job_type = self._job_types.get(job.type) or self.registry.get(job.type)
         timer: anyio.CancelScope | None = None
         try:
             if job.timeout is None:  # no timer: one cancel scope less on the hot path
-                result = await self._call(job_type, running)
+                if job_type.executor is Executor.LOOP:  # _call inline: a coroutine less
+                    result = await job_type.handler(running.ctx, job_type.structure(job.params))
+                else:
+                    result = await self._call(job_type, running)
             else:
                 with anyio.move_on_after(job.timeout) as timer:
                     result = await self._call(job_type, running)
@@ -614,8 +629,8 @@ class Worker:
         finish saves a scope per job. Without one, a shielded scope of its own is used.
         The deadline is kept by the heartbeat loop (:meth:`_cut_overdue_finishes`),
         not by a timer per finish: on a fast store a timer costs a sixth of a job.
+        The caller has set ``running.finish_by``.
         """
-        running.finish_by = time.monotonic() + self.config.finish_timeout
         if scope is None:
             with anyio.CancelScope(shield=True) as running.finish_scope:
                 if await self._store_end(running, outcome):

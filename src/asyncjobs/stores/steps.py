@@ -87,6 +87,19 @@ def check_lease(job: Job, token: str) -> None:
         raise LeaseLost(job.id)
 
 
+#: timedelta(seconds=lease) by lease: a worker claims with the same lease every time.
+_lease_spans: dict[float, timedelta] = {}
+
+
+def _span(lease: float) -> timedelta:
+    span = _lease_spans.get(lease)
+    if span is None:
+        span = timedelta(seconds=lease)
+        if len(_lease_spans) < 64:
+            _lease_spans[lease] = span
+    return span
+
+
 def claim_step(job: Job, worker_id: str, token: str, lease: float, now: datetime) -> Job:
     return advance(
         job,
@@ -95,7 +108,7 @@ def claim_step(job: Job, worker_id: str, token: str, lease: float, now: datetime
         started_at=now,
         progress=0.0,
         message=None,
-        lease=Lease(worker_id, token, now + timedelta(seconds=lease)),
+        lease=Lease(worker_id, token, now + _span(lease)),
     )
 
 
@@ -104,7 +117,7 @@ def renew_step(job: Job, token: str, lease: float, now: datetime) -> Job:
     check_lease(job, token)
     assert job.lease is not None
     return attrs.evolve(
-        job, lease=attrs.evolve(job.lease, expires_at=now + timedelta(seconds=lease))
+        job, lease=attrs.evolve(job.lease, expires_at=now + _span(lease))
     )
 
 
