@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from ..errors import IllegalTransition, LeaseLost
-from ..job import TERMINAL, EventType, Job, JobError, JobStatus, Lease, Run, advance
+from ..job import TERMINAL, EventType, Job, JobError, JobStatus, Run, advance, make_lease
 from .protocol import Outcome, Stats
 
 __all__ = [
@@ -108,7 +108,7 @@ def claim_step(job: Job, worker_id: str, token: str, lease: float, now: datetime
         started_at=now,
         progress=0.0,
         message=None,
-        lease=Lease(worker_id, token, now + _span(lease)),
+        lease=make_lease(worker_id, token, now + _span(lease)),
     )
 
 

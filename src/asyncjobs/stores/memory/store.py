@@ -18,7 +18,7 @@ from typing import final
 import attrs
 
 from ...errors import JobNotFound, QueueFull
-from ...job import EventType, Job, JobEvent, JobStatus
+from ...job import EventType, Job, JobStatus, make_event
 from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, DeliveryStatus, Webhook, WebhookNotFound, message_id
 from ..listeners import LocalNotifier
@@ -115,7 +115,7 @@ class MemoryStore:
 
     def _emit(self, type: EventType, job: Job, now: datetime) -> None:
         self._seq += 1
-        self._notifier.emit_one(JobEvent(type, self._seq, now, job))
+        self._notifier.emit_one(make_event(type, self._seq, now, job))
 
     def _notify_work(self) -> None:
         self._notifier.wake()
