@@ -116,9 +116,7 @@ def renew_step(job: Job, token: str, lease: float, now: datetime) -> Job:
     """The lease is internal: renewing it is not a visible change, so no new version."""
     check_lease(job, token)
     assert job.lease is not None
-    return attrs.evolve(
-        job, lease=attrs.evolve(job.lease, expires_at=now + _span(lease))
-    )
+    return attrs.evolve(job, lease=attrs.evolve(job.lease, expires_at=now + _span(lease)))
 
 
 def progress_step(job: Job, token: str, progress: float, message: str | None) -> Job:
