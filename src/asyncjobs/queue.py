@@ -44,6 +44,8 @@ _RECENT_EVENTS = 100_000
 
 #: Event types after which a job never changes again (``EventType.is_final``).
 _FINAL_EVENTS = frozenset(t for t in EventType if t.is_final)
+#: Read off its class on Python 3.11 an enum member costs an EnumType.__getattr__ call.
+_CANCEL_REQUESTED = EventType.CANCEL_REQUESTED
 
 
 def _utcnow() -> datetime:
@@ -262,7 +264,7 @@ class Queue(QueueOperations):
             self._recent.append((event.seq, event.at))
         self.bus.publish(event)
         type_ = event.type
-        if type_ is EventType.CANCEL_REQUESTED and self.worker is not None:
+        if type_ is _CANCEL_REQUESTED and self.worker is not None:
             self.worker.on_event(event)  # the only event a worker acts on
         if type_ in _FINAL_EVENTS and self.dispatcher is not None and event.job.status in TERMINAL:
             self.dispatcher.poke()  # an outbox row may have been written with this end

@@ -98,6 +98,8 @@ class WorkerConfig:
 
 #: The outcome of every attempt that returned None: records are immutable, so one serves.
 _COMPLETED = Outcome(JobStatus.COMPLETED)
+#: Read off its class on Python 3.11 an enum member costs an EnumType.__getattr__ call.
+_LOOP = Executor.LOOP
 
 
 class _Stop(enum.Enum):
@@ -588,7 +590,7 @@ class Worker:
         timer: anyio.CancelScope | None = None
         try:
             if job.timeout is None:  # no timer: one cancel scope less on the hot path
-                if job_type.executor is Executor.LOOP:  # _call inline: a coroutine less
+                if job_type.executor is _LOOP:  # _call inline: a coroutine less
                     result = await job_type.handler(running.ctx, job_type.structure(job.params))
                 else:
                     result = await self._call(job_type, running)
