@@ -475,6 +475,8 @@ class MemoryStore:
         self, *, now: datetime, limit: int, lease: float
     ) -> builtins.list[tuple[Delivery, Webhook]]:
         taken: builtins.list[tuple[Delivery, Webhook]] = []
+        if not self._deliveries:  # the dispatcher looks after every finished batch
+            return taken
         due = sorted(
             (
                 d
