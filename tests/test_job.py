@@ -39,6 +39,7 @@ from asyncjobs.job import (
     can_transition,
     make_event,
     make_lease,
+    transition,
 )
 
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
@@ -422,3 +423,24 @@ def test_advance_is_right_for_every_set_and_order_of_changes() -> None:
     assert len(job_module._copiers) <= job_module._MAX_COPIERS
     with pytest.raises(TypeError, match="no_such_field"):
         advance(base, progress=0.1, no_such_field=1)
+
+
+def test_a_prepared_transition_is_advance() -> None:
+    step = transition("attempts", "lease")
+    lease = Lease("w", "tok", T0)
+    for old in S:
+        job = make_job(old, attempts=1)
+        for new in [None, *S]:
+            try:
+                want: Job | type[IllegalTransition] = advance(job, new, attempts=2, lease=lease)
+            except IllegalTransition:
+                want = IllegalTransition
+            if want is IllegalTransition:
+                with pytest.raises(IllegalTransition):
+                    step(job, new, 2, lease)
+            else:
+                got = step(job, new, 2, lease)
+                assert got == want and type(got) is Job
+    for bad in [("no_such_field",), ("status",), ("version",)]:
+        with pytest.raises(TypeError):
+            transition(*bad)

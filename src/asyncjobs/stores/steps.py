@@ -15,7 +15,17 @@ from datetime import datetime, timedelta
 import attrs
 
 from ..errors import IllegalTransition, LeaseLost
-from ..job import TERMINAL, EventType, Job, JobError, JobStatus, Run, advance, make_lease
+from ..job import (
+    TERMINAL,
+    EventType,
+    Job,
+    JobError,
+    JobStatus,
+    Run,
+    advance,
+    make_lease,
+    transition,
+)
 from .protocol import Outcome, Stats
 
 __all__ = [
@@ -105,15 +115,16 @@ def _span(lease: float) -> timedelta:
     return span
 
 
+# Prepared advance() calls for the two steps every job takes (see job.transition).
+_claimed = transition("attempts", "started_at", "progress", "message", "lease")
+_completed = transition("result", "error", "progress", "finished_at", "lease")
+_ended = transition("error", "finished_at", "lease")
+
+
 def claim_step(job: Job, worker_id: str, token: str, lease: float, now: datetime) -> Job:
-    return advance(
-        job,
-        _RUNNING,
-        attempts=job.attempts + 1,
-        started_at=now,
-        progress=0.0,
-        message=None,
-        lease=make_lease(worker_id, token, now + _span(lease)),
+    expires = now + _span(lease)
+    return _claimed(
+        job, _RUNNING, job.attempts + 1, now, 0.0, None, make_lease(worker_id, token, expires)
     )
 
 
@@ -139,17 +150,9 @@ def finish_step(job: Job, token: str, outcome: Outcome, now: datetime) -> tuple[
         # ended before its worker saw the request, and a cancelled job never runs again.
         status = JobStatus.CANCELLED
     if status is _COMPLETED:
-        nxt = advance(
-            job,
-            status,
-            result=outcome.result,
-            error=None,
-            progress=1.0,
-            finished_at=now,
-            lease=None,
-        )
+        nxt = _completed(job, status, outcome.result, None, 1.0, now, None)
     elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        nxt = advance(job, status, error=outcome.error, finished_at=now, lease=None)
+        nxt = _ended(job, status, outcome.error, now, None)
     elif status is JobStatus.SCHEDULED:
         if outcome.run_at is None:
             raise ValueError("a retry (SCHEDULED outcome) needs run_at")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import builtins
 import heapq
-from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import final
@@ -40,10 +39,10 @@ from ..steps import (
     retry_step,
     stats_from_counts,
 )
+from .index import QueuedIndex
 
 __all__ = ["MemoryStore"]
 
-_WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED)
 # Enum members the hot path compares, as module constants: on Python 3.11 reading a
 # member off its class goes through EnumType.__getattr__ (about 100 ns each time).
 _RUNNING, _QUEUED, _SCHEDULED = JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SCHEDULED
@@ -59,12 +58,12 @@ class MemoryStore:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._order: builtins.list[str] = []  # every id, sorted, for cursor pagination
-        # Per-type heaps of (-priority, id) for queued jobs; entries go stale when a job
-        # leaves the queued state and are skipped on pop (lazy deletion).
-        self._queued: dict[str, list[tuple[int, str]]] = {}
+        self._queued = QueuedIndex()  # what a claim takes next
         self._scheduled: builtins.list[tuple[datetime, str]] = []
         self._running: set[str] = set()
-        self._counts: Counter[tuple[str, JobStatus]] = Counter()
+        # Jobs per type and status. Plain dicts (not a Counter keyed by (type, status)):
+        # each job moves twice, and a tuple key plus a dict subclass cost 4x as much.
+        self._tally: dict[str, dict[JobStatus, int]] = {}
         # (owner, key) -> job id: a key is unique per owner, never matched across owners.
         self._idempotency: dict[tuple[str | None, str], str] = {}
         self._notifier = LocalNotifier()
@@ -83,23 +82,30 @@ class MemoryStore:
 
     # -- internal bookkeeping ----------------------------------------------------
 
+    def _counts(self, type_: str) -> dict[JobStatus, int]:
+        tally = self._tally.get(type_)
+        if tally is None:
+            tally = self._tally[type_] = dict.fromkeys(JobStatus, 0)
+        return tally
+
     def _put(self, old: Job | None, new: Job) -> None:
         status = new.status
-        counts = self._counts
         if old is not None:
-            counts[(old.type, old.status)] -= 1
             if old.status is status:  # a progress update or a cancel request
-                counts[(new.type, status)] += 1
                 self._jobs[new.id] = new
                 return
+            tally = self._tally[old.type]  # a job never changes its type
+            tally[old.status] -= 1
             # Only a status change leaves the running set: a progress update or a cancel
             # request keeps the job running, and its lease must still be recoverable.
             if old.status is _RUNNING:
                 self._running.discard(old.id)
-        counts[(new.type, status)] += 1
+        else:
+            tally = self._counts(new.type)
+        tally[status] += 1
         self._jobs[new.id] = new
         if status is _QUEUED:
-            heapq.heappush(self._queued.setdefault(new.type, []), (-new.priority, new.id))
+            self._queued.push(new)
         elif status is _RUNNING:
             self._running.add(new.id)
         elif status is _SCHEDULED:
@@ -109,7 +115,7 @@ class MemoryStore:
 
     def _remove(self, job: Job) -> None:
         del self._jobs[job.id]
-        self._counts[(job.type, job.status)] -= 1
+        self._tally[job.type][job.status] -= 1
         index = bisect.bisect_left(self._order, job.id)
         if index < len(self._order) and self._order[index] == job.id:
             del self._order[index]
@@ -120,6 +126,9 @@ class MemoryStore:
     def _emit(self, type: EventType, job: Job, now: datetime) -> None:
         self._seq += 1
         self._notifier.emit_one(make_event(type, self._seq, now, job))
+
+    def _waiting(self) -> int:
+        return sum(t[_QUEUED] + t[_SCHEDULED] for t in self._tally.values())
 
     def _notify_work(self) -> None:
         self._notifier.wake()
@@ -138,10 +147,8 @@ class MemoryStore:
             existing = self._idempotency.get((job.owner, job.idempotency_key))
             if existing is not None:
                 return self._jobs[existing], False
-        if max_queued is not None:
-            waiting = sum(n for (_, s), n in self._counts.items() if s in _WAITING)
-            if waiting >= max_queued:
-                raise QueueFull(max_queued)
+        if max_queued is not None and self._waiting() >= max_queued:
+            raise QueueFull(max_queued)
         if job.id in self._jobs:
             raise ValueError(f"a job with id {job.id} exists already")
         self._put(None, job)
@@ -183,7 +190,7 @@ class MemoryStore:
         return Page(found, None)
 
     async def stats(self) -> Stats:
-        return stats_from_counts((t, s, n) for (t, s), n in self._counts.items())
+        return stats_from_counts((t, s, n) for t, c in self._tally.items() for s, n in c.items())
 
     async def claim(
         self,
@@ -196,35 +203,22 @@ class MemoryStore:
         type_limits: Mapping[str, int] | None = None,
     ) -> builtins.list[Job]:
         claimed: builtins.list[Job] = []
-        jobs, counts = self._jobs, self._counts
-        running_now = {t: counts[(t, _RUNNING)] for t in types}
+        jobs, tally, pop = self._jobs, self._tally, self._queued.pop
+        running_now = {t: tally[t][_RUNNING] for t in types if t in tally}
         room = claim_room(types, type_limits, running_now)
-        queued = [(t, heap) for t in types if (heap := self._queued.get(t))]
         while len(claimed) < limit:
-            # The best head among the types' heaps: O(T + log n) per job claimed.
-            best: tuple[int, str] | None = None
-            best_heap: builtins.list[tuple[int, str]] = []
-            for type_, heap in queued:
-                if not heap or room.get(type_, 1) <= 0:
-                    continue
-                while heap:  # drop stale heads (lazy deletion)
-                    head = jobs.get(heap[0][1])
-                    if head is not None and head.status is _QUEUED:
-                        break
-                    heapq.heappop(heap)
-                if heap and (best is None or heap[0] < best):
-                    best, best_heap = heap[0], heap
-            if best is None:
+            job_id = pop(types, room, jobs)  # O(T + log n)
+            if job_id is None:
                 break
-            heapq.heappop(best_heap)
-            job = jobs[best[1]]
+            job = jobs[job_id]
             type_ = job.type
             running = claim_step(job, worker_id, new_token(), lease, now)
             # What _put does for queued -> running, inline: twice per batch is the hot path.
-            counts[(type_, _QUEUED)] -= 1
-            counts[(type_, _RUNNING)] += 1
-            jobs[job.id] = running
-            self._running.add(job.id)
+            counts = tally[type_]
+            counts[_QUEUED] -= 1
+            counts[_RUNNING] += 1
+            jobs[job_id] = running
+            self._running.add(job_id)
             if type_ in room:
                 room[type_] -= 1
             claimed.append(running)
@@ -390,10 +384,8 @@ class MemoryStore:
                 raise ValueError(f"a job with id {job.id} exists already")
             ids.add(job.id)
             results.append((job, True))
-        if max_queued is not None:
-            waiting = sum(n for (_, s), n in self._counts.items() if s in _WAITING)
-            if waiting + len(ids) > max_queued:
-                raise QueueFull(max_queued)
+        if max_queued is not None and self._waiting() + len(ids) > max_queued:
+            raise QueueFull(max_queued)
         wake = False
         for job, created in results:
             if not created:
