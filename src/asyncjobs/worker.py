@@ -518,7 +518,8 @@ class Worker:
                                     outcome = await self._attempt(current)
                             finally:
                                 current.scope = None
-                        if scope.cancel_called:
+                        # Only a halt (which sets ``stop`` first) cancels the slot's scope.
+                        if current.stop is not None and scope.cancel_called:
                             break  # a halt landed as the attempt ended: leave the scope
                         running, current = current, None
                         if running.stop is not None or outcome is None:
@@ -537,7 +538,11 @@ class Worker:
                             if info or outcome.status not in joblog.QUIET_STATUSES:
                                 joblog.attempt_ended(running.job, outcome, took)
                         finally:
-                            self._release(running)
+                            # _release(), inline
+                            if self._running.get(running.job.id) is running:
+                                del self._running[running.job.id]
+                            if self._waiting:
+                                self._poke()
                 # The slot's scope was cancelled by a halt of ``current``.
                 if current is not None:
                     running, current = current, None

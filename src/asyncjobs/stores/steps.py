@@ -89,11 +89,10 @@ def new_token() -> str:
     try:
         return _tokens.popleft()
     except IndexError:
-        raw = os.urandom(TOKEN_BYTES * _TOKENS_PER_REFILL)
-        _tokens.extend(
-            raw[i : i + TOKEN_BYTES].hex() for i in range(TOKEN_BYTES, len(raw), TOKEN_BYTES)
-        )
-        return raw[:TOKEN_BYTES].hex()
+        hexed = os.urandom(TOKEN_BYTES * _TOKENS_PER_REFILL).hex()
+        width = 2 * TOKEN_BYTES
+        _tokens.extend([hexed[i : i + width] for i in range(width, len(hexed), width)])
+        return hexed[:width]
 
 
 def check_lease(job: Job, token: str) -> None:
@@ -122,7 +121,8 @@ _ended = transition("error", "finished_at", "lease")
 
 
 def claim_step(job: Job, worker_id: str, token: str, lease: float, now: datetime) -> Job:
-    expires = now + _span(lease)
+    span = _lease_spans.get(lease)  # _span(), inline: once per job
+    expires = now + (span if span is not None else _span(lease))
     return _claimed(
         job, _RUNNING, job.attempts + 1, now, 0.0, None, make_lease(worker_id, token, expires)
     )
@@ -143,7 +143,9 @@ def progress_step(job: Job, token: str, progress: float, message: str | None) ->
 
 
 def finish_step(job: Job, token: str, outcome: Outcome, now: datetime) -> tuple[Job, EventType]:
-    check_lease(job, token)
+    lease = job.lease  # check_lease(), inline: once per job
+    if job.status is not _RUNNING or lease is None or lease.token != token:
+        raise LeaseLost(job.id)
     status = outcome.status
     if job.cancel_requested and status in (_SCHEDULED, _QUEUED):
         # A cancel request wins over another attempt (as in expire_step): the attempt

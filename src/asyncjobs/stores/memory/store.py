@@ -204,6 +204,7 @@ class MemoryStore:
     ) -> builtins.list[Job]:
         claimed: builtins.list[Job] = []
         jobs, tally, pop = self._jobs, self._tally, self._queued.pop
+        emit_one = self._notifier.emit_one
         running_now = {t: tally[t][_RUNNING] for t in types if t in tally}
         room = claim_room(types, type_limits, running_now)
         while len(claimed) < limit:
@@ -222,7 +223,8 @@ class MemoryStore:
             if type_ in room:
                 room[type_] -= 1
             claimed.append(running)
-            self._emit(_STARTED, running, now)
+            self._seq += 1  # _emit(), inline: once per job
+            emit_one(make_event(_STARTED, self._seq, now, running))
         return claimed
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
@@ -246,8 +248,10 @@ class MemoryStore:
             raise JobNotFound(job_id)
         done, event = finish_step(job, token, outcome, now)
         self._put(job, done)
-        self._emit(event, done, now)
-        self._notifier.wake()  # a slot (and maybe a per-type slot) is free again
+        self._seq += 1  # _emit(), inline: once per job
+        notifier = self._notifier
+        notifier.emit_one(make_event(event, self._seq, now, done))
+        notifier.wake()  # a slot (and maybe a per-type slot) is free again
         return done
 
     async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
@@ -312,6 +316,8 @@ class MemoryStore:
         chosen = check_purge_statuses(statuses)
         doomed: builtins.list[Job] = []
         for job in self._jobs.values():
+            if job.status not in chosen:  # most are not finished: skip the call
+                continue
             if not purge_matches(
                 job,
                 now=now,
