@@ -20,9 +20,10 @@ from asyncjobs import (
     MemoryStore,
     Queue,
     WorkerConfig,
+    _slots,
     tracing,
+    worker,
 )
-from asyncjobs import worker as worker_module
 from asyncjobs.stores.protocol import Outcome
 
 QUIET = JanitorConfig(interval=0.05)
@@ -60,7 +61,8 @@ async def test_jobs_without_a_timeout_enter_no_cancel_scope_of_their_own(
     monkeypatch: pytest.MonkeyPatch, suspend: bool
 ) -> None:
     counting = _CountingAnyio()
-    monkeypatch.setattr(worker_module, "anyio", counting)
+    monkeypatch.setattr(worker, "anyio", counting)
+    monkeypatch.setattr(_slots, "anyio", counting)
     queue = Queue(MemoryStore(), concurrency=4, janitor=QUIET)
 
     @queue.job_type("noop")
