@@ -37,6 +37,9 @@ from asyncjobs.job import (
     Lease,
     advance,
     can_transition,
+    make_event,
+    make_lease,
+    transition,
 )
 
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
@@ -376,3 +379,68 @@ def test_ulids_are_unique_across_threads() -> None:
     everything = [i for out in per_thread for i in out]
     assert len(set(everything)) == 8000
     assert all(out == sorted(out) for out in per_thread)
+
+
+def test_events_and_leases_built_as_drafts_are_the_frozen_records() -> None:
+    # The memory store builds these on its hot path without the frozen __init__.
+    job = make_job(S.RUNNING)
+    event = make_event(EventType.STARTED, 7, T0, job)
+    want = JobEvent(type=EventType.STARTED, seq=7, at=T0, job=job)
+    assert event == want and type(event) is JobEvent
+    lease = make_lease("w", "tok", T0)
+    assert lease == Lease("w", "tok", T0) and type(lease) is Lease
+    assert hash(lease) == hash(Lease("w", "tok", T0))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        event.seq = 8  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        lease.token = "other"  # type: ignore[misc]
+
+
+def test_advance_is_right_for_every_set_and_order_of_changes() -> None:
+    # advance keeps a copier per set of changed names (in the caller's order), up to a
+    # bound; past it the generic copier serves. Every one makes what evolve makes.
+    from asyncjobs import job as job_module
+
+    names = ["progress", "message", "attempts", "priority", "tags", "owner", "retention"]
+    values: dict[str, Any] = {
+        "progress": 0.5,
+        "message": "m",
+        "attempts": 2,
+        "priority": 9,
+        "tags": ("t",),
+        "owner": "o",
+        "retention": 5.0,
+    }
+    base = make_job(S.RUNNING)
+    for size in range(1, len(names) + 1):
+        for start in range(len(names)):
+            chosen = [names[(start + i) % len(names)] for i in range(size)]
+            for order in (chosen, chosen[::-1]):
+                changes = {name: values[name] for name in order}
+                nxt = advance(base, **changes)
+                assert nxt == attrs.evolve(base, version=2, **changes)
+                assert type(nxt) is Job
+    assert len(job_module._copiers) <= job_module._MAX_COPIERS
+    with pytest.raises(TypeError, match="no_such_field"):
+        advance(base, progress=0.1, no_such_field=1)
+
+
+def test_a_prepared_transition_is_advance() -> None:
+    step = transition("attempts", "lease")
+    lease = Lease("w", "tok", T0)
+    for old in S:
+        job = make_job(old, attempts=1)
+        for new in [None, *S]:
+            try:
+                want: Job | type[IllegalTransition] = advance(job, new, attempts=2, lease=lease)
+            except IllegalTransition:
+                want = IllegalTransition
+            if want is IllegalTransition:
+                with pytest.raises(IllegalTransition):
+                    step(job, new, 2, lease)
+            else:
+                got = step(job, new, 2, lease)
+                assert got == want and type(got) is Job
+    for bad in [("no_such_field",), ("status",), ("version",)]:
+        with pytest.raises(TypeError):
+            transition(*bad)

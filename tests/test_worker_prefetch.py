@@ -51,7 +51,9 @@ async def test_a_deep_queue_of_short_jobs_is_claimed_ahead_in_batches() -> None:
         running -= 1
 
     await _drain(queue, 300)
-    assert max(log.limits) == 8  # concurrency + prefetch (= concurrency by default)
+    # Up to concurrency + prefetch (= concurrency by default), asked for while slots are
+    # busy: how many are held at that moment depends on how the slots interleave.
+    assert 4 < max(log.limits) <= 8
     assert peak <= 4  # handlers never run past the slots
     ahead = [n for n in log.taken if n > 4]
     assert ahead  # some claims took more than the slots

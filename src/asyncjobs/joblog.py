@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from .job import Job
     from .stores.protocol import Outcome
 
-__all__ = ["JOB_FIELDS", "JsonFormatter", "attempt_ended", "attempt_started", "configure_logging"]
+__all__ = [
+    "JOB_FIELDS",
+    "QUIET_STATUSES",
+    "JsonFormatter",
+    "attempt_ended",
+    "attempt_started",
+    "configure_logging",
+]
 
 logger = logging.getLogger("asyncjobs.jobs")
 
@@ -38,8 +45,9 @@ logger = logging.getLogger("asyncjobs.jobs")
 JOB_FIELDS: Final = ("job_id", "job_type", "attempt", "max_attempts", "duration", "status")
 
 
-#: Ends logged at INFO: completed and cancelled.
-_INFO_STATUSES: Final = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED})
+#: Ends logged at INFO: completed and cancelled. The worker skips the call to
+#: :func:`attempt_ended` for these while INFO is off (the common end of a no-op job).
+QUIET_STATUSES: Final = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED})
 
 
 def _fields(job: Job, duration: float | None, status: str) -> dict[str, Any]:
@@ -76,7 +84,7 @@ def attempt_ended(job: Job, outcome: Outcome | None, duration: float) -> None:
     """
     if (
         outcome is not None
-        and outcome.status in _INFO_STATUSES
+        and outcome.status in QUIET_STATUSES
         and not logger.isEnabledFor(logging.INFO)
     ):
         return  # the common end, not logged: build no message (twice as costly as a no-op job)

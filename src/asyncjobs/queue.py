@@ -21,7 +21,7 @@ from ._ulid import new_ulid
 from .errors import ConfigurationError, FieldError, InvalidSubmission, JobNotFound, WaitTimeout
 from .events import EventBus
 from .janitor import Janitor, JanitorConfig
-from .job import TERMINAL, Job, JobStatus
+from .job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from .registry import Backoff, Handler, JobRegistry
 from .schedules import Schedule, Scheduler
 from .stores import open_store
@@ -40,6 +40,12 @@ logger = logging.getLogger("asyncjobs.queue")
 _CLOSE_TIMEOUT = 10.0
 #: Recent event (seq, time) pairs a Queue remembers for resumed streams.
 _RECENT_EVENTS = 100_000
+
+
+#: Event types after which a job never changes again (``EventType.is_final``).
+_FINAL_EVENTS = frozenset(t for t in EventType if t.is_final)
+#: Read off its class on Python 3.11 an enum member costs an EnumType.__getattr__ call.
+_CANCEL_REQUESTED = EventType.CANCEL_REQUESTED
 
 
 def _utcnow() -> datetime:
@@ -252,13 +258,15 @@ class Queue(QueueOperations):
         async with self:
             yield
 
-    def _on_event(self, event: Any) -> None:
+    def _on_event(self, event: JobEvent) -> None:
+        # Twice per job: attribute tests here rather than the properties behind them.
         if event.seq > 0:
             self._recent.append((event.seq, event.at))
         self.bus.publish(event)
-        if self.worker is not None:
-            self.worker.on_event(event)
-        if self.dispatcher is not None and event.job.is_terminal and event.type.is_final:
+        type_ = event.type
+        if type_ is _CANCEL_REQUESTED and self.worker is not None:
+            self.worker.on_event(event)  # the only event a worker acts on
+        if type_ in _FINAL_EVENTS and self.dispatcher is not None and event.job.status in TERMINAL:
             self.dispatcher.poke()  # an outbox row may have been written with this end
 
     def _require_open(self) -> None:

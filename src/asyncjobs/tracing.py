@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .job import Job
     from .stores.protocol import Outcome
 
-__all__ = ["attempt_span", "inject", "set_job", "submit_span"]
+__all__ = ["attempt_span", "enabled", "inject", "set_job", "submit_span"]
 
 SYSTEM: Final = "asyncjobs"
 T = TypeVar("T")
@@ -35,6 +35,12 @@ def _otel() -> Any:
     except ImportError:
         return None
     return (trace, propagate)
+
+
+def enabled() -> bool:
+    """Whether opentelemetry-api is installed (the worker skips :func:`attempt_span`'s
+    extra coroutine per job when it is not)."""
+    return _otel() is not None
 
 
 def _tracer(trace: Any) -> Any:
@@ -89,6 +95,10 @@ async def attempt_span(job: Job, run: Callable[[], Awaitable[Outcome | None]]) -
     if otel is None:
         return await run()
     trace, propagate = otel
+    if job.trace is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        # No SDK installed (the API's proxy still stands in) and no context to carry on:
+        # the span would be a no-op one, at a tenth of a no-op job's time.
+        return await run()
     parent = propagate.extract(job.trace or {})
     attributes = {
         "messaging.system": SYSTEM,

@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import os
 import socket
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, final
+from typing import final
 
 import anyio
 import attrs
 
-from . import joblog
+from ._slots import Running, Slots, Stop
 from ._ulid import new_ulid
 from .context import JobContext
-from .errors import JobCancelled, JobNotFound, JobTimeout, LeaseLost
-from .executors import Executor, HandlerFailed, process_context, run_in_process, run_in_thread
-from .job import EventType, Job, JobError, JobEvent, JobStatus
-from .jsonrules import clean_text, json_problems
+from .errors import JobNotFound, LeaseLost
+from .executors import process_context
+from .job import EventType, JobEvent
 from .registry import JobRegistry, JobType
-from .stores.protocol import Outcome, Store, WorkerInfo
+from .stores.memory import MemoryStore
+from .stores.protocol import Store, WorkerInfo
 from .supervision import Supervisor
-from .tracing import attempt_span
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -94,48 +91,8 @@ class WorkerConfig:
         return self.prefetch if self.prefetch is not None else self.concurrency
 
 
-class _Stop(enum.Enum):
-    CANCEL = "cancel"  # a user asked to cancel the job
-    SHUTDOWN = "shutdown"  # the worker is stopping; requeue
-    LOST = "lost"  # the lease was lost; someone else owns the job now
-
-
-@attrs.define(eq=False)
-class _Running:
-    job: Job
-    token: str
-    ctx: JobContext
-    # The cancel scope a halt cancels: the slot's scope while the attempt runs, else
-    # None (a job not started yet is skipped by its slot; a finish is never cut by one).
-    scope: anyio.CancelScope | None = None
-    stop: _Stop | None = None
-    finishing: bool = False  # the attempt is over; heartbeats would race the finish
-    began: float = 0.0  # time.monotonic() at the attempt's start, for its log line
-    finish_scope: anyio.CancelScope | None = None  # the shielded finish, while it runs
-    # Its deadline, kept by the heartbeat loop; time.monotonic() is the asyncio loop's
-    # clock, without the per-call async-library lookup of anyio.current_time().
-    finish_by: float = float("inf")
-
-
-def _clean(error: JobError) -> JobError:
-    """An error from a child process, repaired like ours (see jsonrules.clean_text)."""
-    tb = None if error.traceback is None else clean_text(error.traceback)
-    return JobError(type=clean_text(error.type), message=clean_text(error.message), traceback=tb)
-
-
-def _error_of(exc: BaseException) -> JobError:
-    # Repaired, not refused: an error must always be storable (see jsonrules.clean_text).
-    return JobError(
-        type=type(exc).__qualname__,
-        message=clean_text(str(exc)),
-        traceback=clean_text(
-            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        ),
-    )
-
-
 @final
-class Worker:
+class Worker(Slots):
     """Runs jobs of a registry from a store. Normally owned by a :class:`Queue`."""
 
     def __init__(
@@ -157,14 +114,21 @@ class Worker:
         self.host = socket.gethostname()
         self.id = f"{self.host}:{os.getpid()}:{new_ulid()[-8:]}"
         self.started_at = clock()
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, Running] = {}
         self._registered_running: frozenset[str] = frozenset()
-        # Claimed jobs waiting for a slot task; the slots wait on _ready_event.
-        self._ready: deque[_Running] = deque()
-        self._ready_event = anyio.Event()
+        # Claimed jobs waiting for a slot task, best first; idle slots wait on an event
+        # each, and one is woken at a time (_wake_slot).
+        self._ready: deque[Running] = deque()
+        self._idle: deque[anyio.Event] = deque()
+        self._waking = 0  # slots woken that have not looked at _ready yet
         self._stopping = False
         self._changed = anyio.Event()  # a slot freed up or stop() was called
+        self._waiting = False  # _wait_changed waits: the next _poke must set _changed
         self._idle_scope: anyio.CancelScope | None = None
+        self._job_types: dict[str, JobType] = {}  # the registry's, as of run()
+        # Exactly the memory store (not a wrapper or a subclass, which may await): each
+        # of its calls runs to its end without suspending (see _finish).
+        self._finish_never_suspends = type(store) is MemoryStore
         self._stopped = anyio.Event()
         self._hurry = False  # stop(now=True): skip what is left of the grace
         self._grace_scope: anyio.CancelScope | None = None
@@ -194,32 +158,12 @@ class Worker:
                 self._grace_scope.cancel()
         self._poke()
 
-    def _poke(self) -> None:
-        # The event is renewed by the waiter (_wait_changed), not here: a poke per
-        # finished job would otherwise build an Event nobody waits on.
-        self._changed.set()
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
-
-    async def _wait_changed(self) -> None:
-        """Wait for the next :meth:`_poke`. Callers check their condition first, with
-        no await in between, so a poke that came earlier has been accounted for."""
-        if self._changed.is_set():
-            self._changed = anyio.Event()
-        await self._changed.wait()
-
     def on_event(self, event: JobEvent) -> None:
         """React to store events: a cancel request for a job this worker runs."""
         if event.type is EventType.CANCEL_REQUESTED:
             running = self._running.get(event.job.id)
             if running is not None and running.stop is None:
-                self._halt(running, _Stop.CANCEL)
-
-    def _halt(self, running: _Running, why: _Stop) -> None:
-        running.stop = why
-        running.ctx._cancel()
-        if running.scope is not None:
-            running.scope.cancel()
+                self._halt(running, Stop.CANCEL)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -242,6 +186,7 @@ class Worker:
                 tg.start_soon(self._slot)
             task_status.started()
             types = self.registry.names()
+            self._job_types = {name: self.registry.get(name) for name in types}
             while not self._stopping:
                 free = self._claim_limit()
                 if free <= 0:
@@ -270,13 +215,14 @@ class Worker:
                     if stale is not None and stale.stop is None:
                         # We still run it under a lease that ran out (renewals stalled):
                         # the store handed it out again, so that run is fenced off.
-                        self._halt(stale, _Stop.LOST)
-                    ctx = JobContext(job, self._progress_sink(job.id, job.lease.token))
-                    running = _Running(job, job.lease.token, ctx)
+                        self._halt(stale, Stop.LOST)
+                    token = job.lease.token
+                    ctx = JobContext(job, functools.partial(self._store_progress, job.id, token))
+                    running = Running(job, token, ctx)
                     self._running[job.id] = running
                     self._ready.append(running)
                 if jobs:
-                    self._ready_event.set()  # renewed by the slots (_take)
+                    self._wake_slot()
                 elif not self._stopping:  # stop() during the claim: no wait
                     with anyio.CancelScope() as self._idle_scope:
                         try:
@@ -357,7 +303,7 @@ class Worker:
         while self._ready:
             waiting = self._ready.popleft()
             if waiting.stop is None:
-                self._halt(waiting, _Stop.SHUTDOWN)
+                self._halt(waiting, Stop.SHUTDOWN)
             await self._end(waiting, None, None)
         grace = 0.0 if self._hurry else self.config.shutdown_grace
         with anyio.move_on_after(grace) as self._grace_scope:
@@ -366,24 +312,24 @@ class Worker:
         self._grace_scope = None
         for running in list(self._running.values()):
             if running.stop is None:
-                self._halt(running, _Stop.SHUTDOWN)
+                self._halt(running, Stop.SHUTDOWN)
         while self._running:
             await self._wait_changed()
 
-    def _progress_sink(self, job_id: str, token: str) -> Callable[[float, str | None], Any]:
-        async def sink(fraction: float, message: str | None) -> None:
-            try:
-                await self.store.set_progress(job_id, token, fraction, message, now=self.clock())
-            except (LeaseLost, JobNotFound):
-                raise
-            except Exception as exc:
-                # Progress is advisory: an outage drops this update (the next one
-                # carries the newest state) rather than failing the job.
-                self.supervisor.failed("progress", exc)
-            else:
-                self.supervisor.recovered("progress")
-
-        return sink
+    async def _store_progress(
+        self, job_id: str, token: str, fraction: float, message: str | None
+    ) -> None:
+        """A job's progress sink (bound to its id and token with functools.partial)."""
+        try:
+            await self.store.set_progress(job_id, token, fraction, message, now=self.clock())
+        except (LeaseLost, JobNotFound):
+            raise
+        except Exception as exc:
+            # Progress is advisory: an outage drops this update (the next one
+            # carries the newest state) rather than failing the job.
+            self.supervisor.failed("progress", exc)
+        else:
+            self.supervisor.recovered("progress")
 
     async def _heartbeat_loop(self) -> None:
         interval = self.config.heartbeat_interval
@@ -397,7 +343,7 @@ class Worker:
             for running in list(self._running.values()):
                 # A halted job keeps its lease until its body has returned: a thread
                 # runs on after a cancel, and nobody else may start the job meanwhile.
-                if running.stop is _Stop.LOST or running.finishing:
+                if running.stop is Stop.LOST or running.finishing:
                     continue
                 try:
                     job = await self.store.renew(
@@ -407,13 +353,13 @@ class Worker:
                     if running.finishing:
                         continue  # it ended while we were renewing: not a lost lease
                     logger.warning("lost the lease on job %s; abandoning it", running.job.id)
-                    self._halt(running, _Stop.LOST)
+                    self._halt(running, Stop.LOST)
                     continue
                 except Exception as exc:  # the loop's edge: retry sooner, within the lease
                     delay = min(interval, self.supervisor.failed("heartbeat", exc))
                     break
                 if job.cancel_requested and running.stop is None:
-                    self._halt(running, _Stop.CANCEL)
+                    self._halt(running, Stop.CANCEL)
             else:
                 self.supervisor.recovered("heartbeat")
 
@@ -422,202 +368,3 @@ class Worker:
         for running in self._running.values():
             if running.finish_scope is not None and now >= running.finish_by:
                 running.finish_scope.cancel()
-
-    async def _take(self) -> _Running:
-        """The next claimed job for a slot; waits for the claim loop to hand one over."""
-        while not self._ready:
-            if self._ready_event.is_set():
-                self._ready_event = anyio.Event()
-            await self._ready_event.wait()
-        return self._ready.popleft()
-
-    async def _slot(self) -> None:
-        """Run claimed jobs one after another until the worker's task group ends.
-
-        The slot's cancel scope is shared by its jobs and renewed only after a halt
-        cancelled it: a job that is neither halted nor timed enters no scope of its own.
-        """
-        current: _Running | None = None
-        outcome: Outcome | None = None
-        try:
-            while True:
-                with anyio.CancelScope() as scope:
-                    while True:
-                        current, outcome = await self._take(), None
-                        joblog.attempt_started(current.job)
-                        current.began = time.monotonic()
-                        if current.stop is None:  # halted while it waited for the slot
-                            current.scope = scope
-                            try:
-                                outcome = await attempt_span(
-                                    current.job, functools.partial(self._attempt, current)
-                                )
-                            finally:
-                                current.scope = None
-                        if scope.cancel_called:
-                            break  # a halt landed as the attempt ended: leave the scope
-                        running, current = current, None
-                        await self._end(running, outcome, scope)
-                # The slot's scope was cancelled by a halt of ``current``.
-                if current is not None:
-                    running, current = current, None
-                    await self._end(running, outcome, None)
-        finally:
-            # The worker itself is being cancelled: give the job back rather than
-            # leave it to lease expiry.
-            if current is not None:
-                await self._end(current, outcome, None)
-
-    async def _end(
-        self, running: _Running, outcome: Outcome | None, scope: anyio.CancelScope | None
-    ) -> None:
-        """Decide an attempt's outcome from how it ended and store it."""
-        # A cancel that lands as the handler returns still wins: a job the user
-        # cancelled never turns up completed afterwards.
-        if running.stop is _Stop.CANCEL:
-            outcome = Outcome(JobStatus.CANCELLED)
-        elif running.stop is _Stop.SHUTDOWN:
-            outcome = Outcome(JobStatus.QUEUED)
-        elif running.stop is _Stop.LOST:
-            outcome = None
-        elif outcome is None:  # cancelled from outside (the host): requeue
-            outcome = Outcome(JobStatus.QUEUED)
-        took = 0.0
-        if running.began:  # it started (a job given back unstarted says nothing)
-            took = time.monotonic() - running.began
-            avg = self._avg_run
-            self._avg_run = took if avg is None else avg + (took - avg) * 0.1
-        running.finishing = True
-        try:
-            if outcome is not None:
-                await self._finish(running, outcome, scope)
-            joblog.attempt_ended(running.job, outcome, took)
-        finally:
-            if self._running.get(running.job.id) is running:  # not a later claim's entry
-                del self._running[running.job.id]
-            self._poke()
-
-    async def _attempt(self, running: _Running) -> Outcome | None:
-        job = running.job
-        job_type = self.registry.get(job.type)
-        timer: anyio.CancelScope | None = None
-        try:
-            if job.timeout is None:  # no timer: one cancel scope less on the hot path
-                result = await self._call(job_type, running)
-            else:
-                with anyio.move_on_after(job.timeout) as timer:
-                    result = await self._call(job_type, running)
-                if timer.cancel_called:
-                    return self._timed_out(job)
-            # Fail here, with the handler's name on it, not in a store; the same rules as
-            # a submission, so no store holds a result that another could not read back.
-            if result is not None and (problems := json_problems(result, ["result"])):
-                # TypeError for what is not JSON at all (a set, an object), as json.dumps.
-                kind = TypeError if any("JSON value" in p["msg"] for p in problems) else ValueError
-                raise kind(f"the handler returned a value no store can hold: {problems}")
-            return Outcome(JobStatus.COMPLETED, result=result)
-        except LeaseLost:
-            running.stop = _Stop.LOST
-            return None
-        except JobCancelled:
-            # A thread told to stop by its timer raises this: that is still a timeout.
-            if timer is not None and timer.cancel_called:
-                return self._timed_out(job)
-            return Outcome(JobStatus.CANCELLED)
-        except Exception as exc:  # the job boundary: any handler error fails the attempt
-            if running.stop is not None:
-                return None  # an exception raised while being halted: the halt decides
-            if timer is not None and timer.cancel_called:
-                return self._timed_out(job)
-            error = _clean(exc.error) if isinstance(exc, HandlerFailed) else _error_of(exc)
-            return self._failure(job_type, job, error)
-
-    def _timed_out(self, job: Job) -> Outcome:
-        assert job.timeout is not None
-        exc = JobTimeout(f"job {job.id} exceeded its timeout of {job.timeout:g}s")
-        # Final, not retried: an attempt that overran its limit would most likely
-        # overrun it again, and each retry would hold a slot that long.
-        return Outcome(JobStatus.FAILED, error=_error_of(exc))
-
-    async def _call(self, job_type: JobType, running: _Running) -> Any:
-        job = running.job
-        if job_type.executor is Executor.PROCESS:
-            return await run_in_process(
-                job_type.handler, running.ctx, job, job_type.params_cls, self._processes
-            )
-        params = job_type.structure(job.params)
-        if job_type.executor is Executor.THREAD:
-            return await run_in_thread(job_type.handler, running.ctx, params, self._threads)
-        return await job_type.handler(running.ctx, params)
-
-    def _failure(self, job_type: JobType, job: Job, error: JobError) -> Outcome:
-        if job.attempts < job.max_attempts:
-            delay = job_type.backoff.delay(job.attempts)
-            return Outcome(
-                JobStatus.SCHEDULED, error=error, run_at=self.clock() + timedelta(seconds=delay)
-            )
-        return Outcome(JobStatus.FAILED, error=error)
-
-    async def _finish(
-        self, running: _Running, outcome: Outcome, scope: anyio.CancelScope | None
-    ) -> None:
-        """Store the end of an attempt, retrying while the store fails, for at most
-        ``finish_timeout`` seconds; shielded, so a shutdown does not lose it.
-
-        ``scope`` is the slot's own (active, uncancelled) scope: shielding it for the
-        finish saves a scope per job. Without one, a shielded scope of its own is used.
-        The deadline is kept by the heartbeat loop (:meth:`_cut_overdue_finishes`),
-        not by a timer per finish: on a fast store a timer costs a sixth of a job.
-        """
-        running.finish_by = time.monotonic() + self.config.finish_timeout
-        if scope is None:
-            with anyio.CancelScope(shield=True) as running.finish_scope:
-                if await self._store_end(running, outcome):
-                    return
-        else:
-            running.finish_scope = scope
-            scope.shield = True
-            try:
-                if await self._store_end(running, outcome):
-                    return
-            except anyio.get_cancelled_exc_class():
-                if scope.cancel_called:  # cut off by the heartbeat loop
-                    self._log_unstored(running, outcome)
-                raise
-            finally:
-                scope.shield = False
-                running.finish_scope = None
-        # Only a passed deadline gets here: cut off by the heartbeat loop, or out of time.
-        self._log_unstored(running, outcome)
-
-    async def _store_end(self, running: _Running, outcome: Outcome) -> bool:
-        """Try to store the end until it is stored (True) or time is up (False)."""
-        job_id = running.job.id
-        while True:
-            try:
-                await self.store.finish(job_id, running.token, outcome, now=self.clock())
-            except (LeaseLost, JobNotFound):
-                logger.warning(
-                    "job %s ended (%s) after this worker lost its lease; the new holder decides",
-                    job_id,
-                    outcome.status.value,
-                )
-                return True
-            except Exception as exc:  # the finish's edge: retry while time is left
-                delay = self.supervisor.failed("finish", exc)
-                left = running.finish_by - time.monotonic()
-                if left <= 0:
-                    return False
-                await anyio.sleep(min(delay, left))
-                continue
-            self.supervisor.recovered("finish")
-            return True
-
-    def _log_unstored(self, running: _Running, outcome: Outcome) -> None:
-        logger.error(
-            "could not store the end (%s) of job %s within %gs; it is left to lease "
-            "expiry and will run again",
-            outcome.status.value,
-            running.job.id,
-            self.config.finish_timeout,
-        )

@@ -70,6 +70,14 @@ class Listeners:
                 except Exception:  # a broken listener must not undo a committed change
                     logger.exception("event listener %r failed", listener)
 
+    def emit_one(self, event: JobEvent) -> None:
+        """Call every listener with one event: :meth:`emit` without the iterable."""
+        for listener in self._items:
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not undo a committed change
+                logger.exception("event listener %r failed", listener)
+
     def call(self) -> None:
         """Call every (argument-less) listener once."""
         for listener in list(self._items):
@@ -83,10 +91,13 @@ class Listeners:
 class LocalNotifier:
     """Event listeners, resync listeners and the wake-up generation of one store."""
 
-    __slots__ = ("_events", "_generation", "_resync", "_wakeup")
+    __slots__ = ("_events", "_generation", "_resync", "_wakeup", "emit_one")
 
     def __init__(self) -> None:
         self._events = Listeners()
+        #: Deliver one event, and wake nobody: the hot path of an in-process store, which
+        #: wakes workers itself when a change may have made work claimable.
+        self.emit_one = self._events.emit_one
         self._resync = Listeners()
         self._generation = 0
         self._wakeup: anyio.Event | None = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import builtins
 import heapq
-from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import final
@@ -18,7 +17,7 @@ from typing import final
 import attrs
 
 from ...errors import JobNotFound, QueueFull
-from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...job import EventType, Job, JobStatus, make_event
 from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, DeliveryStatus, Webhook, WebhookNotFound, message_id
 from ..listeners import LocalNotifier
@@ -40,10 +39,14 @@ from ..steps import (
     retry_step,
     stats_from_counts,
 )
+from .index import QueuedIndex
 
 __all__ = ["MemoryStore"]
 
-_WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED)
+# Enum members the hot path compares, as module constants: on Python 3.11 reading a
+# member off its class goes through EnumType.__getattr__ (about 100 ns each time).
+_RUNNING, _QUEUED, _SCHEDULED = JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SCHEDULED
+_STARTED = EventType.STARTED
 
 
 @final
@@ -55,12 +58,12 @@ class MemoryStore:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._order: builtins.list[str] = []  # every id, sorted, for cursor pagination
-        # Per-type heaps of (-priority, id) for queued jobs; entries go stale when a job
-        # leaves the queued state and are skipped on pop (lazy deletion).
-        self._queued: dict[str, list[tuple[int, str]]] = {}
+        self._queued = QueuedIndex()  # what a claim takes next
         self._scheduled: builtins.list[tuple[datetime, str]] = []
         self._running: set[str] = set()
-        self._counts: Counter[tuple[str, JobStatus]] = Counter()
+        # Jobs per type and status. Plain dicts (not a Counter keyed by (type, status)):
+        # each job moves twice, and a tuple key plus a dict subclass cost 4x as much.
+        self._tally: dict[str, dict[JobStatus, int]] = {}
         # (owner, key) -> job id: a key is unique per owner, never matched across owners.
         self._idempotency: dict[tuple[str | None, str], str] = {}
         self._notifier = LocalNotifier()
@@ -79,28 +82,40 @@ class MemoryStore:
 
     # -- internal bookkeeping ----------------------------------------------------
 
+    def _counts(self, type_: str) -> dict[JobStatus, int]:
+        tally = self._tally.get(type_)
+        if tally is None:
+            tally = self._tally[type_] = dict.fromkeys(JobStatus, 0)
+        return tally
+
     def _put(self, old: Job | None, new: Job) -> None:
+        status = new.status
         if old is not None:
-            self._counts[(old.type, old.status)] -= 1
+            if old.status is status:  # a progress update or a cancel request
+                self._jobs[new.id] = new
+                return
+            tally = self._tally[old.type]  # a job never changes its type
+            tally[old.status] -= 1
             # Only a status change leaves the running set: a progress update or a cancel
             # request keeps the job running, and its lease must still be recoverable.
-            if old.status is JobStatus.RUNNING and new.status is not JobStatus.RUNNING:
+            if old.status is _RUNNING:
                 self._running.discard(old.id)
-        self._counts[(new.type, new.status)] += 1
+        else:
+            tally = self._counts(new.type)
+        tally[status] += 1
         self._jobs[new.id] = new
-        if new.status in TERMINAL and (old is None or old.status is not new.status):
+        if status is _QUEUED:
+            self._queued.push(new)
+        elif status is _RUNNING:
+            self._running.add(new.id)
+        elif status is _SCHEDULED:
+            heapq.heappush(self._scheduled, (new.run_at, new.id))
+        elif self._webhooks:  # a terminal status, reached just now
             self._outbox(new)
-        if old is None or old.status is not new.status:
-            if new.status is JobStatus.QUEUED:
-                heapq.heappush(self._queued.setdefault(new.type, []), (-new.priority, new.id))
-            elif new.status is JobStatus.SCHEDULED:
-                heapq.heappush(self._scheduled, (new.run_at, new.id))
-            elif new.status is JobStatus.RUNNING:
-                self._running.add(new.id)
 
     def _remove(self, job: Job) -> None:
         del self._jobs[job.id]
-        self._counts[(job.type, job.status)] -= 1
+        self._tally[job.type][job.status] -= 1
         index = bisect.bisect_left(self._order, job.id)
         if index < len(self._order) and self._order[index] == job.id:
             del self._order[index]
@@ -110,7 +125,10 @@ class MemoryStore:
 
     def _emit(self, type: EventType, job: Job, now: datetime) -> None:
         self._seq += 1
-        self._notifier.emit((JobEvent(type=type, seq=self._seq, at=now, job=job),), wake=False)
+        self._notifier.emit_one(make_event(type, self._seq, now, job))
+
+    def _waiting(self) -> int:
+        return sum(t[_QUEUED] + t[_SCHEDULED] for t in self._tally.values())
 
     def _notify_work(self) -> None:
         self._notifier.wake()
@@ -129,10 +147,8 @@ class MemoryStore:
             existing = self._idempotency.get((job.owner, job.idempotency_key))
             if existing is not None:
                 return self._jobs[existing], False
-        if max_queued is not None:
-            waiting = sum(n for (_, s), n in self._counts.items() if s in _WAITING)
-            if waiting >= max_queued:
-                raise QueueFull(max_queued)
+        if max_queued is not None and self._waiting() >= max_queued:
+            raise QueueFull(max_queued)
         if job.id in self._jobs:
             raise ValueError(f"a job with id {job.id} exists already")
         self._put(None, job)
@@ -174,7 +190,7 @@ class MemoryStore:
         return Page(found, None)
 
     async def stats(self) -> Stats:
-        return stats_from_counts((t, s, n) for (t, s), n in self._counts.items())
+        return stats_from_counts((t, s, n) for t, c in self._tally.items() for s, n in c.items())
 
     async def claim(
         self,
@@ -187,33 +203,28 @@ class MemoryStore:
         type_limits: Mapping[str, int] | None = None,
     ) -> builtins.list[Job]:
         claimed: builtins.list[Job] = []
-        running_now = {t: self._counts[(t, JobStatus.RUNNING)] for t in types}
+        jobs, tally, pop = self._jobs, self._tally, self._queued.pop
+        emit_one = self._notifier.emit_one
+        running_now = {t: tally[t][_RUNNING] for t in types if t in tally}
         room = claim_room(types, type_limits, running_now)
         while len(claimed) < limit:
-            best: tuple[int, str] | None = None
-            best_type = ""
-            for type_ in types:
-                heap = self._queued.get(type_)
-                if not heap or room.get(type_, 1) <= 0:
-                    continue
-                while heap:  # drop stale heads
-                    _, head_id = heap[0]
-                    head = self._jobs.get(head_id)
-                    if head is not None and head.status is JobStatus.QUEUED:
-                        break
-                    heapq.heappop(heap)
-                if heap and (best is None or heap[0] < best):
-                    best, best_type = heap[0], type_
-            if best is None:
+            job_id = pop(types, room, jobs)  # O(T + log n)
+            if job_id is None:
                 break
-            heapq.heappop(self._queued[best_type])
-            job = self._jobs[best[1]]
+            job = jobs[job_id]
+            type_ = job.type
             running = claim_step(job, worker_id, new_token(), lease, now)
-            self._put(job, running)
-            if best_type in room:
-                room[best_type] -= 1
+            # What _put does for queued -> running, inline: twice per batch is the hot path.
+            counts = tally[type_]
+            counts[_QUEUED] -= 1
+            counts[_RUNNING] += 1
+            jobs[job_id] = running
+            self._running.add(job_id)
+            if type_ in room:
+                room[type_] -= 1
             claimed.append(running)
-            self._emit(EventType.STARTED, running, now)
+            self._seq += 1  # _emit(), inline: once per job
+            emit_one(make_event(_STARTED, self._seq, now, running))
         return claimed
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
@@ -232,11 +243,15 @@ class MemoryStore:
         return updated
 
     async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
-        job = self._get(job_id)
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
         done, event = finish_step(job, token, outcome, now)
         self._put(job, done)
-        self._emit(event, done, now)
-        self._notify_work()  # a slot (and maybe a per-type slot) is free again
+        self._seq += 1  # _emit(), inline: once per job
+        notifier = self._notifier
+        notifier.emit_one(make_event(event, self._seq, now, done))
+        notifier.wake()  # a slot (and maybe a per-type slot) is free again
         return done
 
     async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
@@ -301,6 +316,8 @@ class MemoryStore:
         chosen = check_purge_statuses(statuses)
         doomed: builtins.list[Job] = []
         for job in self._jobs.values():
+            if job.status not in chosen:  # most are not finished: skip the call
+                continue
             if not purge_matches(
                 job,
                 now=now,
@@ -373,10 +390,8 @@ class MemoryStore:
                 raise ValueError(f"a job with id {job.id} exists already")
             ids.add(job.id)
             results.append((job, True))
-        if max_queued is not None:
-            waiting = sum(n for (_, s), n in self._counts.items() if s in _WAITING)
-            if waiting + len(ids) > max_queued:
-                raise QueueFull(max_queued)
+        if max_queued is not None and self._waiting() + len(ids) > max_queued:
+            raise QueueFull(max_queued)
         wake = False
         for job, created in results:
             if not created:
@@ -458,6 +473,8 @@ class MemoryStore:
         self, *, now: datetime, limit: int, lease: float
     ) -> builtins.list[tuple[Delivery, Webhook]]:
         taken: builtins.list[tuple[Delivery, Webhook]] = []
+        if not self._deliveries:  # the dispatcher looks after every finished batch
+            return taken
         due = sorted(
             (
                 d
