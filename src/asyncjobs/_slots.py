@@ -5,6 +5,13 @@ hand-off from the claim loop (one idle slot woken at a time), an attempt with it
 timeout and its error handling, and the shielded, retried finish. The claim loop, the
 heartbeat and the registry stay in ``worker.py``; ``Worker.__init__`` sets up the state
 declared here.
+
+At most ``concurrency`` slots run an attempt at once (``_attempting``). On a store whose
+finish may wait for a round trip, the worker runs twice as many slot tasks, and a slot
+gives up its turn when its attempt ends, before its finish is stored: another slot
+starts the next job meanwhile, as a worker that buffers its completions would, and the
+store sees the finishes of the moment together (its lease covers the job until its end
+is stored). A store whose calls never suspend runs one slot task per turn.
 """
 
 from __future__ import annotations
@@ -106,6 +113,7 @@ class Slots:
     _ready: deque[Running]
     _idle: deque[anyio.Event]
     _waking: int  # slots woken that have not looked at _ready yet
+    _attempting: int  # slots running an attempt: at most config.concurrency
     _avg_run: float | None  # the running average of attempt durations
     _job_types: dict[str, JobType]  # the registry's, as of run()
     _finish_never_suspends: bool
@@ -148,14 +156,16 @@ class Slots:
         handler never suspends runs job after job with no trip through the event loop
         and without waking every idle slot for nothing.
         """
-        if not self._waking and self._idle:
+        if not self._waking and self._idle and self._attempting < self.config.concurrency:
             self._waking += 1
             self._idle.pop().set()  # the slot idle the shortest time: its frames are warm
 
     async def _take(self) -> Running:
-        """The next claimed job for a slot; waits until the claim loop hands one over."""
+        """The next claimed job for a slot and a turn to run it; waits until the claim
+        loop hands one over and fewer than ``concurrency`` attempts run."""
         ready = self._ready
-        while not ready:
+        turns = self.config.concurrency
+        while not ready or self._attempting >= turns:
             event = anyio.Event()
             self._idle.append(event)
             try:
@@ -168,9 +178,21 @@ class Slots:
                 raise
             self._waking -= 1
         running = ready.popleft()
+        self._attempting += 1
         if ready:
             self._wake_slot()
         return running
+
+    def _attempt_over(self) -> None:
+        """A slot's attempt ended: its turn goes to the next job before its finish is
+        stored, unless the store's finish never suspends (the slot then takes the next
+        job itself, at once, without waking another)."""
+        self._attempting -= 1
+        if not self._finish_never_suspends:
+            if self._ready and not self._waking:
+                self._wake_slot()
+            if self._waiting:
+                self._poke()  # the claim loop counts turns, not finishes
 
     async def _slot(self) -> None:
         """Run claimed jobs one after another until the worker's task group ends.
@@ -181,35 +203,38 @@ class Slots:
         current: Running | None = None
         outcome: Outcome | None = None
         ready = self._ready
+        turns = self.config.concurrency
         traced = tracing_enabled()
         try:
             while True:
                 with anyio.CancelScope() as scope:
                     while True:
-                        if ready:
+                        if ready and self._attempting < turns:
                             current = ready.popleft()
+                            self._attempting += 1
                             if ready and not self._waking:
                                 self._wake_slot()
                         else:
                             current = await self._take()
                         outcome = None
-                        # One level check per job while INFO is off (DEBUG is off then too);
-                        # the end of a completed or cancelled attempt is logged at INFO.
-                        info = _jobs_log.isEnabledFor(logging.INFO)
-                        if info and _jobs_log.isEnabledFor(logging.DEBUG):
-                            joblog.attempt_started(current.job)
-                        current.began = time.monotonic()
-                        if current.stop is None:  # halted while it waited for the slot
-                            current.scope = scope
-                            try:
+                        try:
+                            # One level check per job while INFO is off (DEBUG is off then
+                            # too); the end of a completed or cancelled attempt is at INFO.
+                            info = _jobs_log.isEnabledFor(logging.INFO)
+                            if info and _jobs_log.isEnabledFor(logging.DEBUG):
+                                joblog.attempt_started(current.job)
+                            current.began = time.monotonic()
+                            if current.stop is None:  # halted while it waited for the slot
+                                current.scope = scope
                                 if traced:
                                     outcome = await attempt_span(
                                         current.job, functools.partial(self._attempt, current)
                                     )
                                 else:
                                     outcome = await self._attempt(current)
-                            finally:
-                                current.scope = None
+                        finally:
+                            current.scope = None
+                            self._attempt_over()
                         # Only a halt (which sets ``stop`` first) cancels the slot's scope.
                         if current.stop is not None and scope.cancel_called:
                             break  # a halt landed as the attempt ended: leave the scope

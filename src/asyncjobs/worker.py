@@ -121,6 +121,7 @@ class Worker(Slots):
         self._ready: deque[Running] = deque()
         self._idle: deque[anyio.Event] = deque()
         self._waking = 0  # slots woken that have not looked at _ready yet
+        self._attempting = 0  # slots running an attempt (at most concurrency)
         self._stopping = False
         self._changed = anyio.Event()  # a slot freed up or stop() was called
         self._waiting = False  # _wait_changed waits: the next _poke must set _changed
@@ -182,7 +183,9 @@ class Worker(Slots):
             tg.start_soon(self._registry_loop)
             # Long-lived slot tasks: a task (and its cancel scope) per job costs more
             # than a no-op job itself.
-            for _ in range(cfg.concurrency):
+            # Twice as many slots as turns where a finish may wait on the store: a slot
+            # storing its job's end has given its turn to the next job (see _slots).
+            for _ in range(cfg.concurrency * (1 if self._finish_never_suspends else 2)):
                 tg.start_soon(self._slot)
             task_status.started()
             types = self.registry.names()
@@ -241,7 +244,9 @@ class Worker(Slots):
         """How many jobs the next claim may take: the free slots, plus the prefetch
         while the queue is deep and jobs are short. Claiming ahead waits until half the
         prefetch is used, so that claims come in batches rather than one per finish."""
-        held = len(self._running)
+        # Jobs waiting for a turn or in one; those whose end is being stored are not
+        # counted (their turn went to the next job).
+        held = len(self._ready) + self._attempting
         slots = self.config.concurrency
         ahead = self.config.prefetch_count
         avg = self._avg_run
