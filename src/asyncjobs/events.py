@@ -123,10 +123,32 @@ class Subscriber:
         Raises:
             SubscriberOverflow: the subscriber fell too far behind and was cut off.
         """
+        if not self._pending and await self._resynced():
+            return None
+        _, event = self._pending.popitem(last=False)
+        return event
+
+    async def get_many(self) -> list[JobEvent] | None:
+        """Every pending event, oldest first (at least one), or ``None`` as :meth:`get`.
+
+        A reader that writes to a socket takes what piled up while it was busy in one
+        go, so it pays for one write per wake-up rather than one per event.
+
+        Raises:
+            SubscriberOverflow: the subscriber fell too far behind and was cut off.
+        """
+        if not self._pending and await self._resynced():
+            return None
+        events = list(self._pending.values())
+        self._pending.clear()
+        return events
+
+    async def _resynced(self) -> bool:
+        """Wait until an event is pending (False) or a resync is due (True)."""
         while not self._pending:
             if self._resync and not self._closed:
                 self._resync = False
-                return None
+                return True
             if self._overflowed:
                 raise SubscriberOverflow(
                     "this subscriber fell too far behind the event stream; resubscribe"
@@ -137,8 +159,7 @@ class Subscriber:
             if group.wakeup is None:
                 group.wakeup = anyio.Event()
             await group.wakeup.wait()
-        _, event = self._pending.popitem(last=False)
-        return event
+        return False
 
     def close(self) -> None:
         """Stop receiving events and wake a waiting :meth:`get`."""

@@ -89,6 +89,9 @@ class Subscription:
 
     async def aclose(self) -> None:
         """Unregister; a pending ``__anext__`` ends."""
+        self._close()
+
+    def _close(self) -> None:
         self._done = True
         if self._sub is not None:
             self._sub.close()
@@ -179,20 +182,66 @@ class Subscription:
                     await self._resync()
                     continue
                 event = got
-            job = event.job
-            seen = self._seen.get(job.id)
-            if event.type is EventType.DELETED:
-                self._seen.pop(job.id, None)
-            elif seen is not None and job.version <= seen.version:
-                continue  # shown already (in the snapshot or a newer coalesced event)
-            elif event.type.is_final and self._job_id is None:
-                self._seen.pop(job.id, None)  # bounded memory on whole-queue streams
-            else:
-                self._seen[job.id] = job
-            if self._job_id is not None and event.type.is_final:
-                await self.aclose()
-            return event
+            if self._admit(event):
+                return event
         raise StopAsyncIteration
+
+    async def next_batch(self) -> list[JobEvent]:
+        """Every event available now, in the order :meth:`__anext__` yields them.
+
+        Waits for at least one. A reader that writes to a socket sends a batch in one
+        write; the events and their order are the same as one at a time.
+
+        Raises:
+            StopAsyncIteration: the subscription ended.
+            SubscriberOverflow: the subscriber fell too far behind and was cut off.
+        """
+        await self._start()
+        if self._snapshots:
+            batch = self._snapshots[::-1]
+            self._snapshots.clear()
+            if self._job_id is not None and batch[-1].job.is_terminal:
+                await self.aclose()
+            return batch
+        assert self._sub is not None
+        while not self._done:
+            if self._found:
+                events = self._found[::-1]
+                self._found.clear()
+            else:
+                try:
+                    got = await self._sub.get_many()
+                except anyio.EndOfStream:
+                    break
+                if got is None:
+                    await self._resync()
+                    continue
+                events = got
+            batch = []
+            for event in events:
+                if self._admit(event):
+                    batch.append(event)
+                    if self._done:  # a job stream's final event: the rest never shows
+                        break
+            if batch:
+                return batch
+        raise StopAsyncIteration
+
+    def _admit(self, event: JobEvent) -> bool:
+        """Whether ``event`` is news to this subscription; remembers what was shown."""
+        job = event.job
+        seen = self._seen.get(job.id)
+        if event.type is EventType.DELETED:
+            self._seen.pop(job.id, None)
+        elif seen is not None and job.version <= seen.version:
+            return False  # shown already (in the snapshot or a newer coalesced event)
+        elif event.type.is_final and self._job_id is None:
+            self._seen.pop(job.id, None)  # bounded memory on whole-queue streams
+        else:
+            self._seen[job.id] = job
+        if self._job_id is not None and event.type.is_final:
+            self._close()
+        return True
 
     async def _resync(self) -> None:
         """Re-read the jobs this subscription shows; queue what changed as events."""
