@@ -49,6 +49,12 @@ __all__ = [
     "parse_last_event_id",
 ]
 
+#: The scope key under which :class:`~asyncjobs.adapters.asgi.JobsApp` keeps the ``send`` it
+#: was called with, before its own wrappers (Starlette's error handling, the security
+#: headers). They act on ``http.response.start`` alone, so an event stream sends its
+#: start through them and its body messages, one per wake-up per connection, past them.
+BODY_SEND: Final = "asyncjobs.body_send"
+
 #: Headers every SSE response carries: no caching, and no buffering in nginx-like proxies.
 SSE_HEADERS: Final[Mapping[str, str]] = {
     "Cache-Control": "no-cache",
@@ -247,6 +253,10 @@ class SseFeed:
             # The client reconnects and gets fresh snapshots: nothing is lost.
             self._closed = True
             return _OVERFLOW
+        return self._encode(batch)
+
+    def _encode(self, batch: list[JobEvent]) -> bytes:
+        """The frames of ``batch`` this client sees, joined (``b""`` for none)."""
         seen, visible, encode = self._seen, self._visible, self._frames.encode
         if len(batch) == 1 and (seen is None or batch[0].seq > seen) and visible is None:
             event = batch[0]  # the usual case: one event, everyone sees it
@@ -285,7 +295,18 @@ class SseFeed:
             try:
                 await writer.write(_CONNECTED)
                 while not self._closed:
-                    chunk = await self.next_chunk()
+                    # The fast path takes what is pending without a coroutine per layer;
+                    # next_chunk() handles the rest (start, snapshots, resync, the end).
+                    subscription = self._subscription
+                    batch = None if subscription is None else subscription.take_ready()
+                    if batch is None:
+                        chunk = await self.next_chunk()
+                    elif batch:
+                        chunk = self._encode(batch)
+                    else:
+                        assert subscription is not None
+                        await subscription.wait()
+                        continue
                     if chunk:
                         await writer.write(chunk)
                 await writer.idle()
@@ -317,7 +338,8 @@ class _Writer:
         self.last = time.monotonic()
 
     async def write(self, body: bytes) -> None:
-        await self.idle()
+        if self._busy:
+            await self.idle()
         self._busy = True
         try:
             await self._send({"type": "http.response.body", "body": body, "more_body": True})
@@ -402,7 +424,7 @@ class EventStream(StreamingResponse):
                     }
                 )
                 if isinstance(self.body_iterator, SseFeed):
-                    await self.body_iterator.pump(send)
+                    await self.body_iterator.pump(scope.get(BODY_SEND, send))
                 else:
                     async for chunk in self.body_iterator:
                         if not isinstance(chunk, bytes | memoryview):

@@ -23,7 +23,7 @@ wait in that group, instead of building and setting an event per subscriber.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from typing import final
 
 import anyio
@@ -142,6 +142,32 @@ class Subscriber:
         events = list(self._pending.values())
         self._pending.clear()
         return events
+
+    def take(self) -> list[JobEvent] | None:
+        """Every pending event without waiting (``[]`` when none; then :meth:`wait`).
+
+        ``None`` when :meth:`get_many` has something else to report first: a resync,
+        the end of the stream, or an overflow.
+        """
+        pending = self._pending
+        if pending:
+            events = list(pending.values())
+            pending.clear()
+            return events
+        if self._resync or self._closed:
+            return None
+        return []
+
+    def wait(self) -> Awaitable[None]:
+        """Wait for the next wake-up of this subscriber's group (a publish, a close, a resync).
+
+        It may find nothing new: another subscriber of the group was the reason.
+        """
+        group = self._group
+        wakeup = group.wakeup
+        if wakeup is None:
+            wakeup = group.wakeup = anyio.Event()
+        return wakeup.wait()
 
     async def _resynced(self) -> bool:
         """Wait until an event is pending (False) or a resync is due (True)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, final
@@ -203,8 +203,14 @@ class Subscription:
             if self._job_id is not None and batch[-1].job.is_terminal:
                 await self.aclose()
             return batch
-        assert self._sub is not None
         while not self._done:
+            ready = self.take_ready()
+            if ready:
+                return ready
+            if ready is not None:
+                await self.wait()
+                continue
+            assert self._sub is not None
             if self._found:
                 events = self._found[::-1]
                 self._found.clear()
@@ -226,6 +232,32 @@ class Subscription:
             if batch:
                 return batch
         raise StopAsyncIteration
+
+    def take_ready(self) -> list[JobEvent] | None:
+        """The live events pending now, as :meth:`next_batch` returns them, without waiting.
+
+        ``[]`` when nothing is pending (then :meth:`wait`); ``None`` when only
+        :meth:`next_batch` can go on: before the start, with snapshots or a resync's
+        findings to send, or with a resync, the end or an overflow to report.
+        """
+        sub = self._sub
+        if sub is None or self._snapshots or self._found or self._done:
+            return None
+        events = sub.take()
+        if events is None:
+            return None
+        batch = []
+        for event in events:
+            if self._admit(event):
+                batch.append(event)
+                if self._done:  # a job stream's final event: the rest never shows
+                    break
+        return batch
+
+    def wait(self) -> Awaitable[None]:
+        """Wait until events may be pending (after :meth:`take_ready` returned ``[]``)."""
+        assert self._sub is not None
+        return self._sub.wait()
 
     def _admit(self, event: JobEvent) -> bool:
         """Whether ``event`` is news to this subscription; remembers what was shown."""
