@@ -424,7 +424,10 @@ class EventStream(StreamingResponse):
                     }
                 )
                 if isinstance(self.body_iterator, SseFeed):
-                    await self.body_iterator.pump(scope.get(BODY_SEND, send))
+                    # A task of its own: each wake-up then resumes the pump alone, not
+                    # the dozen coroutines of the routing and middleware above it.
+                    async with anyio.create_task_group() as pumping:
+                        pumping.start_soon(self.body_iterator.pump, scope.get(BODY_SEND, send))
                 else:
                     async for chunk in self.body_iterator:
                         if not isinstance(chunk, bytes | memoryview):

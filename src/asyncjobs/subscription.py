@@ -246,6 +246,8 @@ class Subscription:
         events = sub.take()
         if events is None:
             return None
+        if len(events) == 1:  # the usual case when keeping up
+            return events if self._admit(events[0]) else []
         batch = []
         for event in events:
             if self._admit(event):
