@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Final, final
 
 import anyio
@@ -33,6 +33,8 @@ from starlette.types import Receive, Scope, Send
 from asyncjobs.codec import dumps, event_to_wire
 from asyncjobs.errors import SubscriberOverflow
 from asyncjobs.job import EventType, Job, JobEvent
+
+from .ssehub import SseHub, direct_send
 
 if TYPE_CHECKING:
     from asyncjobs.queue import Queue
@@ -122,6 +124,7 @@ def event_stream(
     heartbeat: float = 15.0,
     visible: Callable[[Job], bool] | None = None,
     frames: FrameCache | None = None,
+    hub: SseHub | None = None,
 ) -> AsyncIterator[bytes]:
     """SSE frames for one job (``job_id``), one job type, or the whole queue.
 
@@ -135,6 +138,9 @@ def event_stream(
         visible: A filter on the job snapshot (owner isolation); hidden jobs are skipped.
         frames: A cache shared by the streams of one app, so each event is encoded
             once for all of them.
+        hub: The app's :class:`~asyncjobs.adapters.asgi.ssehub.SseHub`: under a server
+            whose ``send`` it knows (uvicorn), :class:`EventStream` lets one task write
+            the live frames of every stream of the hub.
 
     Returns:
         An async iterator of bytes: each item is every frame that was ready at once
@@ -156,6 +162,7 @@ def event_stream(
         heartbeat=heartbeat,
         visible=visible,
         frames=frames if frames is not None else FrameCache(),
+        hub=hub,
     )
 
 
@@ -179,6 +186,7 @@ class SseFeed:
         "_closed",
         "_frames",
         "_heartbeat",
+        "_hub",
         "_job_id",
         "_job_type",
         "_queue",
@@ -198,8 +206,10 @@ class SseFeed:
         heartbeat: float,
         visible: Callable[[Job], bool] | None,
         frames: FrameCache,
+        hub: SseHub | None = None,
     ) -> None:
         self._queue = queue
+        self._hub = hub
         self._job_id = job_id
         self._job_type = job_type
         self._seen = seen
@@ -236,6 +246,29 @@ class SseFeed:
         Returns ``b""`` when the events it woke for are not for this client (hidden,
         or seen before ``Last-Event-ID``) or when the stream has ended.
         """
+        while True:
+            chunk = await self.poll_chunk()
+            if chunk or self._closed:
+                return chunk
+            assert self._subscription is not None
+            await self._subscription.wait()
+
+    def take_chunk(self) -> bytes | None:
+        """The frames of the live events pending now, joined, without waiting.
+
+        ``b""`` when there are none for this client; ``None`` when only
+        :meth:`poll_chunk` can go on (the start, snapshots, a resync, the end).
+        """
+        subscription = self._subscription
+        if subscription is None:
+            return None
+        batch = subscription.take_ready()
+        if batch is None:
+            return None
+        return self._encode(batch) if batch else b""
+
+    async def poll_chunk(self) -> bytes:
+        """The frames ready now, joined (``b""`` for none), without waiting for events."""
         subscription = self._subscription
         if subscription is None:
             # A resumed whole-queue stream also learns of the jobs that finished meanwhile.
@@ -245,7 +278,7 @@ class SseFeed:
             )
             self._subscription = subscription
         try:
-            batch = await subscription.next_batch()
+            batch = await subscription.poll()
         except StopAsyncIteration:
             self._closed = True
             return b""
@@ -253,7 +286,22 @@ class SseFeed:
             # The client reconnects and gets fresh snapshots: nothing is lost.
             self._closed = True
             return _OVERFLOW
-        return self._encode(batch)
+        return self._encode(batch) if batch else b""
+
+    def wait(self) -> Awaitable[None]:
+        """Wait until events may be pending (after :meth:`take_chunk` returned ``b""``)."""
+        assert self._subscription is not None
+        return self._subscription.wait()
+
+    @property
+    def filter_key(self) -> tuple[str | None, str | None]:
+        """The bus filter group of this stream: (job id, or else job type)."""
+        return (self._job_id, None if self._job_id is not None else self._job_type)
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds of quiet before a ``: ping``."""
+        return self._heartbeat
 
     def _encode(self, batch: list[JobEvent]) -> bytes:
         """The frames of ``batch`` this client sees, joined (``b""`` for none)."""
@@ -296,19 +344,15 @@ class SseFeed:
                 await writer.write(_CONNECTED)
                 while not self._closed:
                     # The fast path takes what is pending without a coroutine per layer;
-                    # next_chunk() handles the rest (start, snapshots, resync, the end).
-                    subscription = self._subscription
-                    batch = None if subscription is None else subscription.take_ready()
-                    if batch is None:
-                        chunk = await self.next_chunk()
-                    elif batch:
-                        chunk = self._encode(batch)
-                    else:
-                        assert subscription is not None
-                        await subscription.wait()
-                        continue
+                    # poll_chunk() handles the rest (start, snapshots, resync, the end).
+                    chunk = self.take_chunk()
+                    if chunk is None:
+                        chunk = await self.poll_chunk()
                     if chunk:
                         await writer.write(chunk)
+                    elif not self._closed:
+                        assert self._subscription is not None
+                        await self._subscription.wait()
                 await writer.idle()
             except OSError:  # the client went away mid-write (ASGI 2.4 servers raise this)
                 self._closed = True
@@ -423,11 +467,16 @@ class EventStream(StreamingResponse):
                         "headers": self.raw_headers,
                     }
                 )
-                if isinstance(self.body_iterator, SseFeed):
+                feed = self.body_iterator
+                if isinstance(feed, SseFeed):
+                    body_send = scope.get(BODY_SEND, send)
                     # A task of its own: each wake-up then resumes the pump alone, not
                     # the dozen coroutines of the routing and middleware above it.
                     async with anyio.create_task_group() as pumping:
-                        pumping.start_soon(self.body_iterator.pump, scope.get(BODY_SEND, send))
+                        if feed._hub is not None and direct_send(body_send):
+                            pumping.start_soon(feed._hub.serve, feed, body_send)
+                        else:
+                            pumping.start_soon(feed.pump, body_send)
                 else:
                     async for chunk in self.body_iterator:
                         if not isinstance(chunk, bytes | memoryview):

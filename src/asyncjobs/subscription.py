@@ -196,6 +196,22 @@ class Subscription:
             StopAsyncIteration: the subscription ended.
             SubscriberOverflow: the subscriber fell too far behind and was cut off.
         """
+        while True:
+            batch = await self.poll()
+            if batch:
+                return batch
+            await self.wait()
+
+    async def poll(self) -> list[JobEvent]:
+        """The events available now, as :meth:`next_batch` returns them, or ``[]``.
+
+        Never waits for a new event (it may read the store: the start's snapshots, a
+        resync); after ``[]``, :meth:`wait` for more.
+
+        Raises:
+            StopAsyncIteration: the subscription ended.
+            SubscriberOverflow: the subscriber fell too far behind and was cut off.
+        """
         await self._start()
         if self._snapshots:
             batch = self._snapshots[::-1]
@@ -205,17 +221,16 @@ class Subscription:
             return batch
         while not self._done:
             ready = self.take_ready()
-            if ready:
-                return ready
             if ready is not None:
-                await self.wait()
-                continue
+                return ready
             assert self._sub is not None
             if self._found:
                 events = self._found[::-1]
                 self._found.clear()
             else:
                 try:
+                    # take_ready() found a resync, the end or an overflow to report:
+                    # get_many() reports it at once, without waiting.
                     got = await self._sub.get_many()
                 except anyio.EndOfStream:
                     break
@@ -237,7 +252,7 @@ class Subscription:
         """The live events pending now, as :meth:`next_batch` returns them, without waiting.
 
         ``[]`` when nothing is pending (then :meth:`wait`); ``None`` when only
-        :meth:`next_batch` can go on: before the start, with snapshots or a resync's
+        :meth:`poll` can go on: before the start, with snapshots or a resync's
         findings to send, or with a resync, the end or an overflow to report.
         """
         sub = self._sub
