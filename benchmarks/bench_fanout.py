@@ -18,8 +18,10 @@ the server's RSS growth for SSE).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
@@ -27,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from typing import Any
@@ -119,14 +122,58 @@ async def inproc(k: int) -> None:
 # -- SSE -------------------------------------------------------------------------------
 
 
-def serve(port: int) -> None:
+def serve(port: int, gc_file: str | None) -> None:
     """The server process: JobsApp on a memory-store queue under uvicorn."""
     import uvicorn
     from asyncjobs.adapters.asgi import JobsApp
 
     queue = make_queue()
     app = JobsApp(queue, dashboard=False)
+    if gc_file:
+        _watch_gc(gc_file)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=8192, lifespan="on")
+
+
+def _watch_gc(path: str) -> None:
+    """Time the garbage collector; SIGUSR1 writes the totals so far to ``path`` (JSON)."""
+    totals = {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0]}
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.thread_time()
+        else:
+            totals["collections"][info["generation"]] += 1
+            totals["seconds"][info["generation"]] += time.thread_time() - started[0]
+
+    def dump(*_: object) -> None:
+        with open(path + ".tmp", "w") as f:
+            json.dump(totals, f)
+        os.replace(path + ".tmp", path)
+
+    gc.callbacks.append(on_gc)
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+async def gc_totals(server: subprocess.Popen[str], path: str) -> dict[str, list[float]]:
+    """Ask the server for its GC totals (see :func:`_watch_gc`)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server.send_signal(signal.SIGUSR1)
+    for _ in range(500):
+        totals = _read_json(path)
+        if totals is not None:
+            return totals
+        await asyncio.sleep(0.01)
+    raise SystemExit("the server did not report its GC totals")
 
 
 def rss_of(pid: int) -> int:
@@ -264,7 +311,8 @@ async def _proto_client(i: int, run: _Run, port: int) -> None:
 
 async def sse(k: int, client: str, profile: str | None) -> None:
     port = free_port()
-    server = spawn([sys.executable, __file__, "serve", "--port", str(port)])
+    gc_file = os.path.join(tempfile.gettempdir(), f"fanout-gc-{os.getpid()}.json")
+    server = spawn([sys.executable, __file__, "serve", "--port", str(port), "--gc-file", gc_file])
     run = _Run(k, port)
     one = _proto_client if client == "proto" else _lines_client
     spy: subprocess.Popen[str] | None = None
@@ -301,6 +349,7 @@ async def sse(k: int, client: str, profile: str | None) -> None:
             )
             await asyncio.sleep(1.0)  # py-spy attaches
         body = json.dumps({"type": "ticker", "params": {}}).encode()
+        gc0 = await gc_totals(server, gc_file)
         server_cpu0 = cpu_of(server.pid)
         client_cpu0 = time.process_time()
         wall0 = time.perf_counter()
@@ -320,6 +369,11 @@ async def sse(k: int, client: str, profile: str | None) -> None:
             "server_cpu_seconds": round(cpu_of(server.pid) - server_cpu0, 2),
             "client_cpu_seconds": round(time.process_time() - client_cpu0, 2),
         }
+        gc1 = await gc_totals(server, gc_file)
+        # The server's garbage collector while events flowed: full (gen 2) collections
+        # and CPU seconds in all generations.
+        phase["server_gc_full"] = gc1["collections"][2] - gc0["collections"][2]
+        phase["server_gc_seconds"] = round(sum(gc1["seconds"]) - sum(gc0["seconds"]), 2)
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -351,10 +405,11 @@ def main() -> None:
         default="proto",
         help="SSE reader: proto (a lean protocol) or lines (readline per line, the first one)",
     )
+    parser.add_argument("--gc-file", help=argparse.SUPPRESS)  # serve: where GC totals go
     parser.add_argument("--profile", help="py-spy the server while events flow (raw stacks)")
     args = parser.parse_args()
     if args.mode == "serve":
-        serve(args.port)
+        serve(args.port, args.gc_file)
     elif args.mode == "inproc":
         asyncio.run(inproc(args.k))
     elif args.mode == "sse":
