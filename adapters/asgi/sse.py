@@ -470,12 +470,12 @@ class EventStream(StreamingResponse):
                 feed = self.body_iterator
                 if isinstance(feed, SseFeed):
                     body_send = scope.get(BODY_SEND, send)
-                    # A task of its own: each wake-up then resumes the pump alone, not
-                    # the dozen coroutines of the routing and middleware above it.
-                    async with anyio.create_task_group() as pumping:
-                        if feed._hub is not None and direct_send(body_send):
-                            pumping.start_soon(feed._hub.serve, feed, body_send)
-                        else:
+                    if feed._hub is not None and direct_send(body_send):
+                        await feed._hub.serve(feed, body_send)
+                    else:
+                        # A task of its own: each wake-up then resumes the pump alone,
+                        # not the dozen coroutines of the routing and middleware above.
+                        async with anyio.create_task_group() as pumping:
                             pumping.start_soon(feed.pump, body_send)
                 else:
                     async for chunk in self.body_iterator:
