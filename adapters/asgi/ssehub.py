@@ -13,8 +13,10 @@ connection writes for itself until it has caught up. The connection's own task a
 does what may read the store: the start (snapshots), a resync, the end of the stream.
 
 The hub only drives a ``send`` it knows to be task-agnostic: uvicorn's own (see
-:func:`direct_send`). Any other ``send`` (another server, a host's middleware) is
-written by the connection's own task, as before. Leadership passes to another
+:func:`direct_send`), which reads neither the current task nor context variables, so a
+send started in the leader's task may finish in the connection's own. Any other ``send``
+(another server, a host's middleware) is written by the connection's own task, as
+before. Leadership passes to another
 connection when the leader's stream ends, its client leaves, or its own ``send`` has
 to wait; no task outlives the connections, so nothing needs the app's lifespan.
 """
@@ -22,7 +24,6 @@ to wait; no task outlives the connections, so nothing needs the app's lifespan.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Final, final
@@ -57,29 +58,26 @@ def direct_send(send: Send) -> bool:
 class _Resume:
     """Finishes, in the awaiting task, a ``send`` another task started and that waits."""
 
-    __slots__ = ("_context", "_first", "_steps")
+    __slots__ = ("_first", "_steps")
 
-    def __init__(
-        self, context: contextvars.Context, steps: Generator[Any, Any, Any], first: Any
-    ) -> None:
-        self._context = context
+    def __init__(self, steps: Generator[Any, Any, Any], first: Any) -> None:
         self._steps = steps
         self._first = first
 
     def __await__(self) -> Generator[Any, Any, None]:
         value = self._first  # what the send is waiting on (a future, or None: a yield)
-        run, steps = self._context.run, self._steps
+        steps = self._steps
         while True:
             try:
                 sent = yield value
             except BaseException as exc:  # cancellation (the client left) goes in too
                 try:
-                    value = run(steps.throw, exc)
+                    value = steps.throw(exc)
                 except StopIteration:
                     return
             else:
                 try:
-                    value = run(steps.send, sent)
+                    value = steps.send(sent)
                 except StopIteration:
                     return
 
@@ -89,10 +87,10 @@ class _Conn:
     """One connection: its feed, its ``send``, and what its own task must do."""
 
     __slots__ = (
-        "context",
         "error",
         "feed",
         "first",
+        "heartbeat",
         "last",
         "lead",
         "own",
@@ -104,8 +102,7 @@ class _Conn:
     def __init__(self, feed: SseFeed, send: Send) -> None:
         self.feed = feed
         self.send = send
-        # Every step of every send runs in this one context, whichever task runs it.
-        self.context = contextvars.copy_context()
+        self.heartbeat = feed.heartbeat
         self.last = time.monotonic()
         # True while the connection's own task writes (the leader skips it then).
         self.own = True
@@ -120,14 +117,14 @@ class _Conn:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def start_send(self, body: bytes) -> bool:
+    def start_send(self, body: bytes, now: float) -> bool:
         """Start writing ``body``; True when done at once, False when it waits or failed."""
         message: Message = {"type": "http.response.body", "body": body, "more_body": True}
         try:
             steps = self.send(message).__await__()
-            first = self.context.run(steps.send, None)
+            first = steps.send(None)
         except StopIteration:
-            self.last = time.monotonic()
+            self.last = now
             return True
         except Exception as exc:  # the client went away (OSError) or the server refused
             self.error = exc
@@ -183,15 +180,17 @@ class SseHub:
 
 @final
 class _Room:
-    __slots__ = ("conns", "leader")
+    __slots__ = ("conns", "leader", "shortest")
 
     def __init__(self) -> None:
         self.conns: dict[_Conn, None] = {}  # insertion-ordered: a stable pass order
         self.leader: _Conn | None = None
+        self.shortest = 3600.0  # the shortest heartbeat of any stream that joined
 
     async def serve(self, feed: SseFeed, send: Send) -> None:
         conn = _Conn(feed, send)
         self.conns[conn] = None
+        self.shortest = min(self.shortest, conn.heartbeat)
         try:
             await conn.write(_CONNECTED)
             while not feed.closed:
@@ -225,7 +224,7 @@ class _Room:
         if conn.steps is not None:
             steps, first = conn.steps, conn.first
             conn.steps = conn.first = None
-            await _Resume(conn.context, steps, first)
+            await _Resume(steps, first)
             conn.last = time.monotonic()
         while not feed.closed:
             chunk = await feed.poll_chunk()
@@ -263,19 +262,20 @@ class _Room:
                 conn.own = True
                 conn.signal()
                 continue
-            due = conn.last + feed.heartbeat
             if not chunk:
+                due = conn.last + conn.heartbeat
                 if due > now:
-                    deadline = min(deadline, due)
+                    if due < deadline:
+                        deadline = due
                     continue
                 chunk = _PING
-            if conn.start_send(chunk):
-                deadline = min(deadline, conn.last + feed.heartbeat)
-                if not feed.closed:
-                    continue
+            if conn.start_send(chunk, now) and not feed.closed:
+                continue
             conn.own = True  # it waits on its client, failed, or its stream ended
             conn.signal()
-        return deadline
+        # Sends stamp `now`: a connection written in this pass is due a ping one
+        # heartbeat after it (the shortest heartbeat in the room bounds the wait).
+        return min(deadline, now + self.shortest)
 
     def _elect(self) -> None:
         """Hand leadership to a connection whose task is free."""
