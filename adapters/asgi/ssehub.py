@@ -16,9 +16,9 @@ The hub only drives a ``send`` it knows to be task-agnostic: uvicorn's own (see
 :func:`direct_send`), which reads neither the current task nor context variables, so a
 send started in the leader's task may finish in the connection's own. Any other ``send``
 (another server, a host's middleware) is written by the connection's own task, as
-before. Leadership passes to another
-connection when the leader's stream ends, its client leaves, or its own ``send`` has
-to wait; no task outlives the connections, so nothing needs the app's lifespan.
+before. Leadership passes to another connection when the leader's stream ends, its
+client leaves, or its own ``send`` has to wait; no task outlives the connections, so
+nothing needs the app's lifespan.
 """
 
 from __future__ import annotations
