@@ -18,14 +18,18 @@ the server's RSS growth for SSE).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from typing import Any
@@ -61,6 +65,7 @@ def summarize(
     finals: int,
     mem_per_sub: float,
     connect_s: float,
+    **extra: float,
 ) -> None:
     emit(
         system="asyncjobs",
@@ -74,6 +79,7 @@ def summarize(
         final_seen=finals,
         bytes_per_subscriber=round(mem_per_sub),
         connect_seconds=round(connect_s, 2),
+        **extra,
     )
 
 
@@ -116,14 +122,58 @@ async def inproc(k: int) -> None:
 # -- SSE -------------------------------------------------------------------------------
 
 
-def serve(port: int) -> None:
+def serve(port: int, gc_file: str | None) -> None:
     """The server process: JobsApp on a memory-store queue under uvicorn."""
     import uvicorn
     from asyncjobs.adapters.asgi import JobsApp
 
     queue = make_queue()
     app = JobsApp(queue, dashboard=False)
+    if gc_file:
+        _watch_gc(gc_file)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=8192, lifespan="on")
+
+
+def _watch_gc(path: str) -> None:
+    """Time the garbage collector; SIGUSR1 writes the totals so far to ``path`` (JSON)."""
+    totals = {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0]}
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.thread_time()
+        else:
+            totals["collections"][info["generation"]] += 1
+            totals["seconds"][info["generation"]] += time.thread_time() - started[0]
+
+    def dump(*_: object) -> None:
+        with open(path + ".tmp", "w") as f:
+            json.dump(totals, f)
+        os.replace(path + ".tmp", path)
+
+    gc.callbacks.append(on_gc)
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+async def gc_totals(server: subprocess.Popen[str], path: str) -> dict[str, list[float]]:
+    """Ask the server for its GC totals (see :func:`_watch_gc`)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server.send_signal(signal.SIGUSR1)
+    for _ in range(500):
+        totals = _read_json(path)
+        if totals is not None:
+            return totals
+        await asyncio.sleep(0.01)
+    raise SystemExit("the server did not report its GC totals")
 
 
 def rss_of(pid: int) -> int:
@@ -132,6 +182,13 @@ def rss_of(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -150,59 +207,152 @@ async def http_ready(port: int, deadline: float) -> None:
     raise SystemExit("the SSE server did not start")
 
 
-async def sse(k: int) -> None:
+class _Reader(asyncio.Protocol):
+    """A lean SSE reader: frames are split from whole reads, no await per line.
+
+    One chunk of the chunked body holds whole frames (every server here writes frames
+    whole), so splitting the byte stream on blank lines finds every frame; the chunk
+    size lines between them are ignored.
+    """
+
+    def __init__(self, i: int, run: _Run) -> None:
+        self.i = i
+        self.run = run
+        self.buf = b""
+        self.head = True
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.transport.write(self.run.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        buf = self.buf + data
+        if self.head:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            self.head = False
+            buf = buf[end + 4 :]
+            self.run.connected()
+        *frames, self.buf = buf.split(b"\n\n")
+        run = self.run
+        for frame in frames:
+            if b'"job_progress"' in frame:
+                match = _STAMP.search(frame)
+                if match:
+                    run.lat.append(now - float(match.group(1)))
+                    run.got[self.i] += 1
+            elif b'"job_completed"' in frame:
+                run.finals += 1
+                if not self.done.done():
+                    self.done.set_result(None)
+                self.transport.close()
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class _Run:
+    """What the K readers of one SSE run share."""
+
+    def __init__(self, k: int, port: int) -> None:
+        self.k = k
+        self.lat: list[float] = []
+        self.got = [0] * k
+        self.finals = 0
+        self.count = 0
+        self.all_connected = asyncio.Event()
+        self.request = (
+            f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+
+    def connected(self) -> None:
+        self.count += 1
+        if self.count == self.k:
+            self.all_connected.set()
+
+
+async def _lines_client(i: int, run: _Run, port: int) -> None:
+    """The first reader: StreamReader.readline per line (kept to compare clients)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
+    try:
+        writer.write(run.request)
+        await reader.readuntil(b"\r\n\r\n")  # response head
+        run.connected()
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            if not line.startswith(b"data:") and b"data:" not in line:
+                continue
+            if b'"job_progress"' in line:
+                match = _STAMP.search(line)
+                if match:
+                    run.lat.append(time.perf_counter() - float(match.group(1)))
+                    run.got[i] += 1
+            elif b'"job_completed"' in line:
+                run.finals += 1
+                return
+    finally:
+        writer.close()
+
+
+async def _proto_client(i: int, run: _Run, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    _, reader = await loop.create_connection(lambda: _Reader(i, run), "127.0.0.1", port)
+    await reader.done
+
+
+async def sse(k: int, client: str, profile: str | None) -> None:
     port = free_port()
-    server = spawn([sys.executable, __file__, "serve", "--port", str(port)])
-    lat: list[float] = []
-    got = [0] * k
-    finals = 0
+    gc_file = os.path.join(tempfile.gettempdir(), f"fanout-gc-{os.getpid()}.json")
+    server = spawn([sys.executable, __file__, "serve", "--port", str(port), "--gc-file", gc_file])
+    run = _Run(k, port)
+    one = _proto_client if client == "proto" else _lines_client
+    spy: subprocess.Popen[str] | None = None
     try:
         await http_ready(port, time.monotonic() + 30)
         await asyncio.sleep(0.3)
         rss0 = rss_of(server.pid)
-        connected = 0
-        all_connected = asyncio.Event()
-        request = (
-            f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
-        ).encode()
-
-        async def client(i: int) -> None:
-            nonlocal connected, finals
-            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
-            try:
-                writer.write(request)
-                await reader.readuntil(b"\r\n\r\n")  # response head
-                connected += 1
-                if connected == k:
-                    all_connected.set()
-                while True:
-                    line = await reader.readline()
-                    if not line:
-                        return
-                    if not line.startswith(b"data:") and b"data:" not in line:
-                        continue
-                    if b'"job_progress"' in line:
-                        match = _STAMP.search(line)
-                        if match:
-                            lat.append(time.perf_counter() - float(match.group(1)))
-                            got[i] += 1
-                    elif b'"job_completed"' in line:
-                        finals += 1
-                        return
-            finally:
-                writer.close()
-
         start = time.perf_counter()
         tasks: list[asyncio.Task[None]] = []
         for i in range(k):  # connect in waves so the listen backlog never overflows
-            tasks.append(asyncio.create_task(client(i)))
+            tasks.append(asyncio.create_task(one(i, run, port)))
             if i % 200 == 199:
                 await asyncio.sleep(0.05)
-        await asyncio.wait_for(all_connected.wait(), timeout=120)
+        await asyncio.wait_for(run.all_connected.wait(), timeout=120)
         connect_s = time.perf_counter() - start
         await asyncio.sleep(0.5)
         rss1 = rss_of(server.pid)
+        if profile:
+            spy = spawn(
+                [
+                    "py-spy",
+                    "record",
+                    "--format",
+                    "raw",
+                    "-r",
+                    "250",
+                    "-o",
+                    profile,
+                    "--pid",
+                    str(server.pid),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            await asyncio.sleep(1.0)  # py-spy attaches
         body = json.dumps({"type": "ticker", "params": {}}).encode()
+        gc0 = await gc_totals(server, gc_file)
+        server_cpu0 = cpu_of(server.pid)
+        client_cpu0 = time.process_time()
+        wall0 = time.perf_counter()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             f"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -214,26 +364,57 @@ async def sse(k: int) -> None:
         if b" 20" not in status:
             raise SystemExit(f"POST /jobs failed: {status!r}")
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=180)
+        phase = {
+            "events_seconds": round(time.perf_counter() - wall0, 2),
+            "server_cpu_seconds": round(cpu_of(server.pid) - server_cpu0, 2),
+            "client_cpu_seconds": round(time.process_time() - client_cpu0, 2),
+        }
+        gc1 = await gc_totals(server, gc_file)
+        # The server's garbage collector while events flowed: full (gen 2) collections
+        # and CPU seconds in all generations.
+        phase["server_gc_full"] = gc1["collections"][2] - gc0["collections"][2]
+        phase["server_gc_seconds"] = round(sum(gc1["seconds"]) - sum(gc0["seconds"]), 2)
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         server.terminate()
         try:
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
-    summarize("sse", k, lat, got, finals, (rss1 - rss0) / k, connect_s)
+    summarize("sse", k, run.lat, run.got, run.finals, (rss1 - rss0) / k, connect_s, **phase)
+
+
+def _use_uvloop() -> None:
+    # The server runs on uvloop (uvicorn's default when installed); so does the client.
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def main() -> None:
     parser = base_parser(__doc__ or "")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--client",
+        choices=["proto", "lines"],
+        default="proto",
+        help="SSE reader: proto (a lean protocol) or lines (readline per line, the first one)",
+    )
+    parser.add_argument("--gc-file", help=argparse.SUPPRESS)  # serve: where GC totals go
+    parser.add_argument("--profile", help="py-spy the server while events flow (raw stacks)")
     args = parser.parse_args()
     if args.mode == "serve":
-        serve(args.port)
+        serve(args.port, args.gc_file)
     elif args.mode == "inproc":
         asyncio.run(inproc(args.k))
     elif args.mode == "sse":
-        asyncio.run(sse(args.k))
+        _use_uvloop()
+        asyncio.run(sse(args.k, args.client, args.profile))
     else:
         raise SystemExit(f"unknown mode {args.mode!r}")
 

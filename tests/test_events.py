@@ -376,20 +376,30 @@ async def test_leaving_a_subscription_early_unregisters() -> None:
         assert queue.bus.subscriber_count == 0
 
 
-async def test_one_wake_up_per_filter_group_not_per_subscriber(
+async def test_one_wake_up_pass_per_filter_group_not_per_subscriber(
     make: Events, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Fan-out at thousands of subscribers: a publish wakes each filter group once,
-    # instead of building an anyio.Event per waiting subscriber per event.
-    built = 0
-    real_event = anyio.Event
+    # Fan-out at thousands of subscribers: a publish wakes each filter group in one
+    # pass over its waiting readers, computing the event's buffer key once.
+    from asyncjobs import events as events_module
 
-    def counting_event() -> anyio.Event:
-        nonlocal built
-        built += 1
-        return real_event()
+    passes = 0
+    keys = 0
+    real_wake = events_module._Group.wake
+    real_key = events_module._key
 
-    monkeypatch.setattr(anyio, "Event", counting_event)
+    def counting_wake(self: Any) -> None:
+        nonlocal passes
+        passes += bool(self.waiters)
+        real_wake(self)
+
+    def counting_key(event: JobEvent) -> Any:
+        nonlocal keys
+        keys += 1
+        return real_key(event)
+
+    monkeypatch.setattr(events_module._Group, "wake", counting_wake)
+    monkeypatch.setattr(events_module, "_key", counting_key)
     bus = EventBus()
     everyone = [bus.subscribe() for _ in range(50)]
     by_job = [bus.subscribe(job_id="j1") for _ in range(50)]
@@ -419,6 +429,109 @@ async def test_one_wake_up_per_filter_group_not_per_subscriber(
         await anyio.wait_all_tasks_blocked()
         other_job.close()
     assert all(seqs == sent for seqs in got.values())
-    # Two groups wait (everyone, job j1), plus j2's reader once: one event per group
-    # per round, never one per subscriber (that would be 1,000 here).
-    assert built <= 2 * rounds + 2
+    # Two groups wait (everyone, job j1): one pass each per round; j2's never woke.
+    assert passes == 2 * rounds
+    assert keys == rounds  # once per event, not once per subscriber (1,000 here)
+
+
+async def test_close_and_resync_wake_their_own_reader_alone(make: Events) -> None:
+    bus = EventBus()
+    subs = [bus.subscribe() for _ in range(20)]
+    wakes = [0] * len(subs)
+    ended = [False] * len(subs)
+
+    async def read(i: int, sub: Subscriber) -> None:
+        while True:
+            events = sub.take()
+            if events is None:  # a resync or the end to report
+                ended[i] = True
+                return
+            await sub.wait()
+            wakes[i] += 1
+
+    async with anyio.create_task_group() as tg:
+        for i, sub in enumerate(subs):
+            tg.start_soon(read, i, sub)
+        await anyio.wait_all_tasks_blocked()
+        subs[0].close()
+        await anyio.wait_all_tasks_blocked()
+        subs[1].mark_resync()
+        await anyio.wait_all_tasks_blocked()
+        # Before, a close or a resync woke the whole group to find nothing new.
+        assert wakes == [1, 1] + [0] * 18
+        assert ended[:3] == [True, True, False]
+        bus.publish(make(EventType.PROGRESS, "a"))
+        await anyio.wait_all_tasks_blocked()
+        assert wakes[2:] == [1] * 18
+        for sub in subs[2:]:
+            sub.close()
+
+
+async def test_get_many_and_take_return_every_pending_event_in_order(make: Events) -> None:
+    bus = EventBus(max_pending=100)
+    sub = bus.subscribe()
+    assert sub.take() == []
+    sent = [make(EventType.CREATED, "a"), make(EventType.PROGRESS, "a")]
+    sent += [make(EventType.COMPLETED, "b")]
+    for event in sent:
+        bus.publish(event)
+    with anyio.fail_after(5):
+        assert await sub.get_many() == sent
+    assert sub.pending == 0
+    bus.publish(sent[0])
+    assert sub.take() == [sent[0]]
+    sub.mark_resync()
+    assert sub.take() is None  # the resync is for get_many to report
+    with anyio.fail_after(5):
+        assert await sub.get_many() is None
+    sub.close()
+    assert sub.take() is None
+    with pytest.raises(anyio.EndOfStream):
+        await sub.get_many()
+
+
+async def test_a_coalesced_latest_event_moves_behind_the_others(make: Events) -> None:
+    bus = EventBus(max_pending=2)
+    sub = bus.subscribe()
+    created = [make(EventType.CREATED, "a"), make(EventType.CREATED, "b")]
+    started_a, started_b = make(EventType.STARTED, "a"), make(EventType.STARTED, "b")
+    retry_a = make(EventType.RETRYING, "a")
+    for event in (*created, started_a, started_b, retry_a):
+        bus.publish(event)
+    # a's newest version replaces its older pending one and goes to the end.
+    assert sub.take() == [*created, started_b, retry_a]
+
+
+async def test_next_batch_gives_in_one_go_what_one_at_a_time_would(make: Events) -> None:
+    clock = FakeClock()
+    queue = make_queue(clock)
+    async with queue:
+        job = await queue.submit("steps")
+        async with queue.subscribe(job.id) as sub:
+            with anyio.fail_after(5):
+                [snapshot] = await sub.next_batch()
+            assert snapshot.type is EventType.SNAPSHOT
+            assert await sub.poll() == []  # nothing new, and it does not wait
+            stale = JobEvent(EventType.CREATED, 1, clock(), job)  # the snapshot covers it
+            [running] = await queue.store.claim(
+                "w", types=["steps"], limit=1, lease=30, now=clock()
+            )
+            token = lease_token(running)
+            for fraction in (0.25, 0.5):
+                await queue.store.set_progress(job.id, token, fraction, None, now=clock())
+            queue.bus.publish(stale)
+            await queue.store.finish(
+                job.id, token, Outcome(JobStatus.COMPLETED, result=2), now=clock()
+            )
+            with anyio.fail_after(5):
+                batch = await sub.next_batch()
+            # The two progress reports coalesced (pending at once); the stale one dropped.
+            assert [e.type for e in batch] == [
+                EventType.STARTED,
+                EventType.PROGRESS,
+                EventType.COMPLETED,
+            ]
+            assert batch[1].job.progress == 0.5
+            with pytest.raises(StopAsyncIteration):  # a job stream ends after its final event
+                await sub.next_batch()
+        assert queue.bus.subscriber_count == 0

@@ -38,6 +38,7 @@ from .sse import (
     encode_event,
     event_stream,
 )
+from .ssehub import SseHub
 from .websocket import serve_websocket
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "SSE_HEADERS",
     "STATIC_DIR",
     "SUBMIT",
+    "SseHub",
     "WORKER",
     "encode_comment",
     "encode_event",

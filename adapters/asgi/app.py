@@ -32,6 +32,7 @@ from .security import (
     refuse_origin,
     with_security_headers,
 )
+from .sse import BODY_SEND
 from .webhooks import WebhookApi
 from .websocket import serve_websocket
 from .worker import WorkerApi
@@ -167,6 +168,8 @@ class JobsApp:
         if scope["type"] in ("http", "websocket"):
             scope = _full_path(scope)
         if scope["type"] == "http":
+            # Event streams send their body past the wrappers below (see BODY_SEND).
+            scope = {**scope, BODY_SEND: send}
             send = with_security_headers(send)
             if not origin_allowed(scope, self.allowed_origins):
                 await refuse_origin(scope, receive, send)

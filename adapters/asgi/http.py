@@ -24,6 +24,7 @@ from .auth import CANCEL, READ, SUBMIT, Authenticator, Principal, require
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, QueueMetrics
 from .sse import EventStream, FrameCache, event_stream
+from .ssehub import SseHub
 from .wire import (
     check_job_id,
     invalid,
@@ -210,6 +211,7 @@ class HttpApi:
         self.heartbeat = heartbeat
         self.metrics = metrics
         self.frames = FrameCache()
+        self.hub = SseHub()
 
     def routes(self) -> list[BaseRoute]:
         """The Starlette routes, relative to the mount point."""
@@ -409,6 +411,7 @@ class HttpApi:
             last_event_id=request.headers.get("last-event-id"),
             heartbeat=self.heartbeat,
             frames=self.frames,
+            hub=self.hub,
         )
         return EventStream(stream)
 
@@ -423,6 +426,7 @@ class HttpApi:
             heartbeat=self.heartbeat,
             visible=visible_to(principal),
             frames=self.frames,
+            hub=self.hub,
         )
         return EventStream(stream)
 

@@ -15,15 +15,16 @@ by a slow subscriber. Each subscriber owns a buffer of pending events:
   its next :meth:`Subscriber.get` returns ``None`` once, and its reader re-reads the
   jobs it shows.
 
-Subscribers with the same filter share one wake-up: a publish sets at most one event
-per filter group it reaches (everything, its job, its type), however many subscribers
-wait in that group, instead of building and setting an event per subscriber.
+Subscribers with the same filter share one wake-up: a publish wakes each filter group
+it reaches (everything, its job, its type) once, resolving the futures its waiting
+readers await in one pass, and offers the event with a key computed once per event.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
 from typing import final
 
 import anyio
@@ -34,22 +35,43 @@ from .job import EventType, JobEvent
 __all__ = ["EventBus", "Subscriber"]
 
 
+def _key(event: JobEvent) -> Hashable | None:
+    """An event's key in a pending buffer; ``None`` when it depends on the buffer."""
+    if event.type.is_final:
+        return event.seq  # never coalesced
+    if event.type is EventType.PROGRESS:
+        return (event.job.id, "progress")  # pending progress of a job: the newest
+    return None
+
+
 @final
 class _Group:
-    """Subscribers with one filter, and the one wake-up their waiting readers share."""
+    """Subscribers with one filter, and the waiting readers one publish wakes at once."""
 
-    __slots__ = ("subs", "wakeup")
+    __slots__ = ("subs", "waiters")
 
     def __init__(self) -> None:
         self.subs: set[Subscriber] = set()
-        # Made by the first reader that waits, set and dropped by the next publish.
-        self.wakeup: anyio.Event | None = None
+        # One future per waiting reader (a reader that is cancelled cancels its own
+        # future only); a publish resolves them all in one pass and starts a new list.
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def wait(self) -> asyncio.Future[None]:
+        waiters = self.waiters
+        if len(waiters) > 2 * len(self.subs) + 16:
+            # Readers cancelled while waiting (closed connections) left done futures.
+            waiters[:] = [f for f in waiters if not f.done()]
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        return waiter
 
     def wake(self) -> None:
-        wakeup = self.wakeup
-        if wakeup is not None:
-            self.wakeup = None
-            wakeup.set()
+        waiters = self.waiters
+        if waiters:
+            self.waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
 
 @final
@@ -63,6 +85,7 @@ class Subscriber:
         "_overflowed",
         "_pending",
         "_resync",
+        "_waiter",
         "job_id",
         "max_pending",
         "type",
@@ -85,6 +108,7 @@ class Subscriber:
         self._closed = False
         self._overflowed = False
         self._resync = False
+        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def pending(self) -> int:
@@ -92,18 +116,16 @@ class Subscriber:
 
     def offer(self, event: JobEvent) -> None:
         """Buffer one event (called by the bus, which then wakes the group; never blocks)."""
+        self._offer(event, _key(event))
+
+    def _offer(self, event: JobEvent, key: Hashable | None) -> None:
+        # ``key`` is the same for every subscriber (the bus computes it once per event),
+        # except ``None``: a non-final event whose key depends on this buffer's length.
         if self._closed:
             return
         pending = self._pending
-        key: Hashable
-        if event.type.is_final:
-            key = event.seq
-        elif event.type is EventType.PROGRESS:
-            key = (event.job.id, "progress")
-        elif len(pending) >= self.max_pending:
-            key = (event.job.id, "latest")
-        else:
-            key = event.seq
+        if key is None:
+            key = (event.job.id, "latest") if len(pending) >= self.max_pending else event.seq
         if key in pending:
             del pending[key]  # re-insert at the end: order follows the newest version
         pending[key] = event
@@ -115,7 +137,7 @@ class Subscriber:
     def mark_resync(self) -> None:
         """Events may have been missed: the next :meth:`get` returns ``None``."""
         self._resync = True
-        self._group.wake()  # the others in the group find nothing new and wait again
+        self._wake()
 
     async def get(self) -> JobEvent | None:
         """The next pending event, or ``None`` once after :meth:`mark_resync`; waits.
@@ -123,22 +145,70 @@ class Subscriber:
         Raises:
             SubscriberOverflow: the subscriber fell too far behind and was cut off.
         """
+        if not self._pending and await self._resynced():
+            return None
+        _, event = self._pending.popitem(last=False)
+        return event
+
+    async def get_many(self) -> list[JobEvent] | None:
+        """Every pending event, oldest first (at least one), or ``None`` as :meth:`get`.
+
+        A reader that writes to a socket takes what piled up while it was busy in one
+        go, so it pays for one write per wake-up rather than one per event.
+
+        Raises:
+            SubscriberOverflow: the subscriber fell too far behind and was cut off.
+        """
+        if not self._pending and await self._resynced():
+            return None
+        events = list(self._pending.values())
+        self._pending.clear()
+        return events
+
+    def take(self) -> list[JobEvent] | None:
+        """Every pending event without waiting (``[]`` when none; then :meth:`wait`).
+
+        ``None`` when :meth:`get_many` has something else to report first: a resync,
+        the end of the stream, or an overflow.
+        """
+        pending = self._pending
+        if pending:
+            events = list(pending.values())
+            pending.clear()
+            return events
+        if self._resync or self._closed:
+            return None
+        return []
+
+    def wait(self) -> Awaitable[None]:
+        """Wait for the next wake-up of this subscriber's group (a publish, a close, a resync).
+
+        It may find nothing new: another subscriber of the group was the reason. A bare
+        future, not a coroutine: a reader that waits per event pays for no frame.
+        """
+        waiter = self._waiter = self._group.wait()
+        return waiter
+
+    def _wake(self) -> None:
+        """Wake this subscriber's reader alone (its group's others have nothing new)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _resynced(self) -> bool:
+        """Wait until an event is pending (False) or a resync is due (True)."""
         while not self._pending:
             if self._resync and not self._closed:
                 self._resync = False
-                return None
+                return True
             if self._overflowed:
                 raise SubscriberOverflow(
                     "this subscriber fell too far behind the event stream; resubscribe"
                 )
             if self._closed:
                 raise anyio.EndOfStream
-            group = self._group
-            if group.wakeup is None:
-                group.wakeup = anyio.Event()
-            await group.wakeup.wait()
-        _, event = self._pending.popitem(last=False)
-        return event
+            await self.wait()
+        return False
 
     def close(self) -> None:
         """Stop receiving events and wake a waiting :meth:`get`."""
@@ -146,7 +216,7 @@ class Subscriber:
         # Always discard (it is idempotent): an overflow closes the buffer from inside
         # publish(), where the bus's sets cannot change size, so it unregisters here.
         self._bus._discard(self)
-        self._group.wake()  # the others in the group find nothing new and wait again
+        self._wake()
 
 
 @final
@@ -190,10 +260,11 @@ class EventBus:
 
     def publish(self, event: JobEvent) -> None:
         """Offer ``event`` to every matching subscriber, then wake each group once."""
+        key = _key(event)
         everyone = self._all
         if everyone.subs:
             for sub in everyone.subs:
-                sub.offer(event)
+                sub._offer(event, key)
             everyone.wake()
         job = event.job
         group = self._by_job.get(job.id)
@@ -201,12 +272,12 @@ class EventBus:
             for sub in group.subs:
                 # A job-level filter may also carry a type; it rarely does.
                 if sub.type is None or sub.type == job.type:
-                    sub.offer(event)
+                    sub._offer(event, key)
             group.wake()
         group = self._by_type.get(job.type)
         if group is not None:
             for sub in group.subs:
-                sub.offer(event)
+                sub._offer(event, key)
             group.wake()
 
     def resync(self) -> None:

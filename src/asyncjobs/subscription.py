@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, final
@@ -89,6 +89,9 @@ class Subscription:
 
     async def aclose(self) -> None:
         """Unregister; a pending ``__anext__`` ends."""
+        self._close()
+
+    def _close(self) -> None:
         self._done = True
         if self._sub is not None:
             self._sub.close()
@@ -179,20 +182,115 @@ class Subscription:
                     await self._resync()
                     continue
                 event = got
-            job = event.job
-            seen = self._seen.get(job.id)
-            if event.type is EventType.DELETED:
-                self._seen.pop(job.id, None)
-            elif seen is not None and job.version <= seen.version:
-                continue  # shown already (in the snapshot or a newer coalesced event)
-            elif event.type.is_final and self._job_id is None:
-                self._seen.pop(job.id, None)  # bounded memory on whole-queue streams
-            else:
-                self._seen[job.id] = job
-            if self._job_id is not None and event.type.is_final:
-                await self.aclose()
-            return event
+            if self._admit(event):
+                return event
         raise StopAsyncIteration
+
+    async def next_batch(self) -> list[JobEvent]:
+        """Every event available now, in the order :meth:`__anext__` yields them.
+
+        Waits for at least one. A reader that writes to a socket sends a batch in one
+        write; the events and their order are the same as one at a time.
+
+        Raises:
+            StopAsyncIteration: the subscription ended.
+            SubscriberOverflow: the subscriber fell too far behind and was cut off.
+        """
+        while True:
+            batch = await self.poll()
+            if batch:
+                return batch
+            await self.wait()
+
+    async def poll(self) -> list[JobEvent]:
+        """The events available now, as :meth:`next_batch` returns them, or ``[]``.
+
+        Never waits for a new event (it may read the store: the start's snapshots, a
+        resync); after ``[]``, :meth:`wait` for more.
+
+        Raises:
+            StopAsyncIteration: the subscription ended.
+            SubscriberOverflow: the subscriber fell too far behind and was cut off.
+        """
+        await self._start()
+        if self._snapshots:
+            batch = self._snapshots[::-1]
+            self._snapshots.clear()
+            if self._job_id is not None and batch[-1].job.is_terminal:
+                await self.aclose()
+            return batch
+        while not self._done:
+            ready = self.take_ready()
+            if ready is not None:
+                return ready
+            assert self._sub is not None
+            if self._found:
+                events = self._found[::-1]
+                self._found.clear()
+            else:
+                try:
+                    # take_ready() found a resync, the end or an overflow to report:
+                    # get_many() reports it at once, without waiting.
+                    got = await self._sub.get_many()
+                except anyio.EndOfStream:
+                    break
+                if got is None:
+                    await self._resync()
+                    continue
+                events = got
+            batch = []
+            for event in events:
+                if self._admit(event):
+                    batch.append(event)
+                    if self._done:  # a job stream's final event: the rest never shows
+                        break
+            if batch:
+                return batch
+        raise StopAsyncIteration
+
+    def take_ready(self) -> list[JobEvent] | None:
+        """The live events pending now, as :meth:`next_batch` returns them, without waiting.
+
+        ``[]`` when nothing is pending (then :meth:`wait`); ``None`` when only
+        :meth:`poll` can go on: before the start, with snapshots or a resync's
+        findings to send, or with a resync, the end or an overflow to report.
+        """
+        sub = self._sub
+        if sub is None or self._snapshots or self._found or self._done:
+            return None
+        events = sub.take()
+        if events is None:
+            return None
+        if len(events) == 1:  # the usual case when keeping up
+            return events if self._admit(events[0]) else []
+        batch = []
+        for event in events:
+            if self._admit(event):
+                batch.append(event)
+                if self._done:  # a job stream's final event: the rest never shows
+                    break
+        return batch
+
+    def wait(self) -> Awaitable[None]:
+        """Wait until events may be pending (after :meth:`take_ready` returned ``[]``)."""
+        assert self._sub is not None
+        return self._sub.wait()
+
+    def _admit(self, event: JobEvent) -> bool:
+        """Whether ``event`` is news to this subscription; remembers what was shown."""
+        job = event.job
+        seen = self._seen.get(job.id)
+        if event.type is EventType.DELETED:
+            self._seen.pop(job.id, None)
+        elif seen is not None and job.version <= seen.version:
+            return False  # shown already (in the snapshot or a newer coalesced event)
+        elif event.type.is_final and self._job_id is None:
+            self._seen.pop(job.id, None)  # bounded memory on whole-queue streams
+        else:
+            self._seen[job.id] = job
+        if self._job_id is not None and event.type.is_final:
+            self._close()
+        return True
 
     async def _resync(self) -> None:
         """Re-read the jobs this subscription shows; queue what changed as events."""
