@@ -169,3 +169,82 @@ async def test_loopback_targets_are_refused_unless_allowed(monkeypatch: pytest.M
     assert rx.received == []
     assert dead.last_error is not None
     assert "ASYNCJOBS_WEBHOOK_ALLOW=127.0.0.1" in dead.last_error
+
+
+class _CountingStore:
+    """Counts the outbox looks of a MemoryStore (claim_deliveries calls)."""
+
+    def __init__(self) -> None:
+        from asyncjobs import MemoryStore
+
+        self.store = MemoryStore()
+        self.looks = 0
+        claim = self.store.claim_deliveries
+
+        async def counting(**kwargs: Any) -> Any:
+            self.looks += 1
+            return await claim(**kwargs)
+
+        self.store.claim_deliveries = counting  # type: ignore[method-assign]
+
+
+async def test_ends_no_webhook_wants_do_not_wake_the_delivery_loop() -> None:
+    counting = _CountingStore()
+    queue = Queue(counting.store, concurrency=1, webhook_config=WebhookConfig(poll=30))
+
+    @queue.job_type("noop")
+    async def noop(ctx: JobContext, params: dict[str, Any]) -> None:
+        return None
+
+    async with queue:
+        await anyio.sleep(0.05)  # the loop's first look, with no webhook registered
+        before = counting.looks
+        for _ in range(20):  # one at a time: every end comes alone
+            job = await queue.submit("noop")
+            await queue.wait(job.id, timeout=10)
+        await anyio.sleep(0.05)
+        assert counting.looks == before  # 20 ends, nobody asked for them: no look
+
+
+@pytest.mark.usefixtures("allow_loopback")
+async def test_a_webhook_registered_elsewhere_is_served_within_the_poll() -> None:
+    counting = _CountingStore()
+    config = WebhookConfig(poll=0.2, timeout=2.0)
+    worker = Queue(counting.store, concurrency=1, webhook_config=config)
+
+    @worker.job_type("echo")
+    async def echo(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+    async with receiver(SECRET) as rx, worker:
+        # Registered straight in the shared store, as another process would.
+        hook = Webhook(url=rx.url, events=["job_completed"], secret=SECRET)
+        await counting.store.add_webhook(hook, now=worker.clock())
+        job = await worker.submit("echo", {"n": 2})
+        await worker.wait(job.id, timeout=10)
+        (got,) = await rx.wait_for(1)
+        assert got.valid and got.json["data"]["id"] == job.id
+        # Once seen, every wanted end wakes the loop at once (no wait for the poll).
+        looks = counting.looks
+        again = await worker.submit("echo", {"n": 3})
+        await worker.wait(again.id, timeout=10)
+        await rx.wait_for(2)
+        assert counting.looks > looks
+
+
+@pytest.mark.usefixtures("allow_loopback")
+async def test_a_webhook_added_through_the_queue_wakes_the_loop_for_its_first_end() -> None:
+    counting = _CountingStore()
+    queue = Queue(counting.store, concurrency=1, webhook_config=WebhookConfig(poll=30))
+
+    @queue.job_type("echo")
+    async def echo(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+    async with receiver(SECRET) as rx, queue:
+        await anyio.sleep(0.05)  # the loop has looked: no webhooks
+        await queue.add_webhook(Webhook(url=rx.url, events=["job_completed"], secret=SECRET))
+        job = await queue.submit("echo", {"n": 1})
+        with anyio.fail_after(10):  # far less than the 30 s poll
+            (got,) = await rx.wait_for(1)
+        assert got.json["data"]["id"] == job.id

@@ -23,7 +23,7 @@ from .registry import JobRegistry
 from .schedules import Missed, Schedule
 from .stores.protocol import Store
 from .stores.steps import RETRYABLE
-from .webhooks.dispatcher import WebhookConfig
+from .webhooks.dispatcher import WebhookConfig, WebhookDispatcher
 from .webhooks.model import Delivery, Webhook
 
 __all__ = ["SUBMISSION_KEYS", "QueueOperations"]
@@ -68,6 +68,7 @@ class QueueOperations:
     max_queued: int | None
     schedules: dict[str, Schedule]
     webhook_config: WebhookConfig
+    dispatcher: WebhookDispatcher | None
 
     if TYPE_CHECKING:
 
@@ -220,7 +221,10 @@ class QueueOperations:
 
         self._require_open()
         await check_target(hook.url, self.webhook_config.allowed_hosts())
-        return await self.store.add_webhook(hook, now=self.clock())
+        stored = await self.store.add_webhook(hook, now=self.clock())
+        if self.dispatcher is not None:
+            self.dispatcher.forget_webhooks()  # its ends wake the loop from now on
+        return stored
 
     async def list_webhooks(self) -> builtins.list[Webhook]:
         """Every registered webhook, oldest first."""

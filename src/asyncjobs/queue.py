@@ -267,7 +267,7 @@ class Queue(QueueOperations):
         if type_ is _CANCEL_REQUESTED and self.worker is not None:
             self.worker.on_event(event)  # the only event a worker acts on
         if type_ in _FINAL_EVENTS and self.dispatcher is not None and event.job.status in TERMINAL:
-            self.dispatcher.poke()  # an outbox row may have been written with this end
+            self.dispatcher.poke(type_.value)  # an outbox row may come with this end
 
     def _require_open(self) -> None:
         if self._background is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, final
@@ -143,10 +144,35 @@ class WebhookDispatcher:
         self.supervisor = supervisor
         self._wake = anyio.Event()
         self._client: Any = None
+        # The events some registered webhook asks for, as of the last look at the
+        # store's webhooks (None: not known, every poke wakes the loop). A job's end that
+        # no webhook wants wrote no delivery: waking the loop for it would cost a store
+        # round trip per batch of ends. A webhook registered by another process is seen
+        # at the next look, within ``poll`` seconds; the timed look at the outbox never
+        # stopped, so its deliveries wait at most that long.
+        self._wanted: frozenset[str] | None = None
+        self._wanted_at = float("-inf")
 
-    def poke(self) -> None:
-        """Look at the outbox now (a job just ended)."""
-        self._wake.set()
+    def poke(self, event: str | None = None) -> None:
+        """Look at the outbox now: a job just ended with ``event`` (``job_completed``,
+        ...; None: look whatever ended)."""
+        wanted = self._wanted
+        if event is None or wanted is None or event in wanted:
+            self._wake.set()
+
+    def forget_webhooks(self) -> None:
+        """The registered webhooks changed: every end wakes the loop until the next look."""
+        self._wanted = None
+        self._wanted_at = float("-inf")
+
+    async def _look_at_webhooks(self) -> None:
+        """Refresh what the registered webhooks ask for, at most once per ``poll``."""
+        now = time.monotonic()
+        if now - self._wanted_at < self.config.poll:
+            return
+        hooks = await self.store.list_webhooks()
+        self._wanted = frozenset(event for hook in hooks for event in hook.events)
+        self._wanted_at = now
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -157,6 +183,7 @@ class WebhookDispatcher:
         try:
             while True:
                 try:
+                    await self._look_at_webhooks()
                     sent = await self.tick()
                 except Exception as exc:  # the loop's edge: never let one outage kill it
                     await anyio.sleep(self.supervisor.failed(LOOP, exc))
