@@ -8,18 +8,21 @@ strings (``2026-11-22T12:00:00.123456+00:00``). Never pickle.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import cattrs
 
-from .job import EventType, Job, JobEvent, JobStatus
+from .job import EventType, Job, JobError, JobEvent, JobStatus, Lease, Run
 from .stores.protocol import WorkerInfo
 
 if TYPE_CHECKING:
     from .supervision import Problem
 
 __all__ = [
+    "RECORD_FIELDS",
     "dumps",
     "event_from_record",
     "event_to_record",
@@ -63,18 +66,215 @@ def _make_converter() -> cattrs.Converter:
 
 _conv = _make_converter()
 
+# -- job records, field by field ----------------------------------------------------
+#
+# Every store encodes a record per change and decodes one per job it reads: through
+# cattrs' generic (un)structuring that cost more than the rest of a no-op job's client
+# time. These functions make the same records by hand (tests/test_codec.py checks them
+# against cattrs on every field), and importing this module fails if Job or one of its
+# parts gains a field they do not know.
+
+_UTC: Final = timezone.utc
+_STATUS: Final = {s.value: s for s in JobStatus}
+_fromiso: Final = datetime.fromisoformat
+
+#: Times as written, by the instant they name: a job's times are written again at
+#: each of its changes, and every job of a claim starts at the same instant, so the
+#: same few instants are formatted over and over. Bounded: cleared when full.
+_TEXT: dict[datetime, str] = {}
+_TEXT_LIMIT: Final = 4096
+
+
+def _iso(value: datetime) -> str:
+    """``format_time``, remembered."""
+    text = _TEXT.get(value)
+    if text is None:
+        text = (value if value.tzinfo is _UTC else value.astimezone(_UTC)).isoformat()
+        if len(_TEXT) >= _TEXT_LIMIT:
+            _TEXT.clear()
+        _TEXT[value] = text
+    return text
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else _iso(value)
+
+
+def _error(error: JobError | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    return {"type": error.type, "message": error.message, "traceback": error.traceback}
+
+
+def _lease(lease: Lease | None) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    return {
+        "worker_id": lease.worker_id,
+        "token": lease.token,
+        "expires_at": _iso(lease.expires_at),
+    }
+
+
+def _history(runs: tuple[Run, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "status": run.status.value,
+            "attempts": run.attempts,
+            "error": _error(run.error),
+            "started_at": _time(run.started_at),
+            "finished_at": _time(run.finished_at),
+        }
+        for run in runs
+    ]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+#: How each field of ``Job`` becomes record JSON, in the record's order (a store that
+#: writes only the changed fields of a job encodes them with these).
+RECORD_FIELDS: Final[Mapping[str, Callable[[Any], Any]]] = {
+    "id": _same,
+    "type": _same,
+    "params": _same,
+    "status": lambda status: status.value,
+    "created_at": _iso,
+    "run_at": _iso,
+    "priority": _same,
+    "progress": _same,
+    "message": _same,
+    "result": _same,
+    "error": _error,
+    "attempts": _same,
+    "max_attempts": _same,
+    "started_at": _time,
+    "finished_at": _time,
+    "timeout": _same,
+    "retention": _same,
+    "idempotency_key": _same,
+    "owner": _same,
+    "tags": list,
+    "cancel_requested": _same,
+    "history": _history,
+    "trace": _same,
+    "version": _same,
+    "lease": _lease,
+}
+_PARTS: Final = {
+    Job: tuple(RECORD_FIELDS),
+    JobError: ("type", "message", "traceback"),
+    Lease: ("worker_id", "token", "expires_at"),
+    Run: ("status", "attempts", "error", "started_at", "finished_at"),
+}
+for _cls, _names in _PARTS.items():
+    if tuple(a.name for a in attrs.fields(_cls)) != _names:  # pragma: no cover
+        raise RuntimeError(f"{_cls.__name__} changed: update codec.RECORD_FIELDS and its readers")
+
 
 def job_to_record(job: Job) -> dict[str, Any]:
     """The full JSON-able record of a job, lease included (for stores)."""
-    out: dict[str, Any] = _conv.unstructure(job)
-    out["tags"] = list(job.tags)
-    out["history"] = list(out["history"])
-    return out
+    lease = job.lease
+    started, finished = job.started_at, job.finished_at
+    return {
+        "id": job.id,
+        "type": job.type,
+        "params": job.params,
+        "status": job.status.value,
+        "created_at": _iso(job.created_at),
+        "run_at": _iso(job.run_at),
+        "priority": job.priority,
+        "progress": job.progress,
+        "message": job.message,
+        "result": job.result,
+        "error": None if job.error is None else _error(job.error),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "started_at": None if started is None else _iso(started),
+        "finished_at": None if finished is None else _iso(finished),
+        "timeout": job.timeout,
+        "retention": job.retention,
+        "idempotency_key": job.idempotency_key,
+        "owner": job.owner,
+        "tags": list(job.tags),
+        "cancel_requested": job.cancel_requested,
+        "history": _history(job.history) if job.history else [],
+        "trace": job.trace,
+        "version": job.version,
+        "lease": None if lease is None else _lease(lease),
+    }
+
+
+def _when(value: str) -> datetime:
+    """``parse_time``, with its conversions only when the text needs them."""
+    try:
+        parsed = _fromiso(value)
+    except ValueError:  # "Z" before Python 3.11
+        return parse_time(value)
+    return parsed if parsed.tzinfo is _UTC else parse_time(value)
+
+
+def _opt_time(value: str | None) -> datetime | None:
+    return None if value is None else _when(value)
+
+
+def _opt_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _job_error(data: dict[str, Any] | None) -> JobError | None:
+    if data is None:
+        return None
+    return JobError(str(data["type"]), str(data["message"]), data.get("traceback"))
+
+
+def _run(data: dict[str, Any]) -> Run:
+    return Run(
+        _STATUS[data["status"]],
+        int(data["attempts"]),
+        _job_error(data.get("error")),
+        _opt_time(data.get("started_at")),
+        _opt_time(data.get("finished_at")),
+    )
 
 
 def job_from_record(record: dict[str, Any]) -> Job:
-    """Rebuild a :class:`Job` from :func:`job_to_record` output."""
-    return _conv.structure(record, Job)
+    """Rebuild a :class:`Job` from :func:`job_to_record` output (or the wire shape:
+    missing fields take their defaults)."""
+    get = record.get
+    lease = get("lease")
+    history = get("history")
+    trace = get("trace")
+    return Job(
+        id=str(record["id"]),
+        type=str(record["type"]),
+        params=record["params"],
+        status=_STATUS[record["status"]],
+        created_at=_when(record["created_at"]),
+        run_at=_when(record["run_at"]),
+        priority=int(get("priority", 0)),
+        progress=float(get("progress", 0.0)),
+        message=get("message"),
+        result=get("result"),
+        error=_job_error(get("error")),
+        attempts=int(get("attempts", 0)),
+        max_attempts=int(get("max_attempts", 1)),
+        started_at=_opt_time(get("started_at")),
+        finished_at=_opt_time(get("finished_at")),
+        timeout=_opt_float(get("timeout")),
+        retention=_opt_float(get("retention")),
+        idempotency_key=get("idempotency_key"),
+        owner=get("owner"),
+        tags=tuple(get("tags", ())),
+        cancel_requested=bool(get("cancel_requested", False)),
+        history=() if not history else tuple(_run(run) for run in history),
+        trace=None if trace is None else dict(trace),
+        version=int(get("version", 1)),
+        lease=None
+        if lease is None
+        else Lease(str(lease["worker_id"]), str(lease["token"]), _when(lease["expires_at"])),
+    )
 
 
 def job_to_wire(job: Job) -> dict[str, Any]:
@@ -124,9 +324,23 @@ def worker_from_record(record: dict[str, Any]) -> WorkerInfo:
     return _conv.structure(record, WorkerInfo)
 
 
+def _encoder() -> Callable[[Any], str]:
+    """Compact JSON, not ASCII-only: ``json.dumps`` builds a new C encoder on every call;
+    this one is built once."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover (an interpreter without the C accelerator)
+        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    refuse = json.JSONEncoder().default  # the TypeError json.dumps raises
+    chunks = make(None, refuse, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+_dumps: Final = _encoder()
+
+
 def dumps(value: Any) -> str:
     """Compact JSON, as used on the wire and in stores."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _dumps(value)
 
 
 def problem_to_wire(problem: Problem) -> dict[str, Any]:

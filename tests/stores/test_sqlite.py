@@ -5,7 +5,6 @@ Store protocol itself."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -15,16 +14,13 @@ from typing import Any
 
 import anyio
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from asyncjobs._ulid import new_ulid
-from asyncjobs.codec import dumps, job_from_record, job_to_record
 from asyncjobs.errors import ConfigurationError, LeaseLost, QueueFull
-from asyncjobs.job import EventType, Job, JobError, JobEvent, JobStatus, Lease, Run
+from asyncjobs.job import EventType, Job, JobEvent, JobStatus
 from asyncjobs.stores import open_store
 from asyncjobs.stores.protocol import Outcome
-from asyncjobs.stores.sqlite import SqliteStore, record
+from asyncjobs.stores.sqlite import SqliteStore
 from asyncjobs.stores.sqlite.schema import JOB_COLUMNS, MIGRATIONS, job_params
 from asyncjobs.webhooks.model import Webhook
 
@@ -619,74 +615,6 @@ async def test_a_batch_writes_the_webhook_deliveries_of_its_ends_only(store: Sql
     assert delivery.id == f"msg_{first.id}_0_{hook.id}"
     assert delivery.job == await store.get(first.id)
     assert delivery.event == "job_completed"
-
-
-# -- the record codec: the same text as asyncjobs.codec, faster -----------------------------
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**60), 2**60)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=10,
-)
-times = st.datetimes(
-    min_value=datetime(2000, 1, 1),
-    max_value=datetime(2100, 1, 1),
-    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=-3))]),
-)
-maybe_times = st.none() | times
-errors = st.none() | st.builds(JobError, st.text(max_size=5), st.text(), st.none() | st.text())
-runs = st.builds(
-    Run, st.sampled_from(JobStatus), st.integers(0, 9), errors, maybe_times, maybe_times
-)
-jobs = st.builds(
-    Job,
-    id=st.text(min_size=1, max_size=30),
-    type=st.text(max_size=8),
-    params=st.dictionaries(st.text(max_size=5), json_values, max_size=4),
-    status=st.sampled_from(JobStatus),
-    created_at=times,
-    run_at=times,
-    priority=st.integers(-(2**40), 2**40),
-    progress=st.floats(0.0, 1.0) | st.sampled_from([0, 1]),
-    message=st.none() | st.text(max_size=8),
-    result=json_values,
-    error=errors,
-    attempts=st.integers(0, 9),
-    max_attempts=st.integers(1, 9),
-    started_at=maybe_times,
-    finished_at=maybe_times,
-    timeout=st.none() | st.floats(0.001, 1e6) | st.integers(1, 600),
-    retention=st.none() | st.floats(0.0, 1e9) | st.integers(0, 10**6),
-    idempotency_key=st.none() | st.text(max_size=8),
-    owner=st.none() | st.text(max_size=8),
-    tags=st.lists(st.text(max_size=5), max_size=3).map(tuple),
-    cancel_requested=st.booleans(),
-    history=st.lists(runs, max_size=2).map(tuple),
-    trace=st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
-    version=st.integers(1, 10**9),
-    lease=st.none() | st.builds(Lease, st.text(max_size=5), st.text(max_size=24), times),
-)
-
-
-@given(job=jobs)
-def test_the_record_codec_writes_what_the_codec_writes(job: Job) -> None:
-    text = record.encode(job)
-    assert text == dumps(job_to_record(job))
-    assert record.decode(text) == job_from_record(json.loads(text)) == job
-
-
-@given(job=jobs, missing=st.sampled_from(["history", "trace", "owner", "lease"]))
-def test_a_record_of_another_shape_is_left_to_the_codec(job: Job, missing: str) -> None:
-    older = job_to_record(job)
-    del older[missing]  # as a release before that field wrote it
-    text = dumps(older)
-    assert record.decode(text) == job_from_record(json.loads(text))
 
 
 async def test_claimed_jobs_get_distinct_fresh_tokens(store: SqliteStore) -> None:

@@ -20,11 +20,10 @@ from typing import Any, final
 
 import attrs
 
-from ...codec import dumps, format_time, parse_time
+from ...codec import dumps, format_time, job_from_record, job_to_record, parse_time
 from ...job import EventType, Job, JobEvent
 from ..listeners import WAKE
 from ..tasks import BackgroundTasks, TaskHandle
-from .records import job_of, record_of
 
 __all__ = ["WAKE", "RemoteEvents", "encode_head", "encode_suffix", "make_prefix"]
 
@@ -53,18 +52,18 @@ def encode_suffix(
 ) -> str:
     """The payload after the seq: the event record, or a partial one if it is too big.
 
-    ``record`` is ``dumps(record_of(job))`` when the caller has it already (the row
+    ``record`` is ``dumps(job_to_record(job))`` when the caller has it already (the row
     and the payload then share one encoding).
     """
     when = format_time(at)
     room = _NOTIFY_LIMIT - len(prefix.encode()) - 20
     if record is None:
-        record = dumps(record_of(job))
+        record = dumps(job_to_record(job))
     # Same text as dumps({"type", "at", "job"}), without encoding the job again.
     body = dumps({"type": type.value, "at": when})[:-1] + ',"job":' + record + "}"
     if len(body.encode()) > room:
         slim = attrs.evolve(job, params={}, result=None, error=None, message=None, tags=())
-        body = dumps({"type": type.value, "at": when, "partial": True, "job": record_of(slim)})
+        body = dumps({"type": type.value, "at": when, "partial": True, "job": job_to_record(slim)})
         if len(body.encode()) > room:
             body = dumps({"type": type.value, "at": when, "partial": True, "id": job.id})
     return "," + body[1:]
@@ -147,7 +146,7 @@ class RemoteEvents:
                 self._resync()
             data = await self._inbox.get()
             if not data.get("partial"):
-                job = job_of(data["job"])
+                job = job_from_record(data["job"])
                 self._deliver([JobEvent(EventType(data["type"]), int(data["seq"]), _at(data), job)])
                 continue
             try:
@@ -159,7 +158,7 @@ class RemoteEvents:
                 self._deliver([event])
 
     async def _complete(self, data: dict[str, Any]) -> JobEvent | None:
-        slim = job_of(data["job"]) if "job" in data else None
+        slim = job_from_record(data["job"]) if "job" in data else None
         current = await self._fetch(slim.id if slim is not None else data["id"])
         if current is not None and (slim is None or current.version == slim.version):
             job = current

@@ -12,12 +12,11 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, final
 
-from ...codec import dumps
+from ...codec import dumps, job_from_record, job_to_record
 from ...errors import QueueFull
 from ...job import EventType, Job, JobEvent, JobStatus
 from ..steps import check_retry_statuses, retry_step
 from .events import encode_head
-from .records import job_of, record_of
 from .sql import Statements, change, payload
 
 __all__ = ["OpsStatements"]
@@ -95,7 +94,7 @@ SELECT id, seq, pg_notify($12, {payload("head", "record", "id")}) FROM msg ORDER
                 fresh.append(job)
                 if key is not None:
                     first[key] = job
-        records = [dumps(record_of(j)) for j in fresh]
+        records = [dumps(job_to_record(j)) for j in fresh]
         args = (
             [j.id for j in fresh],
             [j.type for j in fresh],
@@ -121,7 +120,7 @@ SELECT id, seq, pg_notify($12, {payload("head", "record", "id")}) FROM msg ORDER
                 # In the same transaction, a new snapshot: it sees the rows that won.
                 owners, keys = [k[0] for k in taken], [k[1] for k in taken]
                 for owner, key, text in await conn.fetch(self.get_by_keys, owners, keys):
-                    holders[(owner, key)] = job_of(json.loads(text))
+                    holders[(owner, key)] = job_from_record(json.loads(text))
             results: list[tuple[Job, bool]] = []
             for job in jobs:
                 if job.id in seqs:
@@ -156,7 +155,7 @@ SELECT id, seq, pg_notify($12, {payload("head", "record", "id")}) FROM msg ORDER
     async def committed(self, conn: Any, jobs: Sequence[Job]) -> dict[str, Job]:
         """Those of ``jobs`` stored already, by id (after a reply lost to a drop)."""
         rows = await conn.fetch(self.get_many, [j.id for j in jobs])
-        return {row[0]: job_of(json.loads(row[1])) for row in rows}
+        return {row[0]: job_from_record(json.loads(row[1])) for row in rows}
 
     async def retry_batch(
         self,
@@ -177,7 +176,7 @@ SELECT id, seq, pg_notify($12, {payload("head", "record", "id")}) FROM msg ORDER
                 owner,
                 _BATCH,
             )
-            jobs = [job_of(json.loads(r[0])) for r in rows]
+            jobs = [job_from_record(json.loads(r[0])) for r in rows]
             changes = [change(j, retry_step(j, now), EventType.RETRYING, now) for j in jobs]
             return await self.sql.write(conn, changes)
 

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, final
 
-from ...codec import dumps, format_time
+from ...codec import dumps, format_time, job_from_record
 from ...job import EventType, Job, JobEvent, JobStatus
 from ..steps import claim_step
 from .events import encode_head, encode_suffix
-from .records import job_of, patch_of
+from .records import patch_of
 
 __all__ = ["Change", "Statements", "change", "payload"]
 
@@ -252,7 +252,8 @@ FROM msg ORDER BY seq
             await conn.execute(self.lock, nonce)
             rows = await conn.fetch(self.claimed_sql, nonce)
         return [
-            JobEvent(EventType.STARTED, row[1], now, job_of(json.loads(row[0]))) for row in rows
+            JobEvent(EventType.STARTED, row[1], now, job_from_record(json.loads(row[0])))
+            for row in rows
         ]
 
     async def write(self, conn: Any, changes: list[Change]) -> list[JobEvent]:
@@ -323,7 +324,8 @@ FROM msg ORDER BY seq
             nonce,
         )
         return [
-            JobEvent(EventType.STARTED, row[0], now, job_of(json.loads(row[1]))) for row in rows
+            JobEvent(EventType.STARTED, row[0], now, job_from_record(json.loads(row[1])))
+            for row in rows
         ]
 
     async def claim_limited(
@@ -354,7 +356,7 @@ FROM msg ORDER BY seq
                     texts += [r[0] for r in await conn.fetch(self.pick, [type_], room)]
             if free:
                 texts += [r[0] for r in await conn.fetch(self.pick, free, limit)]
-            jobs = [job_of(json.loads(text)) for text in texts]
+            jobs = [job_from_record(json.loads(text)) for text in texts]
             picked = sorted(jobs, key=lambda j: (-j.priority, j.id))[:limit]
             changes = [
                 change(j, claim_step(j, worker_id, nonce + j.id, lease, now), STARTED, now)

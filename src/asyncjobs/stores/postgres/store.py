@@ -40,7 +40,14 @@ from typing import Any, TypeVar, final
 
 import anyio
 
-from ...codec import dumps, format_time, worker_from_record, worker_to_record
+from ...codec import (
+    dumps,
+    format_time,
+    job_from_record,
+    job_to_record,
+    worker_from_record,
+    worker_to_record,
+)
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
@@ -67,7 +74,6 @@ from .handoff import Handoffs, Standing
 from .listen import Listener
 from .ops import OpsStatements
 from .pool import Pool, connection_errors
-from .records import job_of, record_of
 from .schema import (
     apply_migrations,
     check_schema_name,
@@ -96,7 +102,7 @@ _HOOKS_FOR = 1.0
 
 
 def _load(text: str) -> Job:
-    return job_of(json.loads(text))
+    return job_from_record(json.loads(text))
 
 
 @final
@@ -304,7 +310,7 @@ class PostgresStore:
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
         check_storable(job)
         sql = self._sql
-        record = dumps(record_of(job))
+        record = dumps(job_to_record(job))
         head = encode_head(EventType.CREATED, job.created_at)
         if max_queued is None and self._handoffs is not None:
             target = self._handoffs.target(job, self._notifier.work_generation())
@@ -378,7 +384,7 @@ class PostgresStore:
         running = claim_step(job, target.worker_id, token, target.lease, job.created_at)
         assert running.lease is not None
         expires = running.lease.expires_at
-        running_record = dumps(record_of(running))
+        running_record = dumps(job_to_record(running))
         started_head = encode_head(EventType.STARTED, job.created_at)
         attempt = 0
 

@@ -8,13 +8,14 @@ read rebuilds the job from. ``PRAGMA user_version`` is the number of migrations 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
+from ...codec import dumps, job_from_record, job_to_record
 from ...errors import ConfigurationError
 from ...job import Job
-from .record import decode, encode
 
 __all__ = [
     "JOB_COLUMNS",
@@ -194,12 +195,12 @@ def job_params(job: Job) -> tuple[Any, ...]:
 
 def job_record(job: Job) -> str:
     """The ``record`` column of ``job``: its full JSON record (``codec.job_to_record``)."""
-    return encode(job)
+    return dumps(job_to_record(job))
 
 
 def job_from_row(record: str) -> Job:
     """The job a ``record`` column holds."""
-    return decode(record)
+    return job_from_record(json.loads(record))
 
 
 def migrate(conn: sqlite3.Connection) -> int:
