@@ -7,7 +7,8 @@ Options:
                         system (asyncjobs, arq, saq, ...), a backend (memory, sqlite,
                         postgres, redis), ``system/backend`` or a case key
     --skip TERM         leave those out (same terms)
-    --pairs             run only the cases behind the issue's asyncjobs / peer pairs
+    --pairs             run only the cases behind the issue's asyncjobs / peer pairs, at
+                        the issue's sizes (N = 10,000 for every enqueue and drain)
     --runs R            runs per case (default 3; the figure is the median)
     --no-write          do not rewrite RESULTS.md, results.json and throughput.png
     --render            run nothing: rewrite RESULTS.md, docs/benchmarks.md and the
@@ -82,6 +83,8 @@ class Sizes:
 
 
 FULL = Sizes(10_000, 3_000, 1_000, 10_000, 2_000, 1_000, 600, 300, (100, 1_000, 5_000), 100_000)
+#: ``--pairs``: the issue's N = 10,000 no-op jobs for every enqueue and drain.
+PAIRS = Sizes(10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 300, (1_000, 5_000), 100_000)
 QUICK = Sizes(200, 100, 50, 200, 100, 100, 50, 20, (20,), 2_000)
 
 
@@ -438,7 +441,7 @@ def main() -> None:
     runs = args.runs or (1 if args.quick else 3)
     todo = [
         c
-        for c in cases(QUICK if args.quick else FULL)
+        for c in cases(QUICK if args.quick else PAIRS if args.pairs else FULL)
         if (not only or c.matches(only))
         and not c.matches(skip)
         and (not args.pairs or c.key in pairs.PAIR_CASES)
