@@ -225,3 +225,29 @@ async def test_no_span_is_made_when_no_sdk_records_it_and_no_trace_is_carried(
     )
     assert await tracing.attempt_span(traced, run) is outcome
     assert made == ["span"]
+
+
+def test_a_submit_makes_no_span_without_an_sdk_but_still_carries_the_current_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("opentelemetry")
+    from opentelemetry import propagate, trace
+
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        pytest.skip("an SDK tracer provider is installed in this process")
+    made: list[str] = []
+    real = tracing._tracer
+
+    def tracer(module: Any) -> Any:
+        made.append("span")
+        return real(module)
+
+    monkeypatch.setattr(tracing, "_tracer", tracer)
+    with tracing.submit_span("t") as span:
+        assert span is None
+        assert tracing.inject() is None  # no trace anywhere: nothing to carry
+    carried = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    parent = propagate.extract({"traceparent": carried})
+    with trace.use_span(trace.get_current_span(parent)), tracing.submit_span("t"):
+        assert tracing.inject() == {"traceparent": carried}
+    assert made == []

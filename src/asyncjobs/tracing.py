@@ -55,6 +55,11 @@ def submit_span(job_type: str, *, batch: int | None = None) -> Iterator[Any]:
         yield None
         return
     trace, _ = otel
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        # No SDK: the span would be a non-recording one carrying its parent's context,
+        # which inject() reads from the current span anyway; it cost a third of a submit.
+        yield None
+        return
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "send",
