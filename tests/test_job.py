@@ -321,6 +321,30 @@ def decode_ms(ulid: str) -> int:
     return value >> 80
 
 
+def decode(ulid: str) -> int:
+    value = 0
+    for char in ulid:
+        value = value * 32 + _ulid._ALPHABET.index(char)
+    return value
+
+
+@given(st.integers(min_value=0, max_value=(1 << 128) - 1))
+def test_ulid_encoding_is_base32_of_the_128_bit_value(value: int) -> None:
+    text = _ulid._encode(value)
+    assert len(text) == 26
+    assert decode(text) == value
+
+
+def test_ulid_text_carries_the_generators_time_and_random_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_ulid, "time", SimpleNamespace(time_ns=lambda: 1_790_000_000_000_000_000))
+    gen = UlidGenerator()
+    first, second = gen.new(), gen.new()
+    assert decode(first) == (1_790_000_000_000 << 80) | gen._last_rand - 1
+    assert decode(second) == (1_790_000_000_000 << 80) | gen._last_rand
+
+
 def test_ulid_shape() -> None:
     ulid = new_ulid()
     assert len(ulid) == 26
