@@ -3,6 +3,7 @@
 One run per invocation, printed as ``RESULT {json}``::
 
     python benchmarks/bench_asyncjobs.py enqueue --store sqlite --n 10000
+    python benchmarks/bench_asyncjobs.py enqueue_many --store postgres --n 10000 --batch 1000
     python benchmarks/bench_asyncjobs.py drain --store postgres --n 2000 --concurrency 50
     python benchmarks/bench_asyncjobs.py latency --store memory --n 300
     python benchmarks/bench_asyncjobs.py multiproc --store postgres --n 2000 --workers 2
@@ -89,6 +90,25 @@ async def enqueue(kind: str, n: int) -> None:
         for _ in range(20):  # warm up connections and caches
             await queue.submit("noop")
         await timed_enqueue("asyncjobs", kind, n, lambda: queue.submit("noop"))
+
+
+async def enqueue_many(kind: str, n: int, batch: int) -> None:
+    """``n`` jobs through ``submit_many``, ``batch`` at a time, from one client."""
+    async with fresh_store(kind) as url, make_queue(url, 0) as queue:
+        await queue.submit_many([{"type": "noop"}] * 20)  # warm up connections and caches
+        start = time.perf_counter()
+        for first in range(0, n, batch):
+            await queue.submit_many([{"type": "noop"}] * min(batch, n - first))
+        elapsed = time.perf_counter() - start
+    emit(
+        system="asyncjobs",
+        backend=kind,
+        mode="enqueue_many",
+        n=n,
+        batch=batch,
+        seconds=elapsed,
+        rate=n / elapsed,
+    )
 
 
 async def drain(kind: str, n: int, concurrency: int) -> None:
@@ -228,9 +248,12 @@ def main() -> None:
     parser.add_argument("--store", default="memory", choices=["memory", "sqlite", "postgres"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--url", help="store URL (worker mode)")
+    parser.add_argument("--batch", type=int, default=1000, help="jobs per submit_many")
     args = parser.parse_args()
     if args.mode == "enqueue":
         coro = enqueue(args.store, args.n)
+    elif args.mode == "enqueue_many":
+        coro = enqueue_many(args.store, args.n, args.batch)
     elif args.mode == "drain":
         coro = drain(args.store, args.n, args.concurrency)
     elif args.mode == "latency":

@@ -32,6 +32,12 @@ PAIRS: tuple[Pair, ...] = (
          "drain_c50/pgqueuer/postgres", 1.5),
     Pair("postgres enqueue vs PgQueuer", "enqueue/asyncjobs/postgres", "rate",
          "enqueue/pgqueuer/postgres", 1.5),
+    # The "10x with submit_many": batches against PgQueuer's single enqueue...
+    Pair("postgres submit_many vs PgQueuer enqueue", "enqueue_many/asyncjobs/postgres",
+         "rate", "enqueue/pgqueuer/postgres", 10.0),
+    # ...and, for fairness, against PgQueuer's own list enqueue (no goal: parity).
+    Pair("postgres submit_many vs PgQueuer list enqueue", "enqueue_many/asyncjobs/postgres",
+         "rate", "enqueue_many/pgqueuer/postgres", 1.0),
     Pair("sqlite drain c50 vs SAQ (redis)", "drain_c50/asyncjobs/sqlite", "rate",
          "drain_c50/saq/redis", 2.0),
     Pair("postgres submit->completion p50 (ms)", "latency/asyncjobs/postgres", "done_p50_ms",

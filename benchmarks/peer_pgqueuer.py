@@ -1,6 +1,7 @@
 """PgQueuer (PostgreSQL, asyncpg) on the shared workload shape.
 
     python benchmarks/peer_pgqueuer.py enqueue --n 2000
+    python benchmarks/peer_pgqueuer.py enqueue_many --n 10000 --batch 1000
     python benchmarks/peer_pgqueuer.py drain --n 2000 --concurrency 50
 
 Each run installs PgQueuer's tables into a new database. Drain: N jobs enqueued
@@ -78,7 +79,25 @@ async def latency(url: str, client: Any, n: int, concurrency: int) -> None:
     )
 
 
-async def main_async(mode: str, n: int, concurrency: int) -> None:
+async def enqueue_many(queries: Any, n: int, batch: int) -> None:
+    """``n`` jobs through PgQueuer's list enqueue, ``batch`` at a time (one INSERT each)."""
+    start = time.perf_counter()
+    for first in range(0, n, batch):
+        size = min(batch, n - first)
+        await queries.enqueue(["noop"] * size, [None] * size, [0] * size)
+    elapsed = time.perf_counter() - start
+    emit(
+        system="pgqueuer",
+        backend="postgres",
+        mode="enqueue_many",
+        n=n,
+        batch=batch,
+        seconds=elapsed,
+        rate=n / elapsed,
+    )
+
+
+async def main_async(mode: str, n: int, concurrency: int, batch: int = 1000) -> None:
     import asyncpg
     from pgqueuer import AsyncpgDriver, Queries, QueueManager
     from pgqueuer.domain.types import QueueExecutionMode
@@ -96,6 +115,9 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
                 await timed_enqueue(
                     "pgqueuer", "postgres", n, lambda: queries.enqueue("noop", None)
                 )
+                return
+            if mode == "enqueue_many":
+                await enqueue_many(queries, n, batch)
                 return
             await queries.enqueue(["noop"] * n, [None] * n, [0] * n)
             qm = QueueManager(queries)
@@ -129,8 +151,10 @@ async def main_async(mode: str, n: int, concurrency: int) -> None:
 
 
 def main() -> None:
-    args = base_parser(__doc__ or "").parse_args()
-    asyncio.run(main_async(args.mode, args.n, args.concurrency))
+    parser = base_parser(__doc__ or "")
+    parser.add_argument("--batch", type=int, default=1000, help="jobs per enqueue_many call")
+    args = parser.parse_args()
+    asyncio.run(main_async(args.mode, args.n, args.concurrency, args.batch))
 
 
 if __name__ == "__main__":

@@ -167,6 +167,11 @@ def cases(s: Sizes) -> list[Case]:
     add(
         "enqueue", "pgqueuer", "postgres", "peer_pgqueuer.py", ["enqueue", "--n", str(s.enqueue_pg)]
     )
+    # Batches of 1,000: asyncjobs' submit_many against PgQueuer's list enqueue.
+    for system, script in (("asyncjobs", aj), ("pgqueuer", "peer_pgqueuer.py")):
+        store = ["--store", "postgres"] if system == "asyncjobs" else []
+        many = ["enqueue_many", *store, "--n", str(s.enqueue_pg), "--batch", "1000"]
+        add("enqueue", system, "postgres", script, many, suffix="_many")
     # drain at concurrency 10 and 50
     for c in (10, 50):
         cc = ["--concurrency", str(c)]
