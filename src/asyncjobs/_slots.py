@@ -39,8 +39,7 @@ from .jsonrules import clean_text, json_problems
 from .registry import JobRegistry, JobType
 from .stores.protocol import Outcome, Store
 from .supervision import Supervisor
-from .tracing import attempt_span
-from .tracing import enabled as tracing_enabled
+from .tracing import _otel, attempt_span
 
 if TYPE_CHECKING:
     from .worker import WorkerConfig
@@ -79,6 +78,17 @@ class Running:
     finish_by: float = float("inf")
 
 
+def spans_for_all() -> bool:
+    """Whether an attempt whose job carries no trace context still gets a span: an
+    OpenTelemetry SDK is installed (the API's proxy provider no longer stands in).
+    Without it :func:`~asyncjobs.tracing.attempt_span` would only call the attempt."""
+    otel = _otel()
+    if otel is None:
+        return False
+    trace = otel[0]
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def _clean(error: JobError) -> JobError:
     """An error from a child process, repaired like ours (see jsonrules.clean_text)."""
     tb = None if error.traceback is None else clean_text(error.traceback)
@@ -115,6 +125,9 @@ class Slots:
     _waking: int  # slots woken that have not looked at _ready yet
     _attempting: int  # slots running an attempt: at most config.concurrency
     _avg_run: float | None  # the running average of attempt durations
+    # spans_for_all(), looked up by the claim loop once per claim rather than per job:
+    # the provider lookup reads os.environ each time (a tenth of a no-op job).
+    _spans_for_all: bool
     _job_types: dict[str, JobType]  # the registry's, as of run()
     _finish_never_suspends: bool
     _changed: anyio.Event  # a slot freed up or stop() was called
@@ -204,7 +217,6 @@ class Slots:
         outcome: Outcome | None = None
         ready = self._ready
         turns = self.config.concurrency
-        traced = tracing_enabled()
         try:
             while True:
                 with anyio.CancelScope() as scope:
@@ -226,7 +238,7 @@ class Slots:
                             current.began = time.monotonic()
                             if current.stop is None:  # halted while it waited for the slot
                                 current.scope = scope
-                                if traced:
+                                if current.job.trace is not None or self._spans_for_all:
                                     outcome = await attempt_span(
                                         current.job, functools.partial(self._attempt, current)
                                     )

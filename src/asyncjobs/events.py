@@ -260,21 +260,23 @@ class EventBus:
 
     def publish(self, event: JobEvent) -> None:
         """Offer ``event`` to every matching subscriber, then wake each group once."""
+        everyone, by_job, by_type = self._all, self._by_job, self._by_type
+        if not (everyone.subs or by_job or by_type):
+            return  # nobody listens: twice per job, so skip even the key
         key = _key(event)
-        everyone = self._all
         if everyone.subs:
             for sub in everyone.subs:
                 sub._offer(event, key)
             everyone.wake()
         job = event.job
-        group = self._by_job.get(job.id)
+        group = by_job.get(job.id) if by_job else None
         if group is not None:
             for sub in group.subs:
                 # A job-level filter may also carry a type; it rarely does.
                 if sub.type is None or sub.type == job.type:
                     sub._offer(event, key)
             group.wake()
-        group = self._by_type.get(job.type)
+        group = by_type.get(job.type) if by_type else None
         if group is not None:
             for sub in group.subs:
                 sub._offer(event, key)

@@ -15,7 +15,7 @@ from typing import final
 import anyio
 import attrs
 
-from ._slots import Running, Slots, Stop
+from ._slots import Running, Slots, Stop, spans_for_all
 from ._ulid import new_ulid
 from .context import JobContext
 from .errors import JobNotFound, LeaseLost
@@ -137,6 +137,7 @@ class Worker(Slots):
         # attempt durations (None until an attempt has ended).
         self._deep = False
         self._avg_run: float | None = None
+        self._spans_for_all = False  # set by each claim (_slots.spans_for_all)
 
     @property
     def running_count(self) -> int:
@@ -212,6 +213,9 @@ class Worker(Slots):
                     continue
                 self.supervisor.recovered("claim")
                 self._deep = len(jobs) >= free
+                if jobs:
+                    # Once per batch: an SDK installed meanwhile counts from the next one.
+                    self._spans_for_all = spans_for_all()
                 for job in jobs:
                     assert job.lease is not None
                     stale = self._running.get(job.id)
