@@ -217,6 +217,7 @@ class Slots:
         outcome: Outcome | None = None
         ready = self._ready
         turns = self.config.concurrency
+        never_suspends = self._finish_never_suspends
         try:
             while True:
                 with anyio.CancelScope() as scope:
@@ -246,7 +247,10 @@ class Slots:
                                     outcome = await self._attempt(current)
                         finally:
                             current.scope = None
-                            self._attempt_over()
+                            if never_suspends:  # _attempt_over(), inline
+                                self._attempting -= 1
+                            else:
+                                self._attempt_over()
                         # Only a halt (which sets ``stop`` first) cancels the slot's scope.
                         if current.stop is not None and scope.cancel_called:
                             break  # a halt landed as the attempt ended: leave the scope

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -10,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import final
 
 import anyio
@@ -30,6 +30,9 @@ __all__ = ["Worker", "WorkerConfig"]
 
 #: Seconds a stopping worker gives the store to drop its registry record.
 _UNREGISTER_TIMEOUT = 5.0
+#: Seconds between looks for an OpenTelemetry SDK while none is installed: the lookup
+#: reads os.environ, and once per claimed batch it cost 3% of a no-op job.
+_SPANS_RECHECK = 1.0
 
 logger = logging.getLogger("asyncjobs.worker")
 
@@ -137,7 +140,8 @@ class Worker(Slots):
         # attempt durations (None until an attempt has ended).
         self._deep = False
         self._avg_run: float | None = None
-        self._spans_for_all = False  # set by each claim (_slots.spans_for_all)
+        self._spans_for_all = False  # looked up by the claim loop (_slots.spans_for_all)
+        self._spans_checked_by = 0.0  # time.monotonic() of the next look while False
 
     @property
     def running_count(self) -> int:
@@ -213,21 +217,26 @@ class Worker(Slots):
                     continue
                 self.supervisor.recovered("claim")
                 self._deep = len(jobs) >= free
-                if jobs:
-                    # Once per batch: an SDK installed meanwhile counts from the next one.
-                    self._spans_for_all = spans_for_all()
+                if jobs and not self._spans_for_all:
+                    # An SDK, once installed, stays (OpenTelemetry sets its provider once);
+                    # until then, looked for at most once a _SPANS_RECHECK per worker.
+                    clock = time.monotonic()
+                    if clock >= self._spans_checked_by:
+                        self._spans_for_all = spans_for_all()
+                        self._spans_checked_by = clock + _SPANS_RECHECK
+                running_jobs, ready, progress = self._running, self._ready, self._store_progress
                 for job in jobs:
-                    assert job.lease is not None
-                    stale = self._running.get(job.id)
+                    lease = job.lease
+                    assert lease is not None
+                    stale = running_jobs.get(job.id)
                     if stale is not None and stale.stop is None:
                         # We still run it under a lease that ran out (renewals stalled):
                         # the store handed it out again, so that run is fenced off.
                         self._halt(stale, Stop.LOST)
-                    token = job.lease.token
-                    ctx = JobContext(job, functools.partial(self._store_progress, job.id, token))
-                    running = Running(job, token, ctx)
-                    self._running[job.id] = running
-                    self._ready.append(running)
+                    token = lease.token
+                    running = Running(job, token, JobContext(job, partial(progress, job.id, token)))
+                    running_jobs[job.id] = running
+                    ready.append(running)
                 if jobs:
                     self._wake_slot()
                 elif not self._stopping:  # stop() during the claim: no wait

@@ -57,13 +57,6 @@ class _Level:
             return fifo[0]
         return late[0]
 
-    def take(self, job_id: str) -> None:
-        """Remove ``job_id``, the head :meth:`head` just returned."""
-        if self.fifo and self.fifo[0] == job_id:
-            self.fifo.popleft()
-        else:
-            heapq.heappop(self.late)
-
 
 @final
 class _TypeQueue:
@@ -118,7 +111,18 @@ class QueuedIndex:
             while order:
                 key = order[0]
                 level = levels[-key]
-                head = level.head(jobs)
+                if level.late:
+                    head = level.head(jobs)
+                else:  # head() without late arrivals, inline: once per claimed job
+                    fifo = level.fifo
+                    while fifo:
+                        head = fifo[0]
+                        live = jobs.get(head)
+                        if live is not None and live.status is _QUEUED:
+                            break
+                        fifo.popleft()
+                    else:
+                        head = None
                 if head is not None:
                     break
                 del order[0], levels[-key]  # an emptied priority leaves the index
@@ -128,5 +132,9 @@ class QueuedIndex:
                 best, best_order, best_id = level, key, head
         if best is None:
             return None
-        best.take(best_id)
+        fifo = best.fifo
+        if fifo and fifo[0] == best_id:  # take(), inline
+            fifo.popleft()
+        else:
+            heapq.heappop(best.late)
         return best_id
