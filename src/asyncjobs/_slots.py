@@ -16,6 +16,7 @@ is stored). A store whose calls never suspend runs one slot task per turn.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import logging
@@ -118,10 +119,10 @@ class Slots:
     _threads: anyio.CapacityLimiter
     _processes: BaseContext
     _running: dict[str, Running]
-    # Claimed jobs waiting for a slot task, best first; idle slots wait on an event
+    # Claimed jobs waiting for a slot task, best first; idle slots wait on a future
     # each, and one is woken at a time (_wake_slot).
     _ready: deque[Running]
-    _idle: deque[anyio.Event]
+    _idle: deque[asyncio.Future[None]]
     _waking: int  # slots woken that have not looked at _ready yet
     _attempting: int  # slots running an attempt: at most config.concurrency
     _avg_run: float | None  # the running average of attempt durations
@@ -130,30 +131,38 @@ class Slots:
     _spans_for_all: bool
     _job_types: dict[str, JobType]  # the registry's, as of run()
     _finish_never_suspends: bool
-    _changed: anyio.Event  # a slot freed up or stop() was called
-    _waiting: bool  # _wait_changed waits: the next _poke must set _changed
+    # The supervisor may hold a failed finish (set before each supervisor.failed call):
+    # a finish that succeeds reports its recovery only then, not once per job.
+    _finish_trouble: bool
+    _changed: asyncio.Future[None] | None  # what _wait_changed waits on, while it does
+    _waiting: bool  # _wait_changed waits: the next _poke must resolve _changed
     _idle_scope: anyio.CancelScope | None
 
     def _poke(self) -> None:
-        # The event is renewed by the waiter (_wait_changed), not here: a poke per
-        # finished job would otherwise build an Event nobody waits on; and it is set
+        # The future is made by the waiter (_wait_changed), not here: a poke per
+        # finished job would otherwise build one nobody waits on; and it is resolved
         # only while someone waits (a poke before the wait was accounted for).
         if self._waiting:
             self._waiting = False
-            self._changed.set()
+            changed = self._changed
+            if changed is not None and not changed.done():
+                changed.set_result(None)
         if self._idle_scope is not None:
             self._idle_scope.cancel()
 
     async def _wait_changed(self) -> None:
         """Wait for the next :meth:`_poke`. Callers check their condition first, with
-        no await in between, so a poke that came earlier has been accounted for."""
-        if self._changed.is_set():
-            self._changed = anyio.Event()
+        no await in between, so a poke that came earlier has been accounted for.
+
+        A bare future of the running loop, not an ``anyio.Event``: building one of those
+        goes through the async-library lookup, a dozen calls per wait."""
+        changed = self._changed = asyncio.get_running_loop().create_future()
         self._waiting = True
         try:
-            await self._changed.wait()
+            await changed
         finally:
             self._waiting = False
+            self._changed = None
 
     def _halt(self, running: Running, why: Stop) -> None:
         running.stop = why
@@ -169,9 +178,14 @@ class Slots:
         handler never suspends runs job after job with no trip through the event loop
         and without waking every idle slot for nothing.
         """
-        if not self._waking and self._idle and self._attempting < self.config.concurrency:
-            self._waking += 1
-            self._idle.pop().set()  # the slot idle the shortest time: its frames are warm
+        if not self._waking and self._attempting < self.config.concurrency:
+            idle = self._idle
+            while idle:
+                waiter = idle.pop()  # the slot idle the shortest time: its frames are warm
+                if not waiter.done():  # not cancelled (its slot is leaving)
+                    self._waking += 1
+                    waiter.set_result(None)
+                    return
 
     async def _take(self) -> Running:
         """The next claimed job for a slot and a turn to run it; waits until the claim
@@ -179,15 +193,16 @@ class Slots:
         ready = self._ready
         turns = self.config.concurrency
         while not ready or self._attempting >= turns:
-            event = anyio.Event()
-            self._idle.append(event)
+            # A bare future, as in _wait_changed.
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
             try:
-                await event.wait()
+                await waiter
             except BaseException:  # cancelled: no longer idle, nor on its way
-                if event.is_set():
-                    self._waking -= 1
-                else:
-                    self._idle.remove(event)
+                if waiter.done() and not waiter.cancelled():
+                    self._waking -= 1  # woken, and cancelled before it looked
+                elif waiter in self._idle:  # (_wake_slot drops a cancelled one)
+                    self._idle.remove(waiter)
                 raise
             self._waking -= 1
         running = ready.popleft()
@@ -429,7 +444,8 @@ class Slots:
                     if await self._store_end(running, outcome, exc):
                         return
                 else:
-                    self.supervisor.recovered("finish")
+                    if self._finish_trouble:
+                        self._recovered_finish()
                     return
             except anyio.get_cancelled_exc_class():
                 if scope.cancel_called:  # cut off by the heartbeat loop
@@ -450,6 +466,7 @@ class Slots:
         job_id = running.job.id
         while True:
             if failed is not None:
+                self._finish_trouble = True
                 delay = self.supervisor.failed("finish", failed)
                 left = running.finish_by - time.monotonic()
                 if left <= 0:
@@ -463,8 +480,12 @@ class Slots:
             except Exception as exc:  # the finish's edge: retry while time is left
                 failed = exc
                 continue
-            self.supervisor.recovered("finish")
+            self._recovered_finish()
             return True
+
+    def _recovered_finish(self) -> None:
+        self._finish_trouble = False
+        self.supervisor.recovered("finish")
 
     def _log_lost_finish(self, running: Running, outcome: Outcome) -> None:
         logger.warning(

@@ -6,6 +6,7 @@ import bisect
 import builtins
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from datetime import datetime, timedelta, timezone
@@ -48,8 +49,9 @@ _FINAL_EVENTS = frozenset(t for t in EventType if t.is_final)
 _CANCEL_REQUESTED = EventType.CANCEL_REQUESTED
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+#: The default clock: ``datetime.now(timezone.utc)`` called from C (a partial, not a
+#: Python function): the worker reads it once per job.
+_utcnow: Callable[[], datetime] = functools.partial(datetime.now, timezone.utc)
 
 
 @final

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -122,17 +123,19 @@ class Worker(Slots):
         # Claimed jobs waiting for a slot task, best first; idle slots wait on an event
         # each, and one is woken at a time (_wake_slot).
         self._ready: deque[Running] = deque()
-        self._idle: deque[anyio.Event] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
         self._waking = 0  # slots woken that have not looked at _ready yet
         self._attempting = 0  # slots running an attempt (at most concurrency)
         self._stopping = False
-        self._changed = anyio.Event()  # a slot freed up or stop() was called
-        self._waiting = False  # _wait_changed waits: the next _poke must set _changed
+        self._changed: asyncio.Future[None] | None = None  # while _wait_changed waits
+        self._waiting = False  # _wait_changed waits: the next _poke must resolve _changed
         self._idle_scope: anyio.CancelScope | None = None
         self._job_types: dict[str, JobType] = {}  # the registry's, as of run()
         # Exactly the memory store (not a wrapper or a subclass, which may await): each
         # of its calls runs to its end without suspending (see _finish).
         self._finish_never_suspends = type(store) is MemoryStore
+        # True at first: the supervisor may be shared with an earlier worker of the queue.
+        self._finish_trouble = True
         self._stopped = anyio.Event()
         self._hurry = False  # stop(now=True): skip what is left of the grace
         self._grace_scope: anyio.CancelScope | None = None
