@@ -233,6 +233,7 @@ class Slots:
         ready = self._ready
         turns = self.config.concurrency
         never_suspends = self._finish_never_suspends
+        store, clock = self.store, self.clock
         try:
             while True:
                 with anyio.CancelScope() as scope:
@@ -282,7 +283,20 @@ class Slots:
                         running.finishing = True
                         running.finish_by = ended + self.config.finish_timeout
                         try:
-                            await self._finish(running, outcome, scope)
+                            if never_suspends:
+                                # _finish's first try inline on the memory store: its
+                                # calls never suspend, so there is nothing to shield.
+                                try:
+                                    await store.finish(
+                                        running.job.id, running.token, outcome, now=clock()
+                                    )
+                                except Exception as exc:  # the finish's edge, as in _finish
+                                    await self._finish(running, outcome, scope, exc)
+                                else:
+                                    if self._finish_trouble:
+                                        self._recovered_finish()
+                            else:
+                                await self._finish(running, outcome, scope)
                             if info or outcome.status not in joblog.QUIET_STATUSES:
                                 joblog.attempt_ended(running.job, outcome, took)
                         finally:
@@ -406,7 +420,11 @@ class Slots:
         return Outcome(JobStatus.FAILED, error=error)
 
     async def _finish(
-        self, running: Running, outcome: Outcome, scope: anyio.CancelScope | None
+        self,
+        running: Running,
+        outcome: Outcome,
+        scope: anyio.CancelScope | None,
+        failed: Exception | None = None,
     ) -> None:
         """Store the end of an attempt, retrying while the store fails, for at most
         ``finish_timeout`` seconds; shielded, so a shutdown does not lose it.
@@ -415,7 +433,8 @@ class Slots:
         finish saves a scope per job. Without one, a shielded scope of its own is used.
         The deadline is kept by the heartbeat loop (:meth:`_cut_overdue_finishes`),
         not by a timer per finish: on a fast store a timer costs a sixth of a job.
-        The caller has set ``running.finish_by``.
+        The caller has set ``running.finish_by``; ``failed`` is the error of a first try
+        the caller made itself (with ``scope``).
         """
         if scope is None:
             with anyio.CancelScope(shield=True) as running.finish_scope:
@@ -430,22 +449,24 @@ class Slots:
             if shielded:
                 scope.shield = True
             try:
-                # The first try inline: a coroutine less per job on the common path.
-                try:
-                    await self.store.finish(
-                        running.job.id, running.token, outcome, now=self.clock()
-                    )
-                except (LeaseLost, JobNotFound):
+                if failed is None:
+                    # The first try inline: a coroutine less per job on the common path.
+                    try:
+                        await self.store.finish(
+                            running.job.id, running.token, outcome, now=self.clock()
+                        )
+                    except Exception as exc:  # the finish's edge: retry while time is left
+                        failed = exc
+                    else:
+                        if self._finish_trouble:
+                            self._recovered_finish()
+                        return
+                if isinstance(failed, (LeaseLost, JobNotFound)):
                     self._log_lost_finish(running, outcome)
                     return
-                except Exception as exc:  # the finish's edge: retry while time is left
-                    if not shielded:
-                        scope.shield = shielded = True
-                    if await self._store_end(running, outcome, exc):
-                        return
-                else:
-                    if self._finish_trouble:
-                        self._recovered_finish()
+                if not shielded:
+                    scope.shield = shielded = True
+                if await self._store_end(running, outcome, failed):
                     return
             except anyio.get_cancelled_exc_class():
                 if scope.cancel_called:  # cut off by the heartbeat loop
