@@ -265,7 +265,9 @@ class Queue(QueueOperations):
         # Twice per job: attribute tests here rather than the properties behind them.
         if event.seq > 0:
             self._recent.append((event.seq, event.at))
-        self.bus.publish(event)
+        bus = self.bus
+        if bus.wanted:  # publish() would find nobody: skip the call
+            bus.publish(event)
         type_ = event.type
         if type_ is _CANCEL_REQUESTED and self.worker is not None:
             self.worker.on_event(event)  # the only event a worker acts on
