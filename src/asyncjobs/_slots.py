@@ -16,6 +16,7 @@ is stored). A store whose calls never suspend runs one slot task per turn.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import logging
@@ -39,8 +40,7 @@ from .jsonrules import clean_text, json_problems
 from .registry import JobRegistry, JobType
 from .stores.protocol import Outcome, Store
 from .supervision import Supervisor
-from .tracing import attempt_span
-from .tracing import enabled as tracing_enabled
+from .tracing import _otel, attempt_span
 
 if TYPE_CHECKING:
     from .worker import WorkerConfig
@@ -79,6 +79,17 @@ class Running:
     finish_by: float = float("inf")
 
 
+def spans_for_all() -> bool:
+    """Whether an attempt whose job carries no trace context still gets a span: an
+    OpenTelemetry SDK is installed (the API's proxy provider no longer stands in).
+    Without it :func:`~asyncjobs.tracing.attempt_span` would only call the attempt."""
+    otel = _otel()
+    if otel is None:
+        return False
+    trace = otel[0]
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def _clean(error: JobError) -> JobError:
     """An error from a child process, repaired like ours (see jsonrules.clean_text)."""
     tb = None if error.traceback is None else clean_text(error.traceback)
@@ -108,39 +119,50 @@ class Slots:
     _threads: anyio.CapacityLimiter
     _processes: BaseContext
     _running: dict[str, Running]
-    # Claimed jobs waiting for a slot task, best first; idle slots wait on an event
+    # Claimed jobs waiting for a slot task, best first; idle slots wait on a future
     # each, and one is woken at a time (_wake_slot).
     _ready: deque[Running]
-    _idle: deque[anyio.Event]
+    _idle: deque[asyncio.Future[None]]
     _waking: int  # slots woken that have not looked at _ready yet
     _attempting: int  # slots running an attempt: at most config.concurrency
     _avg_run: float | None  # the running average of attempt durations
+    # spans_for_all(), looked up by the claim loop once per claim rather than per job:
+    # the provider lookup reads os.environ each time (a tenth of a no-op job).
+    _spans_for_all: bool
     _job_types: dict[str, JobType]  # the registry's, as of run()
     _finish_never_suspends: bool
-    _changed: anyio.Event  # a slot freed up or stop() was called
-    _waiting: bool  # _wait_changed waits: the next _poke must set _changed
+    # The supervisor may hold a failed finish (set before each supervisor.failed call):
+    # a finish that succeeds reports its recovery only then, not once per job.
+    _finish_trouble: bool
+    _changed: asyncio.Future[None] | None  # what _wait_changed waits on, while it does
+    _waiting: bool  # _wait_changed waits: the next _poke must resolve _changed
     _idle_scope: anyio.CancelScope | None
 
     def _poke(self) -> None:
-        # The event is renewed by the waiter (_wait_changed), not here: a poke per
-        # finished job would otherwise build an Event nobody waits on; and it is set
+        # The future is made by the waiter (_wait_changed), not here: a poke per
+        # finished job would otherwise build one nobody waits on; and it is resolved
         # only while someone waits (a poke before the wait was accounted for).
         if self._waiting:
             self._waiting = False
-            self._changed.set()
+            changed = self._changed
+            if changed is not None and not changed.done():
+                changed.set_result(None)
         if self._idle_scope is not None:
             self._idle_scope.cancel()
 
     async def _wait_changed(self) -> None:
         """Wait for the next :meth:`_poke`. Callers check their condition first, with
-        no await in between, so a poke that came earlier has been accounted for."""
-        if self._changed.is_set():
-            self._changed = anyio.Event()
+        no await in between, so a poke that came earlier has been accounted for.
+
+        A bare future of the running loop, not an ``anyio.Event``: building one of those
+        goes through the async-library lookup, a dozen calls per wait."""
+        changed = self._changed = asyncio.get_running_loop().create_future()
         self._waiting = True
         try:
-            await self._changed.wait()
+            await changed
         finally:
             self._waiting = False
+            self._changed = None
 
     def _halt(self, running: Running, why: Stop) -> None:
         running.stop = why
@@ -156,9 +178,14 @@ class Slots:
         handler never suspends runs job after job with no trip through the event loop
         and without waking every idle slot for nothing.
         """
-        if not self._waking and self._idle and self._attempting < self.config.concurrency:
-            self._waking += 1
-            self._idle.pop().set()  # the slot idle the shortest time: its frames are warm
+        if not self._waking and self._attempting < self.config.concurrency:
+            idle = self._idle
+            while idle:
+                waiter = idle.pop()  # the slot idle the shortest time: its frames are warm
+                if not waiter.done():  # not cancelled (its slot is leaving)
+                    self._waking += 1
+                    waiter.set_result(None)
+                    return
 
     async def _take(self) -> Running:
         """The next claimed job for a slot and a turn to run it; waits until the claim
@@ -166,15 +193,16 @@ class Slots:
         ready = self._ready
         turns = self.config.concurrency
         while not ready or self._attempting >= turns:
-            event = anyio.Event()
-            self._idle.append(event)
+            # A bare future, as in _wait_changed.
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.append(waiter)
             try:
-                await event.wait()
+                await waiter
             except BaseException:  # cancelled: no longer idle, nor on its way
-                if event.is_set():
-                    self._waking -= 1
-                else:
-                    self._idle.remove(event)
+                if waiter.done() and not waiter.cancelled():
+                    self._waking -= 1  # woken, and cancelled before it looked
+                elif waiter in self._idle:  # (_wake_slot drops a cancelled one)
+                    self._idle.remove(waiter)
                 raise
             self._waking -= 1
         running = ready.popleft()
@@ -204,7 +232,8 @@ class Slots:
         outcome: Outcome | None = None
         ready = self._ready
         turns = self.config.concurrency
-        traced = tracing_enabled()
+        never_suspends = self._finish_never_suspends
+        store, clock = self.store, self.clock
         try:
             while True:
                 with anyio.CancelScope() as scope:
@@ -226,7 +255,7 @@ class Slots:
                             current.began = time.monotonic()
                             if current.stop is None:  # halted while it waited for the slot
                                 current.scope = scope
-                                if traced:
+                                if current.job.trace is not None or self._spans_for_all:
                                     outcome = await attempt_span(
                                         current.job, functools.partial(self._attempt, current)
                                     )
@@ -234,7 +263,10 @@ class Slots:
                                     outcome = await self._attempt(current)
                         finally:
                             current.scope = None
-                            self._attempt_over()
+                            if never_suspends:  # _attempt_over(), inline
+                                self._attempting -= 1
+                            else:
+                                self._attempt_over()
                         # Only a halt (which sets ``stop`` first) cancels the slot's scope.
                         if current.stop is not None and scope.cancel_called:
                             break  # a halt landed as the attempt ended: leave the scope
@@ -251,7 +283,20 @@ class Slots:
                         running.finishing = True
                         running.finish_by = ended + self.config.finish_timeout
                         try:
-                            await self._finish(running, outcome, scope)
+                            if never_suspends:
+                                # _finish's first try inline on the memory store: its
+                                # calls never suspend, so there is nothing to shield.
+                                try:
+                                    await store.finish(
+                                        running.job.id, running.token, outcome, now=clock()
+                                    )
+                                except Exception as exc:  # the finish's edge, as in _finish
+                                    await self._finish(running, outcome, scope, exc)
+                                else:
+                                    if self._finish_trouble:
+                                        self._recovered_finish()
+                            else:
+                                await self._finish(running, outcome, scope)
                             if info or outcome.status not in joblog.QUIET_STATUSES:
                                 joblog.attempt_ended(running.job, outcome, took)
                         finally:
@@ -375,7 +420,11 @@ class Slots:
         return Outcome(JobStatus.FAILED, error=error)
 
     async def _finish(
-        self, running: Running, outcome: Outcome, scope: anyio.CancelScope | None
+        self,
+        running: Running,
+        outcome: Outcome,
+        scope: anyio.CancelScope | None,
+        failed: Exception | None = None,
     ) -> None:
         """Store the end of an attempt, retrying while the store fails, for at most
         ``finish_timeout`` seconds; shielded, so a shutdown does not lose it.
@@ -384,7 +433,8 @@ class Slots:
         finish saves a scope per job. Without one, a shielded scope of its own is used.
         The deadline is kept by the heartbeat loop (:meth:`_cut_overdue_finishes`),
         not by a timer per finish: on a fast store a timer costs a sixth of a job.
-        The caller has set ``running.finish_by``.
+        The caller has set ``running.finish_by``; ``failed`` is the error of a first try
+        the caller made itself (with ``scope``).
         """
         if scope is None:
             with anyio.CancelScope(shield=True) as running.finish_scope:
@@ -399,21 +449,24 @@ class Slots:
             if shielded:
                 scope.shield = True
             try:
-                # The first try inline: a coroutine less per job on the common path.
-                try:
-                    await self.store.finish(
-                        running.job.id, running.token, outcome, now=self.clock()
-                    )
-                except (LeaseLost, JobNotFound):
+                if failed is None:
+                    # The first try inline: a coroutine less per job on the common path.
+                    try:
+                        await self.store.finish(
+                            running.job.id, running.token, outcome, now=self.clock()
+                        )
+                    except Exception as exc:  # the finish's edge: retry while time is left
+                        failed = exc
+                    else:
+                        if self._finish_trouble:
+                            self._recovered_finish()
+                        return
+                if isinstance(failed, (LeaseLost, JobNotFound)):
                     self._log_lost_finish(running, outcome)
                     return
-                except Exception as exc:  # the finish's edge: retry while time is left
-                    if not shielded:
-                        scope.shield = shielded = True
-                    if await self._store_end(running, outcome, exc):
-                        return
-                else:
-                    self.supervisor.recovered("finish")
+                if not shielded:
+                    scope.shield = shielded = True
+                if await self._store_end(running, outcome, failed):
                     return
             except anyio.get_cancelled_exc_class():
                 if scope.cancel_called:  # cut off by the heartbeat loop
@@ -434,6 +487,7 @@ class Slots:
         job_id = running.job.id
         while True:
             if failed is not None:
+                self._finish_trouble = True
                 delay = self.supervisor.failed("finish", failed)
                 left = running.finish_by - time.monotonic()
                 if left <= 0:
@@ -447,8 +501,12 @@ class Slots:
             except Exception as exc:  # the finish's edge: retry while time is left
                 failed = exc
                 continue
-            self.supervisor.recovered("finish")
+            self._recovered_finish()
             return True
+
+    def _recovered_finish(self) -> None:
+        self._finish_trouble = False
+        self.supervisor.recovered("finish")
 
     def _log_lost_finish(self, running: Running, outcome: Outcome) -> None:
         logger.warning(

@@ -223,7 +223,7 @@ class Subscriber:
 class EventBus:
     """In-process publish/subscribe of :class:`JobEvent` with filters by job and type."""
 
-    __slots__ = ("_all", "_by_job", "_by_type", "max_pending")
+    __slots__ = ("_all", "_by_job", "_by_type", "max_pending", "wanted")
 
     def __init__(self, *, max_pending: int = 1000) -> None:
         if max_pending < 1:
@@ -233,6 +233,9 @@ class EventBus:
         self._all = _Group()
         self._by_job: dict[str, _Group] = {}
         self._by_type: dict[str, _Group] = {}
+        #: Whether anyone subscribes: a publisher may skip :meth:`publish` otherwise (an
+        #: attribute, not a property: read twice per job).
+        self.wanted = False
 
     @property
     def subscriber_count(self) -> int:
@@ -256,25 +259,28 @@ class EventBus:
             group = self._all
         sub = Subscriber(self, group, job_id, type, self.max_pending)
         group.subs.add(sub)
+        self.wanted = True
         return sub
 
     def publish(self, event: JobEvent) -> None:
         """Offer ``event`` to every matching subscriber, then wake each group once."""
+        everyone, by_job, by_type = self._all, self._by_job, self._by_type
+        if not (everyone.subs or by_job or by_type):
+            return  # nobody listens: twice per job, so skip even the key
         key = _key(event)
-        everyone = self._all
         if everyone.subs:
             for sub in everyone.subs:
                 sub._offer(event, key)
             everyone.wake()
         job = event.job
-        group = self._by_job.get(job.id)
+        group = by_job.get(job.id) if by_job else None
         if group is not None:
             for sub in group.subs:
                 # A job-level filter may also carry a type; it rarely does.
                 if sub.type is None or sub.type == job.type:
                     sub._offer(event, key)
             group.wake()
-        group = self._by_type.get(job.type)
+        group = by_type.get(job.type) if by_type else None
         if group is not None:
             for sub in group.subs:
                 sub._offer(event, key)
@@ -298,3 +304,4 @@ class EventBus:
                 del self._by_job[sub.job_id]
         elif sub.type is not None and self._by_type.get(sub.type) is group:
             del self._by_type[sub.type]
+        self.wanted = bool(self._all.subs or self._by_job or self._by_type)

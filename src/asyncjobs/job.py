@@ -236,13 +236,20 @@ def transition(*fields: str) -> Callable[..., Job]:
         raise TypeError(f"cannot prepare a transition of {fields!r}")
     kept = [a.name for a in attrs.fields(Job) if a.name not in {*fields, "status", "version"}]
     lines = [f"def step(job, status, {', '.join(fields)}):", "    new = _new(_JobDraft)"]
-    lines += ["    new.status = _next_status(job, status)"]
+    # _next_status() inline for an allowed change of status (the hot path's only case);
+    # anything else goes through it, to get its answer or its IllegalTransition.
+    lines += [
+        "    if status is None or status is job.status or status not in _TRANSITIONS[job.status]:",
+        "        status = _next_status(job, status)",
+        "    new.status = status",
+    ]
     lines += [f"    new.{name} = job.{name}" for name in kept]
     lines += [f"    new.{name} = {name}" for name in fields]
     lines += ["    new.version = job.version + 1", "    new.__class__ = Job", "    return new"]
     namespace: dict[str, Any] = {
         "_new": object.__new__,
         "_next_status": _next_status,
+        "_TRANSITIONS": _TRANSITIONS,
         "_JobDraft": _JobDraft,
         "Job": Job,
     }

@@ -6,6 +6,7 @@ import bisect
 import builtins
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from datetime import datetime, timedelta, timezone
@@ -42,14 +43,16 @@ _CLOSE_TIMEOUT = 10.0
 _RECENT_EVENTS = 100_000
 
 
-#: Event types after which a job never changes again (``EventType.is_final``).
-_FINAL_EVENTS = frozenset(t for t in EventType if t.is_final)
+#: Event types after which a job never changes again (``EventType.is_final``), with
+#: their names: ``member.value`` is two Python calls on 3.11, once per finished job.
+_FINAL_EVENTS = {t: t.value for t in EventType if t.is_final}
 #: Read off its class on Python 3.11 an enum member costs an EnumType.__getattr__ call.
 _CANCEL_REQUESTED = EventType.CANCEL_REQUESTED
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+#: The default clock: ``datetime.now(timezone.utc)`` called from C (a partial, not a
+#: Python function): the worker reads it once per job.
+_utcnow: Callable[[], datetime] = functools.partial(datetime.now, timezone.utc)
 
 
 @final
@@ -262,12 +265,14 @@ class Queue(QueueOperations):
         # Twice per job: attribute tests here rather than the properties behind them.
         if event.seq > 0:
             self._recent.append((event.seq, event.at))
-        self.bus.publish(event)
+        bus = self.bus
+        if bus.wanted:  # publish() would find nobody: skip the call
+            bus.publish(event)
         type_ = event.type
         if type_ is _CANCEL_REQUESTED and self.worker is not None:
             self.worker.on_event(event)  # the only event a worker acts on
         if type_ in _FINAL_EVENTS and self.dispatcher is not None and event.job.status in TERMINAL:
-            self.dispatcher.poke(type_.value)  # an outbox row may come with this end
+            self.dispatcher.poke(_FINAL_EVENTS[type_])  # an outbox row may come with it
 
     def _require_open(self) -> None:
         if self._background is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
 import os
 import socket
@@ -10,12 +10,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import final
 
 import anyio
 import attrs
 
-from ._slots import Running, Slots, Stop
+from ._slots import Running, Slots, Stop, spans_for_all
 from ._ulid import new_ulid
 from .context import JobContext
 from .errors import JobNotFound, LeaseLost
@@ -30,6 +31,9 @@ __all__ = ["Worker", "WorkerConfig"]
 
 #: Seconds a stopping worker gives the store to drop its registry record.
 _UNREGISTER_TIMEOUT = 5.0
+#: Seconds between looks for an OpenTelemetry SDK while none is installed: the lookup
+#: reads os.environ, and once per claimed batch it cost 3% of a no-op job.
+_SPANS_RECHECK = 1.0
 
 logger = logging.getLogger("asyncjobs.worker")
 
@@ -119,17 +123,19 @@ class Worker(Slots):
         # Claimed jobs waiting for a slot task, best first; idle slots wait on an event
         # each, and one is woken at a time (_wake_slot).
         self._ready: deque[Running] = deque()
-        self._idle: deque[anyio.Event] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
         self._waking = 0  # slots woken that have not looked at _ready yet
         self._attempting = 0  # slots running an attempt (at most concurrency)
         self._stopping = False
-        self._changed = anyio.Event()  # a slot freed up or stop() was called
-        self._waiting = False  # _wait_changed waits: the next _poke must set _changed
+        self._changed: asyncio.Future[None] | None = None  # while _wait_changed waits
+        self._waiting = False  # _wait_changed waits: the next _poke must resolve _changed
         self._idle_scope: anyio.CancelScope | None = None
         self._job_types: dict[str, JobType] = {}  # the registry's, as of run()
         # Exactly the memory store (not a wrapper or a subclass, which may await): each
         # of its calls runs to its end without suspending (see _finish).
         self._finish_never_suspends = type(store) is MemoryStore
+        # True at first: the supervisor may be shared with an earlier worker of the queue.
+        self._finish_trouble = True
         self._stopped = anyio.Event()
         self._hurry = False  # stop(now=True): skip what is left of the grace
         self._grace_scope: anyio.CancelScope | None = None
@@ -137,6 +143,8 @@ class Worker(Slots):
         # attempt durations (None until an attempt has ended).
         self._deep = False
         self._avg_run: float | None = None
+        self._spans_for_all = False  # looked up by the claim loop (_slots.spans_for_all)
+        self._spans_checked_by = 0.0  # time.monotonic() of the next look while False
 
     @property
     def running_count(self) -> int:
@@ -212,18 +220,26 @@ class Worker(Slots):
                     continue
                 self.supervisor.recovered("claim")
                 self._deep = len(jobs) >= free
+                if jobs and not self._spans_for_all:
+                    # An SDK, once installed, stays (OpenTelemetry sets its provider once);
+                    # until then, looked for at most once a _SPANS_RECHECK per worker.
+                    clock = time.monotonic()
+                    if clock >= self._spans_checked_by:
+                        self._spans_for_all = spans_for_all()
+                        self._spans_checked_by = clock + _SPANS_RECHECK
+                running_jobs, ready, progress = self._running, self._ready, self._store_progress
                 for job in jobs:
-                    assert job.lease is not None
-                    stale = self._running.get(job.id)
+                    lease = job.lease
+                    assert lease is not None
+                    stale = running_jobs.get(job.id)
                     if stale is not None and stale.stop is None:
                         # We still run it under a lease that ran out (renewals stalled):
                         # the store handed it out again, so that run is fenced off.
                         self._halt(stale, Stop.LOST)
-                    token = job.lease.token
-                    ctx = JobContext(job, functools.partial(self._store_progress, job.id, token))
-                    running = Running(job, token, ctx)
-                    self._running[job.id] = running
-                    self._ready.append(running)
+                    token = lease.token
+                    running = Running(job, token, JobContext(job, partial(progress, job.id, token)))
+                    running_jobs[job.id] = running
+                    ready.append(running)
                 if jobs:
                     self._wake_slot()
                 elif not self._stopping:  # stop() during the claim: no wait

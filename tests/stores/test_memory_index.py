@@ -22,10 +22,27 @@ take = st.tuples(
     st.dictionaries(st.sampled_from("abc"), st.integers(0, 2), max_size=2),
 )
 leave = st.tuples(st.just("leave"), st.integers(0, 1000))
+# A job that left the queued state comes back (a retry, a recovered lease): pushed again
+# with its old id, behind newer ones in arrival order but ahead of them in id order.
+back = st.tuples(st.just("back"), st.integers(0, 1000))
 
 
-@given(st.lists(st.one_of(push, take, leave), max_size=80))
+@given(st.lists(st.one_of(push, take, leave, back), max_size=80))
 def test_the_index_picks_the_best_live_job_like_a_full_sort(ops: list[tuple]) -> None:
+    _check(ops)
+
+
+# One type and two priorities: old ids pushed back meet newer ones in the same level.
+push_one = st.tuples(st.just("push"), st.just("a"), st.integers(0, 1))
+take_one = st.tuples(st.just("take"), st.just({"a"}), st.just({}))
+
+
+@given(st.lists(st.one_of(push_one, take_one, leave, back), max_size=60))
+def test_jobs_pushed_back_go_before_newer_ones_of_their_priority(ops: list[tuple]) -> None:
+    _check(ops)
+
+
+def _check(ops: list[tuple]) -> None:
     index = QueuedIndex()
     jobs: dict[str, Job] = {}
     for n, op in enumerate(ops):
@@ -47,6 +64,12 @@ def test_the_index_picks_the_best_live_job_like_a_full_sort(ops: list[tuple]) ->
             if queued:
                 gone = queued[op[1] % len(queued)]
                 jobs[gone] = attrs.evolve(jobs[gone], status=JobStatus.CANCELLED)
+        elif op[0] == "back":
+            gone = sorted(j.id for j in jobs.values() if j.status is not JobStatus.QUEUED)
+            if gone:
+                again = gone[op[1] % len(gone)]
+                jobs[again] = attrs.evolve(jobs[again], status=JobStatus.QUEUED)
+                index.push(jobs[again])
         else:
             _, types, room = op
             live = [

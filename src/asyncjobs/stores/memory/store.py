@@ -47,6 +47,7 @@ __all__ = ["MemoryStore"]
 # member off its class goes through EnumType.__getattr__ (about 100 ns each time).
 _RUNNING, _QUEUED, _SCHEDULED = JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SCHEDULED
 _STARTED = EventType.STARTED
+_ENDED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 @final
@@ -247,7 +248,17 @@ class MemoryStore:
         if job is None:
             raise JobNotFound(job_id)
         done, event = finish_step(job, token, outcome, now)
-        self._put(job, done)
+        status = done.status
+        if status in _ENDED:  # what _put does for running -> ended, inline: once per job
+            tally = self._tally[job.type]
+            tally[job.status] -= 1
+            tally[status] += 1
+            self._running.discard(job_id)
+            self._jobs[job_id] = done
+            if self._webhooks:
+                self._outbox(done)
+        else:
+            self._put(job, done)
         self._seq += 1  # _emit(), inline: once per job
         notifier = self._notifier
         notifier.emit_one(make_event(event, self._seq, now, done))
