@@ -50,7 +50,7 @@ from ..steps import (
 from .batch import CommitBatcher
 from .connection import make_client, make_tail_client
 from .events import StreamTail, materialize
-from .scripts import ADD_MANY, CLAIM, COMMIT, RENEW
+from .scripts import ADD, ADD_MANY, CLAIM, COMMIT, RENEW
 from .webhooks import WebhookOutbox
 from .workers import WorkerRegistry
 
@@ -61,6 +61,7 @@ logger = logging.getLogger("asyncjobs.store.redis")
 _BATCH = 500
 _HELD_MAX = 10_000
 _FIELDS = ("d", "c", "w", "k", "e")
+_QUEUED, _SCHEDULED = JobStatus.QUEUED, JobStatus.SCHEDULED
 #: Events after which a job may have become claimable (or a per-type slot freed up).
 WAKE = frozenset(
     {
@@ -309,8 +310,31 @@ class RedisStore:
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
         check_storable(job)  # the rule every store applies (see jsonrules.json_problems)
-        args = self._commit_args(0, job, EventType.CREATED, job.created_at, max_queued=max_queued)
-        (reply,) = await self._commit([args])
+        status = job.status
+        if status is _QUEUED or status is _SCHEDULED:
+            record = job_to_record(job)
+            reply, written = await self._eval(
+                "add",
+                self._p + "seq",
+                self._p,
+                self._instance,
+                self._maxlen,
+                job.id,
+                dumps(record),
+                record["status"],
+                job.type,
+                str(job.priority),
+                _score(job.run_at),
+                _idem_field(job),
+                "" if max_queued is None else str(max_queued),
+                record["created_at"],
+            )
+            self._wrote(written)
+        else:  # a job made elsewhere (an import, a test): the general path
+            args = self._commit_args(
+                0, job, EventType.CREATED, job.created_at, max_queued=max_queued
+            )
+            (reply,) = await self._commit([args])
         code = reply[0]
         if code == 1:
             self._emit([JobEvent(EventType.CREATED, int(reply[1]), job.created_at, job)])
@@ -877,7 +901,13 @@ class RedisStore:
             upper = "(" + ids[-1]
 
 
-_SOURCES = {"claim": CLAIM, "commit": COMMIT, "renew": RENEW, "add_many": ADD_MANY}
+_SOURCES = {
+    "add": ADD,
+    "claim": CLAIM,
+    "commit": COMMIT,
+    "renew": RENEW,
+    "add_many": ADD_MANY,
+}
 
 
 def _outbox_args(job: Job, delete: bool) -> tuple[str, str, str]:
