@@ -28,7 +28,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 
-from ...codec import dumps, format_time, job_to_record
+from ...codec import _iso as _time_text
+from ...codec import dumps, job_to_record
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
@@ -62,6 +63,7 @@ _BATCH = 500
 _HELD_MAX = 10_000
 _FIELDS = ("d", "c", "w", "k", "e")
 _QUEUED, _SCHEDULED = JobStatus.QUEUED, JobStatus.SCHEDULED
+_ENDS = frozenset(status.value for status in TERMINAL)
 #: Events after which a job may have become claimable (or a per-type slot freed up).
 WAKE = frozenset(
     {
@@ -240,25 +242,37 @@ class RedisStore:
         lease_was: str = "",
     ) -> list[str]:
         """One change for :data:`.scripts.COMMIT` (see there)."""
-        expiry = ""
-        if nxt.finished_at is not None and nxt.retention is not None:
-            expiry = repr(nxt.finished_at.timestamp() + nxt.retention)
+        finished = nxt.finished_at
+        fin_score = expiry = ""
+        if finished is not None:
+            fin_epoch = finished.timestamp()
+            fin_score = repr(fin_epoch)
+            if nxt.retention is not None:
+                expiry = repr(fin_epoch + nxt.retention)
+        status = nxt.status.value
+        # A job's end goes to the webhook outbox with its time (the record's own text).
+        msg = at = at_score = ""
+        if not delete and status in _ENDS:
+            at_score = fin_score if finished is not None else _score(nxt.run_at)
+            msg, at = message_id(nxt, ""), _time_text(finished or nxt.run_at)
         return [
             nxt.id,
             str(expected),
             "" if delete else dumps(job_to_record(nxt)),
-            nxt.status.value,
+            status,
             nxt.type,
             str(nxt.priority),
             _score(nxt.run_at),
-            "" if nxt.finished_at is None else _score(nxt.finished_at),
+            fin_score,
             expiry,
             type_.value,
-            format_time(now),
+            _time_text(now),
             _idem_field(nxt) if (expected == 0 or delete) else "",
             "" if max_queued is None else str(max_queued),
             lease_was,
-            *_outbox_args(nxt, delete),
+            msg,
+            at,
+            at_score,
         ]
 
     def _hold(self, jobs: Sequence[Job]) -> None:
@@ -392,8 +406,8 @@ class RedisStore:
             self._p + "seq",
             self._p,
             worker_id,
-            format_time(now),
-            format_time(expires),
+            _time_text(now),
+            _time_text(expires),
             _score(expires),
             str(limit),
             self._instance,
@@ -423,7 +437,7 @@ class RedisStore:
             self._p,
             job_id,
             token,
-            format_time(expires),
+            _time_text(expires),
             _score(expires),
         )
         if reply[0] == -1:
@@ -558,7 +572,7 @@ class RedisStore:
                 nxt, type_ = result
                 lease_was = ""
                 if judge_lease and job.lease is not None:
-                    lease_was = format_time(job.lease.expires_at)
+                    lease_was = _time_text(job.lease.expires_at)
                 args = self._commit_args(job.version, nxt, type_, now, lease_was=lease_was)
                 calls.append(args)
                 pending.append((nxt, type_))
@@ -704,7 +718,7 @@ class RedisStore:
                 str(job.priority),
                 _score(job.run_at),
                 _idem_field(job),
-                format_time(job.created_at),
+                _time_text(job.created_at),
             ]
         reply = await self._eval("add_many", self._p + "seq", *args)
         if reply[0] == 3:
@@ -908,14 +922,6 @@ _SOURCES = {
     "renew": RENEW,
     "add_many": ADD_MANY,
 }
-
-
-def _outbox_args(job: Job, delete: bool) -> tuple[str, str, str]:
-    """What the commit script needs to write a job's end into the webhook outbox."""
-    if delete or job.status not in TERMINAL:
-        return "", "", ""
-    at = job.finished_at or job.run_at
-    return message_id(job, ""), format_time(at), _score(at)
 
 
 def _redact(url: str) -> str:
