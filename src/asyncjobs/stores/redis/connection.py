@@ -5,7 +5,7 @@ redis-py packs every argument of a command in Python (an encode call and a few b
 joins per argument, before 8.0 even with hiredis installed); a script call with a
 batch of jobs has hundreds of arguments. ``hiredis.pack_command`` (hiredis is part of
 ``asyncjobs[redis]``) packs the same bytes in one C call, so the connections this module
-makes use it whenever the arguments are plain ``str``/``bytes``/``int``/``float``.
+makes use it whenever hiredis takes the arguments (``str``/``bytes``/``int``/``float``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ def import_redis() -> Any:
     return aioredis
 
 
-_PLAIN = (str, bytes, int, float)
-
-
 @functools.cache
 def _fast(connection_class: Any) -> Any:
     """``connection_class`` packing its commands with ``hiredis.pack_command``."""
@@ -42,11 +39,16 @@ def _fast(connection_class: Any) -> Any:
     def pack(self: Any, *args: Any) -> list[bytes]:
         head = args[0]
         # The rules of redis-py's own packer: a command name may carry literal
-        # arguments ("CLIENT SETNAME"); bool and the like are refused there, not here.
-        if (isinstance(head, str) and " " in head) or not all(type(a) in _PLAIN for a in args):
-            packed: list[bytes] = connection_class.pack_command(self, *args)
-            return packed
-        return [pack_command(args)]
+        # arguments ("CLIENT SETNAME"); what hiredis refuses (bool, None, anything but
+        # str/bytes/int/float) goes there too, to be refused with redis-py's error. No
+        # check per argument: a script call with a batch has hundreds.
+        if not (isinstance(head, str) and " " in head):
+            try:
+                return [pack_command(args)]
+            except TypeError:
+                pass
+        packed: list[bytes] = connection_class.pack_command(self, *args)
+        return packed
 
     return type("Fast" + connection_class.__name__, (connection_class,), {"pack_command": pack})
 

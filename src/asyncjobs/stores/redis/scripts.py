@@ -30,7 +30,51 @@ carries it, so all of them live in one Redis Cluster slot):
 
 from __future__ import annotations
 
-__all__ = ["ADD_MANY", "CLAIM", "COMMIT", "COMMIT_FIELDS", "RENEW"]
+__all__ = ["ADD", "ADD_MANY", "CLAIM", "COMMIT", "COMMIT_FIELDS", "RENEW"]
+
+# How many jobs wait (queued or scheduled), for ``max_queued``; and the stream writes
+# with their ``ring``. Shared by :data:`ADD` and ``_COMMON`` (which every other change
+# script starts with).
+_WAITING = r"""
+local function waiting()
+  local n = 0
+  local all = redis.call('HGETALL', P .. 'counts')
+  for i = 1, #all, 2 do
+    local s = string.match(all[i], '^[^|]*')
+    if s == 'queued' or s == 'scheduled' then n = n + tonumber(all[i + 1]) end
+  end
+  return n
+end
+"""
+_EMIT = r"""
+local written = {}
+local function emit(maxlen, fields)
+  local seq = redis.call('INCR', P .. 'seq')
+  local id = redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'q', seq,
+                        unpack(fields))
+  written[#written + 1] = {id, seq, fields}
+  return seq
+end
+-- The bells (see asyncjobs.stores.redis.events): every other store instance that waits
+-- for events gets a copy of this script's entries on its bell stream, and stops waiting.
+-- Returns what the script wrote, for the writer's own tail: {first seq, last seq, last
+-- entry id}, or 0.
+local function ring(inst)
+  if #written == 0 then return 0 end
+  local waiting = redis.call('SMEMBERS', P .. 'tails')
+  for _, tail in ipairs(waiting) do
+    if tail ~= inst then
+      local bell = P .. 'bell:' .. tail
+      for _, e in ipairs(written) do
+        redis.call('XADD', bell, '*', 'x', e[1], 'q', e[2], unpack(e[3]))
+      end
+      redis.call('PEXPIRE', bell, 60000)  -- a reader that died leaves nothing behind
+      redis.call('SREM', P .. 'tails', tail)
+    end
+  end
+  return {written[1][2], written[#written][2], written[#written][1]}
+end
+"""
 
 # Shared by the scripts. Index changes of a batch are gathered (``zadd``, ``zrem``,
 # ``count``) and written by ``flush`` in one variadic command per key: a batch of k jobs
@@ -38,7 +82,8 @@ __all__ = ["ADD_MANY", "CLAIM", "COMMIT", "COMMIT_FIELDS", "RENEW"]
 # one by one as long as no job appears twice in one flush (``touch`` flushes first when
 # one does) and nothing reads an index before its flush (``flush`` runs before the
 # queue-full check, the only such read).
-_COMMON = r"""
+_COMMON = (
+    r"""
 local P = ARGV[1]
 local function terminal(s)
   return s == 'completed' or s == 'failed' or s == 'cancelled'
@@ -99,15 +144,6 @@ local function move(id, t, old, new, prio, runat, fin, expiry)
     zrem(P .. 'expiry', id)
   end
 end
-local function waiting()
-  local n = 0
-  local all = redis.call('HGETALL', P .. 'counts')
-  for i = 1, #all, 2 do
-    local s = string.match(all[i], '^[^|]*')
-    if s == 'queued' or s == 'scheduled' then n = n + tonumber(all[i + 1]) end
-  end
-  return n
-end
 -- The webhook outbox: a job that just ended gets one pending delivery per webhook that
 -- asked for its end, in the same script as the end itself. ``msg`` is the delivery id
 -- without the hook id (see asyncjobs.webhooks.model.message_id).
@@ -132,34 +168,10 @@ local function outbox(doc, new, msg, at, at_score)
   end
   return wrote
 end
-local written = {}
-local function emit(maxlen, fields)
-  local seq = redis.call('INCR', P .. 'seq')
-  local id = redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'q', seq,
-                        unpack(fields))
-  written[#written + 1] = {id, seq, fields}
-  return seq
-end
--- The bells (see asyncjobs.stores.redis.events): every other store instance that waits
--- for events gets a copy of this script's entries on its bell stream, and stops waiting.
--- Returns what the script wrote, for the writer's own tail: {first seq, last seq, last
--- entry id}, or 0.
-local function ring(inst)
-  if #written == 0 then return 0 end
-  local waiting = redis.call('SMEMBERS', P .. 'tails')
-  for _, tail in ipairs(waiting) do
-    if tail ~= inst then
-      local bell = P .. 'bell:' .. tail
-      for _, e in ipairs(written) do
-        redis.call('XADD', bell, '*', 'x', e[1], 'q', e[2], unpack(e[3]))
-      end
-      redis.call('PEXPIRE', bell, 60000)  -- a reader that died leaves nothing behind
-      redis.call('SREM', P .. 'tails', tail)
-    end
-  end
-  return {written[1][2], written[#written][2], written[#written][1]}
-end
 """
+    + _WAITING
+    + _EMIT
+)
 
 #: Arguments per change in :data:`COMMIT`.
 COMMIT_FIELDS = 17
@@ -410,5 +422,49 @@ end
 flush()
 out[n + 2] = ring(inst)
 return out
+"""
+)
+
+#: Store one new job (queued or scheduled): what :data:`COMMIT` does for a change with
+#: expected version '0', written flat. A submit is one call of this script, and the
+#: batching machinery of ``_COMMON`` (its closures and tables, set up on every call)
+#: cost more server time than the writes themselves.
+#:
+#: ARGV: prefix, instance, stream maxlen, id, doc, status, type, priority, run_at
+#: (epoch), idempotency field ('' for none), max_queued ('' for none), created at (ISO).
+#:
+#: Returns ``{reply, w}``: ``reply`` as :data:`COMMIT`'s for a new job (``{1, seq}``,
+#: ``{2, d, c, w, k, e}``, ``{3}`` or ``{4}``), ``w`` what it wrote (see ``ring``).
+ADD = (
+    r"""
+local P, inst, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local id, doc, new, t = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local idem, maxq = ARGV[10], ARGV[11]
+"""
+    + _WAITING
+    + _EMIT
+    + r"""
+if idem ~= '' then
+  local other = redis.call('HGET', P .. 'idem', idem)
+  if other then
+    local h = redis.call('HMGET', P .. 'job:' .. other, 'd', 'c', 'w', 'k', 'e')
+    if h[1] then return {{2, h[1], h[2], h[3], h[4], h[5]}, 0} end
+  end
+end
+if maxq ~= '' and waiting() >= tonumber(maxq) then return {{3}, 0} end
+local key = P .. 'job:' .. id
+if redis.call('EXISTS', key) == 1 then return {{4}, 0} end
+redis.call('HSET', key, 'd', doc, 'v', 1, 's', new, 't', t)
+redis.call('ZADD', P .. 'ids', 0, id)
+if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
+redis.call('HINCRBY', P .. 'counts', new .. '|' .. t, 1)
+redis.call('ZADD', P .. 'st:' .. new, 0, id)
+if new == 'queued' then
+  redis.call('ZADD', P .. 'ready:' .. t, -tonumber(ARGV[8]), id)
+else
+  redis.call('ZADD', P .. 'scheduled', ARGV[9], id)
+end
+local seq = emit(maxlen, {'t', 'job_created', 'a', ARGV[12], 'i', inst, 'd', doc})
+return {{1, seq}, ring(inst)}
 """
 )

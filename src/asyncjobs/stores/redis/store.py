@@ -28,7 +28,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 
-from ...codec import dumps, format_time, job_to_record
+from ...codec import _iso as _time_text
+from ...codec import dumps, job_to_record
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
@@ -50,7 +51,7 @@ from ..steps import (
 from .batch import CommitBatcher
 from .connection import make_client, make_tail_client
 from .events import StreamTail, materialize
-from .scripts import ADD_MANY, CLAIM, COMMIT, RENEW
+from .scripts import ADD, ADD_MANY, CLAIM, COMMIT, RENEW
 from .webhooks import WebhookOutbox
 from .workers import WorkerRegistry
 
@@ -61,6 +62,8 @@ logger = logging.getLogger("asyncjobs.store.redis")
 _BATCH = 500
 _HELD_MAX = 10_000
 _FIELDS = ("d", "c", "w", "k", "e")
+_QUEUED, _SCHEDULED = JobStatus.QUEUED, JobStatus.SCHEDULED
+_ENDS = frozenset(status.value for status in TERMINAL)
 #: Events after which a job may have become claimable (or a per-type slot freed up).
 WAKE = frozenset(
     {
@@ -239,25 +242,37 @@ class RedisStore:
         lease_was: str = "",
     ) -> list[str]:
         """One change for :data:`.scripts.COMMIT` (see there)."""
-        expiry = ""
-        if nxt.finished_at is not None and nxt.retention is not None:
-            expiry = repr(nxt.finished_at.timestamp() + nxt.retention)
+        finished = nxt.finished_at
+        fin_score = expiry = ""
+        if finished is not None:
+            fin_epoch = finished.timestamp()
+            fin_score = repr(fin_epoch)
+            if nxt.retention is not None:
+                expiry = repr(fin_epoch + nxt.retention)
+        status = nxt.status.value
+        # A job's end goes to the webhook outbox with its time (the record's own text).
+        msg = at = at_score = ""
+        if not delete and status in _ENDS:
+            at_score = fin_score if finished is not None else _score(nxt.run_at)
+            msg, at = message_id(nxt, ""), _time_text(finished or nxt.run_at)
         return [
             nxt.id,
             str(expected),
             "" if delete else dumps(job_to_record(nxt)),
-            nxt.status.value,
+            status,
             nxt.type,
             str(nxt.priority),
             _score(nxt.run_at),
-            "" if nxt.finished_at is None else _score(nxt.finished_at),
+            fin_score,
             expiry,
             type_.value,
-            format_time(now),
+            _time_text(now),
             _idem_field(nxt) if (expected == 0 or delete) else "",
             "" if max_queued is None else str(max_queued),
             lease_was,
-            *_outbox_args(nxt, delete),
+            msg,
+            at,
+            at_score,
         ]
 
     def _hold(self, jobs: Sequence[Job]) -> None:
@@ -309,8 +324,31 @@ class RedisStore:
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
         check_storable(job)  # the rule every store applies (see jsonrules.json_problems)
-        args = self._commit_args(0, job, EventType.CREATED, job.created_at, max_queued=max_queued)
-        (reply,) = await self._commit([args])
+        status = job.status
+        if status is _QUEUED or status is _SCHEDULED:
+            record = job_to_record(job)
+            reply, written = await self._eval(
+                "add",
+                self._p + "seq",
+                self._p,
+                self._instance,
+                self._maxlen,
+                job.id,
+                dumps(record),
+                record["status"],
+                job.type,
+                str(job.priority),
+                _score(job.run_at),
+                _idem_field(job),
+                "" if max_queued is None else str(max_queued),
+                record["created_at"],
+            )
+            self._wrote(written)
+        else:  # a job made elsewhere (an import, a test): the general path
+            args = self._commit_args(
+                0, job, EventType.CREATED, job.created_at, max_queued=max_queued
+            )
+            (reply,) = await self._commit([args])
         code = reply[0]
         if code == 1:
             self._emit([JobEvent(EventType.CREATED, int(reply[1]), job.created_at, job)])
@@ -368,8 +406,8 @@ class RedisStore:
             self._p + "seq",
             self._p,
             worker_id,
-            format_time(now),
-            format_time(expires),
+            _time_text(now),
+            _time_text(expires),
             _score(expires),
             str(limit),
             self._instance,
@@ -399,7 +437,7 @@ class RedisStore:
             self._p,
             job_id,
             token,
-            format_time(expires),
+            _time_text(expires),
             _score(expires),
         )
         if reply[0] == -1:
@@ -534,7 +572,7 @@ class RedisStore:
                 nxt, type_ = result
                 lease_was = ""
                 if judge_lease and job.lease is not None:
-                    lease_was = format_time(job.lease.expires_at)
+                    lease_was = _time_text(job.lease.expires_at)
                 args = self._commit_args(job.version, nxt, type_, now, lease_was=lease_was)
                 calls.append(args)
                 pending.append((nxt, type_))
@@ -680,7 +718,7 @@ class RedisStore:
                 str(job.priority),
                 _score(job.run_at),
                 _idem_field(job),
-                format_time(job.created_at),
+                _time_text(job.created_at),
             ]
         reply = await self._eval("add_many", self._p + "seq", *args)
         if reply[0] == 3:
@@ -877,15 +915,13 @@ class RedisStore:
             upper = "(" + ids[-1]
 
 
-_SOURCES = {"claim": CLAIM, "commit": COMMIT, "renew": RENEW, "add_many": ADD_MANY}
-
-
-def _outbox_args(job: Job, delete: bool) -> tuple[str, str, str]:
-    """What the commit script needs to write a job's end into the webhook outbox."""
-    if delete or job.status not in TERMINAL:
-        return "", "", ""
-    at = job.finished_at or job.run_at
-    return message_id(job, ""), format_time(at), _score(at)
+_SOURCES = {
+    "add": ADD,
+    "claim": CLAIM,
+    "commit": COMMIT,
+    "renew": RENEW,
+    "add_many": ADD_MANY,
+}
 
 
 def _redact(url: str) -> str:
