@@ -174,11 +174,11 @@ class PostgresStore:
         # unlike the work generation, not moved by ends, which only free a slot.
         self._adds = 0
         # Worker id -> (self._adds, types): its claim of those types came back short,
-        # so the queue held nothing more for them. Its next claims without limits, until
-        # a wake-up that may have queued a job (a slot of its own freed up, a job ended
-        # elsewhere), are answered without a round trip: an idle worker made one that
-        # found nothing after every job, racing the finish it followed. A wait that
-        # timed out clears it (the worker's safety-net claim goes to the server).
+        # so the queue held nothing more for them. Its next claims without limits are
+        # answered [] without a round trip until something may have queued a job (a
+        # slot of its own freeing up, or a job ending anywhere, does not): an idle
+        # worker made two such claims per job, racing the finish. A wait that timed out
+        # or failed clears it (the worker's safety-net claim goes to the server).
         self._empty: dict[str, tuple[int, frozenset[str]]] = {}
 
     @classmethod
@@ -542,7 +542,8 @@ class PostgresStore:
         claimed = [e.job for e in events]
         self._hold(claimed)
         short = len(claimed) < limit
-        if short and not limits:
+        # Not after a retry: its pick may have come back empty on the nonce's lock.
+        if short and not limits and attempts == 1:
             self._empty[worker_id] = (adds, frozenset(free))
         if self._handoffs is not None:
             self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=short)
@@ -897,11 +898,15 @@ class PostgresStore:
 
     async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
         generation = self._notifier.work_generation() if since is None else since
-        if self._handoffs is None:
-            await self._notifier.wait_for_work(timeout, since=generation)
-        else:
-            with self._handoffs.parked(generation):
+        try:
+            if self._handoffs is None:
                 await self._notifier.wait_for_work(timeout, since=generation)
+            else:
+                with self._handoffs.parked(generation):
+                    await self._notifier.wait_for_work(timeout, since=generation)
+        except Exception:  # the worker claims on a timer instead: let those through
+            self._empty.clear()
+            raise
         if self._notifier.work_generation() == generation:
             # Timed out: the claim that follows is the safety net (a notification
             # lost, a row skipped while another transaction held it). It goes through.
