@@ -100,6 +100,26 @@ async def test_a_claim_after_a_timed_out_wait_goes_to_the_server(
     assert await _claim(one) == [job.id]
 
 
+async def test_a_claim_after_a_failed_wait_goes_to_the_server(
+    stores: Factory,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker whose wait fails claims on a timer: those claims reach the server."""
+    one, two = await stores(), await stores()
+    assert await _claim(one) == []
+    one._remote._wake_for = lambda type_: None
+    (job,) = await add(two, make_job())
+    await asyncio.sleep(0.1)
+
+    async def broken(self: object, timeout: float, *, since: int | None = None) -> None:
+        raise RuntimeError("the notifier is down")
+
+    monkeypatch.setattr(type(one._notifier), "wait_for_work", broken)
+    with pytest.raises(RuntimeError):
+        await one.wait_for_work(60)
+    assert await _claim(one) == [job.id]
+
+
 async def test_a_resync_voids_what_was_known(
     stores: Factory,  # noqa: F811
 ) -> None:
