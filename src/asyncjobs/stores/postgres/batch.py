@@ -5,8 +5,9 @@ same moment, and each change would be a statement and a commit (an fsync) of its
 background task of the store writes every change queued while the previous batch was in
 flight in one fenced statement (``Statements.write``: each change only if its row still
 has the version it was computed from): one round trip, one commit and one NOTIFY per
-change for the whole batch. An idle queue pays nothing extra: a lone change is written
-at once, as a batch of one.
+change for the whole batch. An idle queue pays nothing extra: a lone change (nothing
+being written, nothing waiting) is written at once by its caller, without the hop to the
+background task; changes that come meanwhile wait for it and go out together after.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ class ChangeBatcher:
         self._pending: list[_Item] = []
         self._wakeup = asyncio.Event()
         self._task: TaskHandle | None = None
+        self._busy = False  # a batch (or a lone change) is being written
 
     def start(self, tasks: BackgroundTasks) -> None:
         self._pending = []
+        self._busy = False
         self._wakeup = asyncio.Event()
         self._task = tasks.start_soon(self._loop, "asyncjobs-pg-finish")
 
@@ -62,19 +65,35 @@ class ChangeBatcher:
 
     async def write(self, change: Change) -> JobEvent | None:
         """Store ``change`` if its row still has the version expected; None if it moved on."""
+        if not self._busy and not self._pending and self._task is not None:
+            self._busy = True
+            try:
+                events = await self._run(lambda conn: self._sql.write(conn, [change]))
+            finally:
+                self._busy = False
+                if self._pending:
+                    self._wakeup.set()
+            return events[0] if events else None
         done: asyncio.Future[JobEvent | None] = asyncio.get_running_loop().create_future()
         self._pending.append((change, done))
-        self._wakeup.set()
+        if not self._busy:
+            self._wakeup.set()
         return await done
 
     async def _loop(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
-                batch = self._pending[:_MAX_BATCH]
-                del self._pending[:_MAX_BATCH]
-                await self._flush(batch)
+            if self._busy:
+                continue  # a lone change is being written: its writer sets the wake-up
+            self._busy = True
+            try:
+                while self._pending:
+                    batch = self._pending[:_MAX_BATCH]
+                    del self._pending[:_MAX_BATCH]
+                    await self._flush(batch)
+            finally:
+                self._busy = False
 
     async def _flush(self, batch: list[_Item]) -> None:
         # Sorted by id: rows are locked in one order by every writer (no deadlocks).

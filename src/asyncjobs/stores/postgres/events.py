@@ -81,6 +81,8 @@ class RemoteEvents:
         wanted: Whether anyone listens (events are not even decoded otherwise).
         resync: Called when notifications were dropped (the inbox was full).
         inbox_max: Notifications held at most.
+        wake_for: When given, called instead of ``wake`` with the type of the event
+            (one of :data:`~asyncjobs.stores.listeners.WAKE`).
     """
 
     def __init__(
@@ -93,8 +95,10 @@ class RemoteEvents:
         wanted: Callable[[], bool],
         resync: Callable[[], None],
         inbox_max: int = INBOX_MAX,
+        wake_for: Callable[[EventType], None] | None = None,
     ) -> None:
         self._instance = instance
+        self._wake_for = wake_for
         # Every payload this instance sends starts so (see make_prefix): its own echoes
         # are recognised without decoding them, two of them per job.
         self._own = make_prefix(instance)
@@ -127,8 +131,12 @@ class RemoteEvents:
         data = json.loads(payload)
         if data.get("src") == self._instance:
             return
-        if EventType(data["type"]) in WAKE:
-            self._wake()
+        type_ = EventType(data["type"])
+        if type_ in WAKE:
+            if self._wake_for is not None:
+                self._wake_for(type_)
+            else:
+                self._wake()
         if self._wanted():
             # One consumer keeps remote events in commit order, even when one of them
             # has to read its job back first.

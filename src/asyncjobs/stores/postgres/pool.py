@@ -5,6 +5,11 @@ once on a fresh connection, and, while the server cannot be reached (a restart, 
 failover), with backoff for up to ``reconnect_timeout`` seconds. Workers and the
 janitor thus wait out an outage instead of failing. A call that is retried must be safe
 to repeat: its first attempt may have committed before its reply was lost.
+
+One connection is kept out of the pool for calls made one at a time (an idle queue's
+submit, claim, finish): asyncpg's acquire and release cost about as much client CPU as
+the statement itself. A call that finds it in use takes a pooled one as before; a call
+that fails on it hands it back to the pool, whose release cleans it up.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ class Pool:
         self._raw = raw
         self._reconnect_timeout = reconnect_timeout
         self._closed = False
+        # The connection kept for calls one at a time (None until the first such call,
+        # or after one failed on it); never with a pool of one, which it would empty.
+        self._own: Any = None
+        self._own_busy = raw.get_max_size() < 2
         self._errors = connection_errors()
         # A statement past command_timeout leaves its connection mid-query too.
         self._broken: tuple[type[BaseException], ...] = (*self._errors, asyncio.TimeoutError)
@@ -95,6 +104,9 @@ class Pool:
 
     async def close(self) -> None:
         self._closed = True
+        own, self._own = self._own, None
+        if own is not None and not self._own_busy:
+            await self._raw.release(own)  # one in use is given back by its call
         try:
             await asyncio.wait_for(self._raw.close(), 5.0)
         except asyncio.TimeoutError:
@@ -120,6 +132,16 @@ class Pool:
         while True:
             in_op = False
             try:
+                if not self._own_busy:
+                    self._own_busy = True
+                    try:
+                        own = self._own
+                        if own is None:
+                            own = self._own = await self._raw.acquire()
+                        in_op = True
+                        return await self._run_own(own, op)
+                    finally:
+                        self._own_busy = False
                 async with self._raw.acquire() as conn:
                     in_op = True
                     try:
@@ -147,3 +169,19 @@ class Pool:
                 logger.debug("PostgreSQL still unreachable (%s); retrying", exc)
                 await anyio.sleep(min(backoff, deadline - now))
                 backoff = min(backoff * 2, 1.0)
+
+    async def _run_own(self, own: Any, op: Callable[[Any], Awaitable[T]]) -> T:
+        try:
+            result = await op(own)
+        except BaseException as exc:
+            # Whatever the state it was left in (mid-query after a cancellation, in a
+            # failed transaction), the pool's release deals with it, or drops it.
+            self._own = None
+            if isinstance(exc, self._broken):
+                own.terminate()
+            await self._raw.release(own)
+            raise
+        if self._closed:
+            self._own = None
+            await self._raw.release(own)
+        return result

@@ -99,6 +99,8 @@ _BATCH = 500
 _HELD_MAX = 10_000
 #: Seconds for which "this schema has no webhooks" spares the outbox a look.
 _HOOKS_FOR = 1.0
+#: Events of a job becoming queued; the other wake-ups only free a per-type slot.
+_ADDS = frozenset({EventType.CREATED, EventType.QUEUED, EventType.RETRYING})
 
 
 def _load(text: str) -> Job:
@@ -158,7 +160,8 @@ class PostgresStore:
             wake=self._notify_work,
             fetch=self._find,
             wanted=lambda: self._notifier.wanted,
-            resync=self._notifier.resync,
+            resync=self._resync,
+            wake_for=self._remote_wake,
         )
         self._changes = ChangeBatcher(self._run, self._sql)
         # Job id -> the last snapshot this instance wrote or read of a job it claimed:
@@ -167,6 +170,16 @@ class PostgresStore:
         self._handoffs = Handoffs() if handoff else None
         # Whether the schema has webhooks, and until when that is taken as known.
         self._hooks_known: tuple[bool, float] = (True, 0.0)
+        # Wake-ups that may have queued a job (a new, due or requeued job, a resync):
+        # unlike the work generation, not moved by ends, which only free a slot.
+        self._adds = 0
+        # Worker id -> (self._adds, types): its claim of those types came back short,
+        # so the queue held nothing more for them. Its next claims without limits are
+        # answered [] without a round trip until something may have queued a job (a
+        # slot of its own freeing up, or a job ending anywhere, does not): an idle
+        # worker made two such claims per job, racing the finish. A wait that timed out
+        # or failed clears it (the worker's safety-net claim goes to the server).
+        self._empty: dict[str, tuple[int, frozenset[str]]] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresStore:
@@ -193,7 +206,7 @@ class PostgresStore:
             return
         pool = await self._connect()
         # Notifications sent while LISTEN was down are lost: on reconnect, resync.
-        listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._notifier.resync)
+        listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._resync)
         try:
             await self._tasks.start()
             await listener.start(self._tasks)
@@ -291,7 +304,18 @@ class PostgresStore:
 
     def _emit(self, events: Collection[JobEvent]) -> None:
         """Hand committed events to this process's listeners; wake idle workers."""
+        if any(e.type in _ADDS for e in events):
+            self._adds += 1
         self._notifier.emit(events)
+
+    def _remote_wake(self, type_: EventType) -> None:
+        if type_ in _ADDS:
+            self._adds += 1
+        self._notifier.wake()
+
+    def _resync(self) -> None:
+        self._adds += 1
+        self._notifier.resync()
 
     def _deliver(self, events: Collection[JobEvent]) -> None:
         self._notifier.emit(events, wake=False)  # remote wake-ups come with the payload
@@ -431,10 +455,16 @@ class PostgresStore:
             return stored, False
         self._hold([running])
         assert self._handoffs is not None
+        # No wake-up since the worker's short claim: the queue still holds nothing for
+        # it, but for what the wake-up of this job's own announcement will suggest.
+        quiet = self._notifier.work_generation() == target.generation
         if not self._handoffs.hand(target.worker_id, running):
             await self._give_back([running])  # its worker unregistered meanwhile
+            quiet = False
         if events:
             self._emit(events)  # the created event wakes the worker: it takes the job
+            if quiet:
+                self._empty[target.worker_id] = (self._adds, target.types)
         else:
             await self._announce_again(job, EventType.CREATED, job.created_at)
             await self._announce_again(running, EventType.STARTED, job.created_at)
@@ -482,6 +512,13 @@ class PostgresStore:
         generation = self._notifier.work_generation()
         limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
         free = [t for t in wanted if t not in limits]
+        adds = self._adds
+        known = self._empty.pop(worker_id, None)
+        if not limits and known is not None and known[0] == adds and known[1].issuperset(free):
+            self._empty[worker_id] = known  # still true until a wake-up or a timeout
+            if self._handoffs is not None:
+                self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=True)
+            return []
         # The pool retries a call whose connection dropped, and the first attempt may
         # have committed before its reply was lost: every attempt of this claim writes
         # tokens that start with one nonce, and a retry first takes back what an earlier
@@ -504,8 +541,11 @@ class PostgresStore:
         self._emit(events)
         claimed = [e.job for e in events]
         self._hold(claimed)
+        short = len(claimed) < limit
+        # Not after a retry: its pick may have come back empty on the nonce's lock.
+        if short and not limits and attempts == 1:
+            self._empty[worker_id] = (adds, frozenset(free))
         if self._handoffs is not None:
-            short = len(claimed) < limit
             self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=short)
         return claimed
 
@@ -839,6 +879,7 @@ class PostgresStore:
         return [worker_from_record(json.loads(r[0])) for r in rows]
 
     async def remove_worker(self, worker_id: str) -> None:
+        self._empty.pop(worker_id, None)
         if self._handoffs is not None:
             await self._give_back(self._handoffs.forget(worker_id))
         sql = f"DELETE FROM {quote_ident(self.schema)}.workers WHERE id = $1"
@@ -856,12 +897,20 @@ class PostgresStore:
         return self._notifier.work_generation()
 
     async def wait_for_work(self, timeout: float, *, since: int | None = None) -> None:
-        if self._handoffs is None:
-            await self._notifier.wait_for_work(timeout, since=since)
-            return
         generation = self._notifier.work_generation() if since is None else since
-        with self._handoffs.parked(generation):
-            await self._notifier.wait_for_work(timeout, since=generation)
+        try:
+            if self._handoffs is None:
+                await self._notifier.wait_for_work(timeout, since=generation)
+            else:
+                with self._handoffs.parked(generation):
+                    await self._notifier.wait_for_work(timeout, since=generation)
+        except Exception:  # the worker claims on a timer instead: let those through
+            self._empty.clear()
+            raise
+        if self._notifier.work_generation() == generation:
+            # Timed out: the claim that follows is the safety net (a notification
+            # lost, a row skipped while another transaction held it). It goes through.
+            self._empty.clear()
 
     # Defined last: inside the class body, ``list`` names this method from here on.
     async def list(
