@@ -535,3 +535,21 @@ async def test_next_batch_gives_in_one_go_what_one_at_a_time_would(make: Events)
             with pytest.raises(StopAsyncIteration):  # a job stream ends after its final event
                 await sub.next_batch()
         assert queue.bus.subscriber_count == 0
+
+
+def test_wanted_says_whether_anyone_subscribes() -> None:
+    bus = EventBus()
+    assert not bus.wanted
+    everything = bus.subscribe()
+    one_job = bus.subscribe(job_id="j1")
+    one_type = bus.subscribe(type="t")
+    assert bus.wanted
+    everything.close()
+    one_job.close()
+    assert bus.wanted  # the type's subscriber is left
+    one_type.close()
+    assert not bus.wanted
+    again = bus.subscribe(job_id="j2")
+    assert bus.wanted
+    again.close()
+    assert not bus.wanted
