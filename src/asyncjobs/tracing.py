@@ -55,14 +55,6 @@ def submit_span(job_type: str, *, batch: int | None = None) -> Iterator[Any]:
         yield None
         return
     trace, _ = otel
-    if (
-        isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-        and not trace.get_current_span().get_span_context().is_valid
-    ):
-        # No SDK and no trace to continue: the span would be the invalid no-op one (a
-        # third of a submit's own Python time), and inject() carries nothing either way.
-        yield None
-        return
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "send",
