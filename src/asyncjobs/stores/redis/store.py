@@ -11,6 +11,8 @@
 * Events go to this process's listeners directly and to every other process through
   the stream (:mod:`.events`); idle workers wake on the blocking stream read, never by
   polling.
+* What is done to many jobs at once (sweeps, purge, batch submit, retry in place,
+  listing) lives in :mod:`.bulk`; the methods here call it.
 * All keys of a queue share the hash tag ``{prefix}``, so one queue lives in one Redis
   Cluster slot, and queues with different prefixes share a database.
 """
@@ -38,8 +40,6 @@ from ..listeners import Listeners
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
-    check_purge_statuses,
-    check_retry_statuses,
     claim_step,
     expire_step,
     finish_step,
@@ -48,7 +48,9 @@ from ..steps import (
     promote_step,
     retry_step,
 )
+from . import bulk
 from .batch import CommitBatcher
+from .bulk import idem_field, score
 from .connection import make_client, make_tail_client
 from .events import StreamTail, materialize
 from .scripts import ADD, ADD_MANY, CLAIM, COMMIT, RENEW
@@ -59,7 +61,6 @@ __all__ = ["RedisStore"]
 
 logger = logging.getLogger("asyncjobs.store.redis")
 
-_BATCH = 500
 _HELD_MAX = 10_000
 _FIELDS = ("d", "c", "w", "k", "e")
 _QUEUED, _SCHEDULED = JobStatus.QUEUED, JobStatus.SCHEDULED
@@ -75,17 +76,6 @@ WAKE = frozenset(
         EventType.CANCELLED,
     }
 )
-
-
-def _score(value: datetime) -> str:
-    return repr(value.timestamp())
-
-
-def _idem_field(job: Job) -> str:
-    if job.idempotency_key is None:
-        return ""
-    owner = job.owner or ""
-    return f"{len(owner)}:{owner}:{job.idempotency_key}"
 
 
 @final
@@ -253,7 +243,7 @@ class RedisStore:
         # A job's end goes to the webhook outbox with its time (the record's own text).
         msg = at = at_score = ""
         if not delete and status in _ENDS:
-            at_score = fin_score if finished is not None else _score(nxt.run_at)
+            at_score = fin_score if finished is not None else score(nxt.run_at)
             msg, at = message_id(nxt, ""), _time_text(finished or nxt.run_at)
         return [
             nxt.id,
@@ -262,12 +252,12 @@ class RedisStore:
             status,
             nxt.type,
             str(nxt.priority),
-            _score(nxt.run_at),
+            score(nxt.run_at),
             fin_score,
             expiry,
             type_.value,
             _time_text(now),
-            _idem_field(nxt) if (expected == 0 or delete) else "",
+            idem_field(nxt) if (expected == 0 or delete) else "",
             "" if max_queued is None else str(max_queued),
             lease_was,
             msg,
@@ -338,8 +328,8 @@ class RedisStore:
                 record["status"],
                 job.type,
                 str(job.priority),
-                _score(job.run_at),
-                _idem_field(job),
+                score(job.run_at),
+                idem_field(job),
                 "" if max_queued is None else str(max_queued),
                 record["created_at"],
             )
@@ -408,7 +398,7 @@ class RedisStore:
             worker_id,
             _time_text(now),
             _time_text(expires),
-            _score(expires),
+            score(expires),
             str(limit),
             self._instance,
             self._maxlen,
@@ -438,7 +428,7 @@ class RedisStore:
             job_id,
             token,
             _time_text(expires),
-            _score(expires),
+            score(expires),
         )
         if reply[0] == -1:
             self._held.pop(job_id, None)
@@ -534,63 +524,6 @@ class RedisStore:
                 self._emit([JobEvent(EventType.DELETED, int(reply[1]), now, job)])
                 return job
 
-    async def _sweep(
-        self,
-        index: str,
-        now: datetime,
-        step: Callable[[Job], tuple[Job, EventType] | None],
-        *,
-        judge_lease: bool = False,
-    ) -> builtins.list[Job]:
-        """Apply ``step`` to the jobs an index scores at or before ``now``, in batches.
-
-        Scores are floats: the range is read a millisecond wide and the step decides
-        exactly, on the job itself.
-        """
-        client = self._redis()
-        bound = repr(now.timestamp() + 0.001)
-        changed: builtins.list[Job] = []
-        offset = 0
-        while True:
-            ids = [
-                i.decode()
-                for i in await client.zrangebyscore(
-                    self._p + index, "-inf", bound, start=offset, num=_BATCH
-                )
-            ]
-            if not ids:
-                return changed
-            calls: builtins.list[builtins.list[str]] = []
-            pending: builtins.list[tuple[Job, EventType]] = []
-            skipped = 0
-            for job in await self._read(ids):
-                result = None if job is None else step(job)
-                if result is None:
-                    skipped += 1
-                    continue
-                assert job is not None
-                nxt, type_ = result
-                lease_was = ""
-                if judge_lease and job.lease is not None:
-                    lease_was = _time_text(job.lease.expires_at)
-                args = self._commit_args(job.version, nxt, type_, now, lease_was=lease_was)
-                calls.append(args)
-                pending.append((nxt, type_))
-            replies = await self._commit(calls)
-            events = [
-                JobEvent(type_, int(reply[1]), now, nxt)
-                for (nxt, type_), reply in zip(pending, replies, strict=True)
-                if reply[0] == 1
-            ]
-            for event in events:
-                self._held.pop(event.job.id, None)
-            self._emit(events)
-            changed += [e.job for e in events]
-            # Jobs left alone (not yet due, changed meanwhile) keep their place.
-            offset += skipped + (len(calls) - len(events))
-            if len(ids) < _BATCH:
-                return changed
-
     async def requeue_expired(self, *, now: datetime) -> builtins.list[Job]:
         def step(job: Job) -> tuple[Job, EventType] | None:
             if job.status is not JobStatus.RUNNING or job.lease is None:
@@ -599,7 +532,7 @@ class RedisStore:
                 return None
             return expire_step(job, now)
 
-        return await self._sweep("leases", now, step, judge_lease=True)
+        return await bulk.sweep(self, "leases", now, step, judge_lease=True)
 
     async def promote_scheduled(self, *, now: datetime) -> builtins.list[Job]:
         def step(job: Job) -> tuple[Job, EventType] | None:
@@ -607,7 +540,7 @@ class RedisStore:
                 return None
             return promote_step(job), EventType.QUEUED
 
-        return await self._sweep("scheduled", now, step)
+        return await bulk.sweep(self, "scheduled", now, step)
 
     async def purge(
         self,
@@ -619,68 +552,15 @@ class RedisStore:
         expired: bool = False,
         limit: int | None = None,
     ) -> int:
-        chosen = check_purge_statuses(statuses)
-        if not chosen:
-            return 0
-        wanted_types = None if types is None else frozenset(types)
-        index = "expiry" if expired else "finished"
-        upper = "+inf"
-        if expired:
-            upper = repr(now.timestamp() + 0.001)
-        elif finished_before is not None:
-            upper = repr(finished_before.timestamp() + 0.001)
-
-        def doomed(job: Job) -> bool:
-            if job.status not in chosen or (
-                wanted_types is not None and job.type not in wanted_types
-            ):
-                return False
-            finished = job.finished_at
-            if finished_before is not None and (finished is None or finished >= finished_before):
-                return False
-            return not expired or (
-                job.retention is not None
-                and finished is not None
-                and finished + timedelta(seconds=job.retention) <= now
-            )
-
-        client = self._redis()
-        total, offset = 0, 0
-        while limit is None or total < limit:
-            ids = [
-                i.decode()
-                for i in await client.zrangebyscore(
-                    self._p + index, "-inf", upper, start=offset, num=_BATCH
-                )
-            ]
-            if not ids:
-                break
-            calls: builtins.list[builtins.list[str]] = []
-            gone: builtins.list[Job] = []
-            kept = 0
-            for job in await self._read(ids):
-                if (
-                    job is None
-                    or not doomed(job)
-                    or (limit is not None and total + len(gone) >= limit)
-                ):
-                    kept += 1
-                    continue
-                args = self._commit_args(job.version, job, EventType.DELETED, now, delete=True)
-                calls.append(args)
-                gone.append(job)
-            replies = await self._commit(calls)
-            events = [
-                JobEvent(EventType.DELETED, int(reply[1]), now, job)
-                for job, reply in zip(gone, replies, strict=True)
-                if reply[0] == 1
-            ]
-            self._emit(events)
-            total += len(events)
-            offset += kept + (len(calls) - len(events))
-            if len(ids) < _BATCH:
-                break
-        return total
+        return await bulk.purge(
+            self,
+            now=now,
+            statuses=statuses,
+            types=types,
+            finished_before=finished_before,
+            expired=expired,
+            limit=limit,
+        )
 
     # -- worker registry -----------------------------------------------------------
 
@@ -698,47 +578,7 @@ class RedisStore:
     async def add_many(
         self, jobs: Sequence[Job], *, max_queued: int | None = None
     ) -> builtins.list[tuple[Job, bool]]:
-        if not jobs:
-            return []
-        for job in jobs:
-            check_storable(job)  # all or nothing: refused before anything is sent
-        args: builtins.list[str] = [
-            self._p,
-            self._instance,
-            self._maxlen,
-            "" if max_queued is None else str(max_queued),
-            str(len(jobs)),
-        ]
-        for job in jobs:
-            args += [
-                job.id,
-                dumps(job_to_record(job)),
-                job.status.value,
-                job.type,
-                str(job.priority),
-                _score(job.run_at),
-                _idem_field(job),
-                _time_text(job.created_at),
-            ]
-        reply = await self._eval("add_many", self._p + "seq", *args)
-        if reply[0] == 3:
-            assert max_queued is not None
-            raise QueueFull(max_queued)
-        if reply[0] == 4:
-            raise ValueError(f"a job with id {reply[1].decode()} exists already")
-        self._wrote(reply.pop())
-        results: builtins.list[tuple[Job, bool]] = []
-        events: builtins.list[JobEvent] = []
-        for job, row in zip(jobs, reply[1:], strict=True):
-            if row[0] == 1:
-                results.append((job, True))
-                events.append(JobEvent(EventType.CREATED, int(row[1]), job.created_at, job))
-            elif row[0] == 2:
-                results.append((materialize(*row[1:6]), False))
-            else:  # an earlier job of this batch holds the key
-                results.append((jobs[int(row[1]) - 1], False))
-        self._emit(events)
-        return results
+        return await bulk.add_many(self, jobs, max_queued=max_queued)
 
     async def retry(self, job_id: str, *, now: datetime) -> Job:
         return await self._change(
@@ -755,57 +595,7 @@ class RedisStore:
     ) -> builtins.list[Job]:
         """Each job is retried atomically on its own (a job that changed meanwhile is
         judged again); the whole call is not one transaction."""
-        chosen = check_retry_statuses(statuses)
-        if not chosen:
-            return []
-        picked: builtins.list[Job] = []
-        cursor: str | None = None
-        while True:
-            page = await self.list(
-                statuses=chosen, types=types, owner=owner, cursor=cursor, limit=_BATCH
-            )
-            picked += page.jobs
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
-        picked.reverse()  # oldest first
-        retried: builtins.list[Job] = []
-        for start in range(0, len(picked), _BATCH):
-            chunk = picked[start : start + _BATCH]
-            nexts = [retry_step(job, now) for job in chunk]
-            calls = [
-                self._commit_args(job.version, nxt, EventType.RETRYING, now)
-                for job, nxt in zip(chunk, nexts, strict=True)
-            ]
-            replies = await self._commit(calls)
-            events: builtins.list[JobEvent] = []
-            for job, nxt, reply in zip(chunk, nexts, replies, strict=True):
-                if reply[0] == 1:
-                    events.append(JobEvent(EventType.RETRYING, int(reply[1]), now, nxt))
-                    retried.append(nxt)
-                elif reply[0] == 0:  # changed meanwhile: retry it if it still may be
-                    again = await self._retry_if(job.id, chosen, now)
-                    if again is not None:
-                        retried.append(again)
-            self._emit(events)
-        return retried
-
-    async def _retry_if(
-        self, job_id: str, chosen: Collection[JobStatus], now: datetime
-    ) -> Job | None:
-        made: builtins.list[Job] = []
-
-        def step(job: Job) -> tuple[Job, EventType] | None:
-            if job.status not in chosen:
-                return None  # someone else retried, or deleted and replaced it
-            made.append(retry_step(job, now))
-            return made[-1], EventType.RETRYING
-
-        try:
-            job = await self._change(job_id, step, now)
-        except JobNotFound:
-            return None
-        return job if made and job is made[-1] else None
+        return await bulk.retry_many(self, now=now, statuses=statuses, types=types, owner=owner)
 
     # -- operations: the webhook outbox --------------------------------------------
 
@@ -880,39 +670,9 @@ class RedisStore:
         cursor: str | None = None,
         limit: int = 100,
     ) -> Page:
-        wanted_status = None if statuses is None else frozenset(JobStatus(s) for s in statuses)
-        wanted_type = None if types is None else frozenset(types)
-        if wanted_status is not None and not wanted_status:
-            return Page([], None)
-        index = "ids"
-        if wanted_status is not None and len(wanted_status) == 1:
-            index = "st:" + next(iter(wanted_status)).value
-        client = self._redis()
-        found: builtins.list[Job] = []
-        upper = "+" if cursor is None else "(" + cursor
-        batch = max(limit + 1, 50) if wanted_status is None and wanted_type is None else _BATCH
-        while True:
-            ids = [
-                i.decode()
-                for i in await client.zrevrangebylex(
-                    self._p + index, upper, "-", start=0, num=batch
-                )
-            ]
-            for job in await self._read(ids):
-                if job is None:
-                    continue
-                if wanted_status is not None and job.status not in wanted_status:
-                    continue
-                if wanted_type is not None and job.type not in wanted_type:
-                    continue
-                if owner is not None and job.owner != owner:
-                    continue
-                if len(found) == limit:
-                    return Page(found, found[-1].id)
-                found.append(job)
-            if len(ids) < batch:
-                return Page(found, None)
-            upper = "(" + ids[-1]
+        return await bulk.list_jobs(
+            self, statuses=statuses, types=types, owner=owner, cursor=cursor, limit=limit
+        )
 
 
 _SOURCES = {
