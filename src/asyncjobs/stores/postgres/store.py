@@ -71,6 +71,7 @@ from ..tasks import BackgroundTasks
 from .batch import ChangeBatcher
 from .events import RemoteEvents, encode_head, make_prefix
 from .handoff import Handoffs, Standing
+from .idle import ADDS, IdleClaims
 from .listen import Listener
 from .ops import OpsStatements
 from .pool import Pool, connection_errors
@@ -99,8 +100,6 @@ _BATCH = 500
 _HELD_MAX = 10_000
 #: Seconds for which "this schema has no webhooks" spares the outbox a look.
 _HOOKS_FOR = 1.0
-#: Events of a job becoming queued; the other wake-ups only free a per-type slot.
-_ADDS = frozenset({EventType.CREATED, EventType.QUEUED, EventType.RETRYING})
 
 
 def _load(text: str) -> Job:
@@ -170,16 +169,7 @@ class PostgresStore:
         self._handoffs = Handoffs() if handoff else None
         # Whether the schema has webhooks, and until when that is taken as known.
         self._hooks_known: tuple[bool, float] = (True, 0.0)
-        # Wake-ups that may have queued a job (a new, due or requeued job, a resync):
-        # unlike the work generation, not moved by ends, which only free a slot.
-        self._adds = 0
-        # Worker id -> (self._adds, types): its claim of those types came back short,
-        # so the queue held nothing more for them. Its next claims without limits are
-        # answered [] without a round trip until something may have queued a job (a
-        # slot of its own freeing up, or a job ending anywhere, does not): an idle
-        # worker made two such claims per job, racing the finish. A wait that timed out
-        # or failed clears it (the worker's safety-net claim goes to the server).
-        self._empty: dict[str, tuple[int, frozenset[str]]] = {}
+        self._idle = IdleClaims()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> PostgresStore:
@@ -304,17 +294,17 @@ class PostgresStore:
 
     def _emit(self, events: Collection[JobEvent]) -> None:
         """Hand committed events to this process's listeners; wake idle workers."""
-        if any(e.type in _ADDS for e in events):
-            self._adds += 1
+        if any(e.type in ADDS for e in events):
+            self._idle.added()
         self._notifier.emit(events)
 
     def _remote_wake(self, type_: EventType) -> None:
-        if type_ in _ADDS:
-            self._adds += 1
+        if type_ in ADDS:
+            self._idle.added()
         self._notifier.wake()
 
     def _resync(self) -> None:
-        self._adds += 1
+        self._idle.added()
         self._notifier.resync()
 
     def _deliver(self, events: Collection[JobEvent]) -> None:
@@ -464,7 +454,7 @@ class PostgresStore:
         if events:
             self._emit(events)  # the created event wakes the worker: it takes the job
             if quiet:
-                self._empty[target.worker_id] = (self._adds, target.types)
+                self._idle.short(target.worker_id, self._idle.adds, target.types)
         else:
             await self._announce_again(job, EventType.CREATED, job.created_at)
             await self._announce_again(running, EventType.STARTED, job.created_at)
@@ -512,10 +502,10 @@ class PostgresStore:
         generation = self._notifier.work_generation()
         limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
         free = [t for t in wanted if t not in limits]
-        adds = self._adds
-        known = self._empty.pop(worker_id, None)
-        if not limits and known is not None and known[0] == adds and known[1].issuperset(free):
-            self._empty[worker_id] = known  # still true until a wake-up or a timeout
+        adds = self._idle.adds
+        if limits:
+            self._idle.forget(worker_id)
+        elif self._idle.nothing_for(worker_id, free):  # see .idle
             if self._handoffs is not None:
                 self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=True)
             return []
@@ -544,7 +534,7 @@ class PostgresStore:
         short = len(claimed) < limit
         # Not after a retry: its pick may have come back empty on the nonce's lock.
         if short and not limits and attempts == 1:
-            self._empty[worker_id] = (adds, frozenset(free))
+            self._idle.short(worker_id, adds, free)
         if self._handoffs is not None:
             self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=short)
         return claimed
@@ -879,7 +869,7 @@ class PostgresStore:
         return [worker_from_record(json.loads(r[0])) for r in rows]
 
     async def remove_worker(self, worker_id: str) -> None:
-        self._empty.pop(worker_id, None)
+        self._idle.forget(worker_id)
         if self._handoffs is not None:
             await self._give_back(self._handoffs.forget(worker_id))
         sql = f"DELETE FROM {quote_ident(self.schema)}.workers WHERE id = $1"
@@ -905,12 +895,12 @@ class PostgresStore:
                 with self._handoffs.parked(generation):
                     await self._notifier.wait_for_work(timeout, since=generation)
         except Exception:  # the worker claims on a timer instead: let those through
-            self._empty.clear()
+            self._idle.forget()
             raise
         if self._notifier.work_generation() == generation:
             # Timed out: the claim that follows is the safety net (a notification
             # lost, a row skipped while another transaction held it). It goes through.
-            self._empty.clear()
+            self._idle.forget()
 
     # Defined last: inside the class body, ``list`` names this method from here on.
     async def list(
