@@ -171,7 +171,7 @@ def cases(s: Sizes) -> list[Case]:
     for system, script in (("asyncjobs", aj), ("pgqueuer", "peer_pgqueuer.py")):
         store = ["--store", "postgres"] if system == "asyncjobs" else []
         many = ["enqueue_many", *store, "--n", str(s.enqueue_pg), "--batch", "1000"]
-        add("enqueue", system, "postgres", script, many, suffix="_many")
+        add("enqueue_many", system, "postgres", script, many)
     # drain at concurrency 10 and 50
     for c in (10, 50):
         cc = ["--concurrency", str(c)]
