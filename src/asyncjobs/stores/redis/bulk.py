@@ -10,7 +10,7 @@ The store's methods of the same names call these.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ...codec import _iso as _time_text
@@ -19,7 +19,7 @@ from ...errors import JobNotFound, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
 from ..protocol import Page
-from ..steps import check_purge_statuses, check_retry_statuses, retry_step
+from ..steps import check_purge_statuses, check_retry_statuses, purge_matches, retry_step
 from .events import materialize
 
 if TYPE_CHECKING:
@@ -123,15 +123,13 @@ async def purge(
         upper = repr(finished_before.timestamp() + 0.001)
 
     def doomed(job: Job) -> bool:
-        if job.status not in chosen or (wanted_types is not None and job.type not in wanted_types):
-            return False
-        finished = job.finished_at
-        if finished_before is not None and (finished is None or finished >= finished_before):
-            return False
-        return not expired or (
-            job.retention is not None
-            and finished is not None
-            and finished + timedelta(seconds=job.retention) <= now
+        return purge_matches(
+            job,
+            now=now,
+            statuses=chosen,
+            types=wanted_types,
+            finished_before=finished_before,
+            expired=expired,
         )
 
     client = store._redis()
