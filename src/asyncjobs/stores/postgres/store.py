@@ -28,18 +28,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar, final
 
-import anyio
-
-from ...codec import format_time
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...webhooks.model import Delivery, Webhook
@@ -48,7 +44,6 @@ from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
     check_delete,
-    check_lease,
     expire_step,
     finish_step,
     progress_step,
@@ -57,7 +52,7 @@ from ..steps import (
     stats_from_counts,
 )
 from ..tasks import BackgroundTasks
-from . import bulk, submit, workers
+from . import bulk, claims, connect, submit, workers
 from .batch import ChangeBatcher
 from .bulk import load_job
 from .events import RemoteEvents, make_prefix
@@ -65,11 +60,9 @@ from .handoff import Handoffs
 from .idle import ADDS, IdleClaims
 from .listen import Listener
 from .ops import OpsStatements
-from .pool import Pool, connection_errors
+from .pool import Pool
 from .schema import (
-    apply_migrations,
     check_schema_name,
-    import_asyncpg,
     migrate,
     quote_ident,
     redact,
@@ -180,7 +173,7 @@ class PostgresStore:
         """
         if self._pool is not None:
             return
-        pool = await self._connect()
+        pool = await connect.open_pool(self)
         # Notifications sent while LISTEN was down are lost: on reconnect, resync.
         listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._resync)
         try:
@@ -193,40 +186,6 @@ class PostgresStore:
         self._pool, self._listener = pool, listener
         self._remote.start(self._tasks)
         self._changes.start(self._tasks)
-
-    async def _connect(self) -> Pool:
-        """Migrate and open the pool, retrying like every other call: a worker started
-        while the server restarts waits for it instead of exiting with a traceback."""
-        errors: tuple[type[BaseException], ...] = (*connection_errors(), asyncio.TimeoutError)
-        deadline = anyio.current_time() + self._reconnect_timeout
-        backoff, warned = 0.05, False
-        while True:
-            try:
-                conn = await import_asyncpg().connect(self.dsn)
-                try:
-                    await apply_migrations(conn, self.schema)
-                finally:
-                    await conn.close()
-                return await Pool.open(
-                    self.dsn,
-                    name=f"asyncjobs:{self.schema}",
-                    min_size=self._min_pool,
-                    max_size=self._max_pool,
-                    reconnect_timeout=self._reconnect_timeout,
-                    command_timeout=self._command_timeout,
-                )
-            except errors as exc:
-                now = anyio.current_time()
-                if now >= deadline:
-                    raise ConnectionError(
-                        f"cannot open the PostgreSQL store at {self.url}: still unreachable "
-                        f"after {self._reconnect_timeout:g}s ({type(exc).__name__}: {exc})"
-                    ) from exc
-                if not warned:  # once per outage, not once per try
-                    logger.warning("cannot reach PostgreSQL at %s (%s); retrying", self.url, exc)
-                    warned = True
-                await anyio.sleep(min(backoff, deadline - now))
-                backoff = min(backoff * 2, 1.0)
 
     async def close(self) -> None:
         if self._handoffs is not None and self._pool is not None:
@@ -330,78 +289,12 @@ class PostgresStore:
         now: datetime,
         type_limits: Mapping[str, int] | None = None,
     ) -> list[Job]:
-        wanted = sorted(set(types))
-        if not wanted or limit <= 0:
-            return []
-        if self._handoffs is not None and (handed := self._handoffs.take(worker_id)):
-            # Stored as claimed by this worker already: no round trip. The held snapshot
-            # is the newest (a cancel request through this instance updates it).
-            return [self._held.get(job.id, job) for job in handed]
-        generation = self._notifier.work_generation()
-        limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
-        free = [t for t in wanted if t not in limits]
-        adds = self._idle.adds
-        if limits:
-            self._idle.forget(worker_id)
-        elif self._idle.nothing_for(worker_id, free):  # see .idle
-            if self._handoffs is not None:
-                self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=True)
-            return []
-        # The pool retries a call whose connection dropped, and the first attempt may
-        # have committed before its reply was lost: every attempt of this claim writes
-        # tokens that start with one nonce, and a retry first takes back what an earlier
-        # attempt claimed, so no job is left running under a token nobody holds.
-        nonce = secrets.token_hex(16)
-        attempts = 0
-
-        async def op(conn: Conn) -> list[JobEvent]:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1 and (earlier := await self._sql.claimed_by(conn, nonce, now)):
-                return earlier
-            if not limits:
-                return await self._sql.claim(conn, worker_id, free, limit, lease, now, nonce)
-            return await self._sql.claim_limited(
-                conn, worker_id, limits, free, limit, lease, now, self.schema, nonce
-            )
-
-        events = await self._run(op)
-        self._emit(events)
-        claimed = [e.job for e in events]
-        self._hold(claimed)
-        short = len(claimed) < limit
-        # Not after a retry: its pick may have come back empty on the nonce's lock.
-        if short and not limits and attempts == 1:
-            self._idle.short(worker_id, adds, free)
-        if self._handoffs is not None:
-            self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=short)
-        return claimed
+        return await claims.claim(
+            self, worker_id, types=types, limit=limit, lease=lease, now=now, type_limits=type_limits
+        )
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
-        # One statement, no row lock held across round trips: renewals are frequent.
-        started = time.monotonic()
-        retried = False
-
-        def retrying() -> None:
-            nonlocal retried
-            retried = True
-
-        def renew(conn: Conn) -> Any:  # a coroutine: asyncpg is untyped
-            # A try after an outage must not write the expiry the first try computed:
-            # that may be past already. Move ``now`` on by the time spent retrying.
-            waited = time.monotonic() - started if retried else 0.0
-            expires = now + timedelta(seconds=lease + waited)
-            return conn.fetchval(self._sql.renew, job_id, token, expires, format_time(expires))
-
-        text = await self._run(renew, on_retry=retrying)
-        if text is None:
-            self._held.pop(job_id, None)
-            check_lease(await self.get(job_id), token)  # raises JobNotFound or LeaseLost
-            raise LeaseLost(job_id)
-        job = load_job(text)
-        if job_id in self._held:  # not re-added if it finished meanwhile
-            self._held[job_id] = job
-        return job
+        return await claims.renew(self, job_id, token, lease=lease, now=now)
 
     async def _change(
         self,
