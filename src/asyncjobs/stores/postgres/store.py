@@ -28,38 +28,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, TypeVar, final
 
-import anyio
-
-from ...codec import (
-    dumps,
-    format_time,
-    job_from_record,
-    job_to_record,
-    worker_from_record,
-    worker_to_record,
-)
-from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
+from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
-from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, Webhook
 from ..listeners import LocalNotifier
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
     cancel_step,
     check_delete,
-    check_lease,
-    check_purge_statuses,
-    claim_step,
     expire_step,
     finish_step,
     progress_step,
@@ -68,17 +52,17 @@ from ..steps import (
     stats_from_counts,
 )
 from ..tasks import BackgroundTasks
+from . import bulk, claims, connect, submit, workers
 from .batch import ChangeBatcher
-from .events import RemoteEvents, encode_head, make_prefix
-from .handoff import Handoffs, Standing
+from .bulk import load_job
+from .events import RemoteEvents, make_prefix
+from .handoff import Handoffs
 from .idle import ADDS, IdleClaims
 from .listen import Listener
 from .ops import OpsStatements
-from .pool import Pool, connection_errors
+from .pool import Pool
 from .schema import (
-    apply_migrations,
     check_schema_name,
-    import_asyncpg,
     migrate,
     quote_ident,
     redact,
@@ -94,16 +78,11 @@ logger = logging.getLogger("asyncjobs.store.postgres")
 T = TypeVar("T")
 Conn = Any  # asyncpg.Connection; asyncpg is imported lazily
 
-_BATCH = 500
 #: Snapshots of claimed jobs kept per store instance (the oldest is dropped beyond it;
 #: a change to a job without one just reads it first).
 _HELD_MAX = 10_000
 #: Seconds for which "this schema has no webhooks" spares the outbox a look.
 _HOOKS_FOR = 1.0
-
-
-def _load(text: str) -> Job:
-    return job_from_record(json.loads(text))
 
 
 @final
@@ -194,7 +173,7 @@ class PostgresStore:
         """
         if self._pool is not None:
             return
-        pool = await self._connect()
+        pool = await connect.open_pool(self)
         # Notifications sent while LISTEN was down are lost: on reconnect, resync.
         listener = Listener(self.dsn, self._channel, self._remote.on_payload, self._resync)
         try:
@@ -208,43 +187,9 @@ class PostgresStore:
         self._remote.start(self._tasks)
         self._changes.start(self._tasks)
 
-    async def _connect(self) -> Pool:
-        """Migrate and open the pool, retrying like every other call: a worker started
-        while the server restarts waits for it instead of exiting with a traceback."""
-        errors: tuple[type[BaseException], ...] = (*connection_errors(), asyncio.TimeoutError)
-        deadline = anyio.current_time() + self._reconnect_timeout
-        backoff, warned = 0.05, False
-        while True:
-            try:
-                conn = await import_asyncpg().connect(self.dsn)
-                try:
-                    await apply_migrations(conn, self.schema)
-                finally:
-                    await conn.close()
-                return await Pool.open(
-                    self.dsn,
-                    name=f"asyncjobs:{self.schema}",
-                    min_size=self._min_pool,
-                    max_size=self._max_pool,
-                    reconnect_timeout=self._reconnect_timeout,
-                    command_timeout=self._command_timeout,
-                )
-            except errors as exc:
-                now = anyio.current_time()
-                if now >= deadline:
-                    raise ConnectionError(
-                        f"cannot open the PostgreSQL store at {self.url}: still unreachable "
-                        f"after {self._reconnect_timeout:g}s ({type(exc).__name__}: {exc})"
-                    ) from exc
-                if not warned:  # once per outage, not once per try
-                    logger.warning("cannot reach PostgreSQL at %s (%s); retrying", self.url, exc)
-                    warned = True
-                await anyio.sleep(min(backoff, deadline - now))
-                backoff = min(backoff * 2, 1.0)
-
     async def close(self) -> None:
         if self._handoffs is not None and self._pool is not None:
-            await self._give_back(self._handoffs.forget())
+            await submit.give_back(self, self._handoffs.forget())
         pool, self._pool = self._pool, None
         listener, self._listener = self._listener, None
         self._held.clear()
@@ -282,7 +227,7 @@ class PostgresStore:
         text = await conn.fetchval(self._sql.get_for_update, job_id)
         if text is None:
             raise JobNotFound(job_id)
-        return _load(text)
+        return load_job(text)
 
     def _hold(self, jobs: Sequence[Job]) -> None:
         held = self._held
@@ -322,161 +267,13 @@ class PostgresStore:
     # -- Store protocol ----------------------------------------------------------
 
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
-        check_storable(job)
-        sql = self._sql
-        record = dumps(job_to_record(job))
-        head = encode_head(EventType.CREATED, job.created_at)
-        if max_queued is None and self._handoffs is not None:
-            target = self._handoffs.target(job, self._notifier.work_generation())
-            if target is not None:
-                return await self._add_handed(job, target, record, head)
-        attempt = 0
-
-        async def insert(conn: Conn) -> tuple[Job, JobEvent | None]:
-            try:
-                row = await conn.fetchrow(
-                    sql.insert,
-                    job.id,
-                    job.type,
-                    job.status.value,
-                    job.priority,
-                    job.run_at,
-                    job.finished_at,
-                    job.retention,
-                    job.idempotency_key,
-                    job.owner,
-                    record,
-                    self._channel,
-                    self._prefix,
-                    head,
-                )
-            except import_asyncpg().UniqueViolationError:
-                raise ValueError(f"a job with id {job.id} exists already") from None
-            if row is not None:
-                return job, JobEvent(EventType.CREATED, row["seq"], job.created_at, job)
-            # The idempotency key is taken (ON CONFLICT DO NOTHING): return its job.
-            text = await conn.fetchval(sql.get_by_key, job.idempotency_key, job.owner)
-            if text is None:
-                raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
-            return _load(text), None
-
-        async def op(conn: Conn) -> tuple[Job, JobEvent | None]:
-            nonlocal attempt
-            attempt += 1
-            if attempt > 1:
-                existing = await conn.fetchval(sql.get, job.id)
-                if existing is not None and _load(existing) == job:
-                    return job, None  # our first attempt committed before the drop
-            if max_queued is None:
-                return await insert(conn)  # one statement, its own transaction
-            async with conn.transaction():
-                if job.idempotency_key is not None:
-                    text = await conn.fetchval(sql.get_by_key, job.idempotency_key, job.owner)
-                    if text is not None:
-                        return _load(text), None
-                # Serialize counted adds so max_queued is exact across processes.
-                await conn.execute(sql.lock, f"asyncjobs:add:{self.schema}")
-                if await conn.fetchval(sql.count_waiting) >= max_queued:
-                    raise QueueFull(max_queued)
-                return await insert(conn)
-
-        stored, event = await self._run(op)
-        if event is None:
-            if stored is job and attempt > 1:  # added by an attempt whose reply was lost
-                await self._announce_again(job, EventType.CREATED, job.created_at)
-                return job, True
-            return stored, False
-        self._emit([event])
-        return stored, True
-
-    async def _add_handed(
-        self, job: Job, target: Standing, record: str, head: str
-    ) -> tuple[Job, bool]:
-        """Store ``job`` as claimed by the parked worker ``target`` (see :mod:`.handoff`)."""
-        sql = self._sql
-        token = secrets.token_hex(16) + job.id
-        running = claim_step(job, target.worker_id, token, target.lease, job.created_at)
-        assert running.lease is not None
-        expires = running.lease.expires_at
-        running_record = dumps(job_to_record(running))
-        started_head = encode_head(EventType.STARTED, job.created_at)
-        attempt = 0
-
-        async def op(conn: Conn) -> tuple[Job, list[JobEvent] | None]:
-            nonlocal attempt
-            attempt += 1
-            if attempt > 1:
-                text = await conn.fetchval(sql.get, job.id)
-                if text is not None and _load(text) == running:
-                    return running, []  # our first attempt committed before the drop
-            try:
-                row = await conn.fetchrow(
-                    sql.insert_running,
-                    job.id,
-                    job.type,
-                    job.priority,
-                    job.run_at,
-                    job.retention,
-                    job.idempotency_key,
-                    job.owner,
-                    token,
-                    expires,
-                    running_record,
-                    record,
-                    self._channel,
-                    self._prefix,
-                    head,
-                    started_head,
-                )
-            except import_asyncpg().UniqueViolationError:
-                raise ValueError(f"a job with id {job.id} exists already") from None
-            if row is None:  # the idempotency key is taken: return its job
-                text = await conn.fetchval(sql.get_by_key, job.idempotency_key, job.owner)
-                if text is None:
-                    raise ValueError(f"idempotency key {job.idempotency_key!r} is in flux")
-                return _load(text), None
-            return running, [
-                JobEvent(EventType.CREATED, row[0], job.created_at, job),
-                JobEvent(EventType.STARTED, row[1], job.created_at, running),
-            ]
-
-        stored, events = await self._run(op)
-        if events is None:
-            return stored, False
-        self._hold([running])
-        assert self._handoffs is not None
-        # No wake-up since the worker's short claim: the queue still holds nothing for
-        # it, but for what the wake-up of this job's own announcement will suggest.
-        quiet = self._notifier.work_generation() == target.generation
-        if not self._handoffs.hand(target.worker_id, running):
-            await self._give_back([running])  # its worker unregistered meanwhile
-            quiet = False
-        if events:
-            self._emit(events)  # the created event wakes the worker: it takes the job
-            if quiet:
-                self._idle.short(target.worker_id, self._idle.adds, target.types)
-        else:
-            await self._announce_again(job, EventType.CREATED, job.created_at)
-            await self._announce_again(running, EventType.STARTED, job.created_at)
-        return job, True
-
-    async def _give_back(self, jobs: Sequence[Job]) -> None:
-        """Requeue jobs handed to a worker that never took them (attempt returned)."""
-        for job in jobs:
-            assert job.lease is not None
-            now = datetime.now(timezone.utc)
-            try:
-                await self.finish(job.id, job.lease.token, Outcome(JobStatus.QUEUED), now=now)
-            except (LeaseLost, JobNotFound):
-                pass  # its lease ran out and it moved on: nothing to give back
-            except Exception:  # the lease runs out and the janitor requeues it
-                logger.warning("could not give back job %s", job.id, exc_info=True)
+        return await submit.add(self, job, max_queued=max_queued)
 
     async def get(self, job_id: str) -> Job:
         text = await self._run(lambda conn: conn.fetchval(self._sql.get, job_id))
         if text is None:
             raise JobNotFound(job_id)
-        return _load(text)
+        return load_job(text)
 
     async def stats(self) -> Stats:
         rows = await self._run(lambda conn: conn.fetch(self._sql.stats))
@@ -492,78 +289,12 @@ class PostgresStore:
         now: datetime,
         type_limits: Mapping[str, int] | None = None,
     ) -> list[Job]:
-        wanted = sorted(set(types))
-        if not wanted or limit <= 0:
-            return []
-        if self._handoffs is not None and (handed := self._handoffs.take(worker_id)):
-            # Stored as claimed by this worker already: no round trip. The held snapshot
-            # is the newest (a cancel request through this instance updates it).
-            return [self._held.get(job.id, job) for job in handed]
-        generation = self._notifier.work_generation()
-        limits = {t: n for t, n in (type_limits or {}).items() if t in wanted}
-        free = [t for t in wanted if t not in limits]
-        adds = self._idle.adds
-        if limits:
-            self._idle.forget(worker_id)
-        elif self._idle.nothing_for(worker_id, free):  # see .idle
-            if self._handoffs is not None:
-                self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=True)
-            return []
-        # The pool retries a call whose connection dropped, and the first attempt may
-        # have committed before its reply was lost: every attempt of this claim writes
-        # tokens that start with one nonce, and a retry first takes back what an earlier
-        # attempt claimed, so no job is left running under a token nobody holds.
-        nonce = secrets.token_hex(16)
-        attempts = 0
-
-        async def op(conn: Conn) -> list[JobEvent]:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1 and (earlier := await self._sql.claimed_by(conn, nonce, now)):
-                return earlier
-            if not limits:
-                return await self._sql.claim(conn, worker_id, free, limit, lease, now, nonce)
-            return await self._sql.claim_limited(
-                conn, worker_id, limits, free, limit, lease, now, self.schema, nonce
-            )
-
-        events = await self._run(op)
-        self._emit(events)
-        claimed = [e.job for e in events]
-        self._hold(claimed)
-        short = len(claimed) < limit
-        # Not after a retry: its pick may have come back empty on the nonce's lock.
-        if short and not limits and attempts == 1:
-            self._idle.short(worker_id, adds, free)
-        if self._handoffs is not None:
-            self._handoffs.claimed(worker_id, wanted, limits, lease, generation, short=short)
-        return claimed
+        return await claims.claim(
+            self, worker_id, types=types, limit=limit, lease=lease, now=now, type_limits=type_limits
+        )
 
     async def renew(self, job_id: str, token: str, *, lease: float, now: datetime) -> Job:
-        # One statement, no row lock held across round trips: renewals are frequent.
-        started = time.monotonic()
-        retried = False
-
-        def retrying() -> None:
-            nonlocal retried
-            retried = True
-
-        def renew(conn: Conn) -> Any:  # a coroutine: asyncpg is untyped
-            # A try after an outage must not write the expiry the first try computed:
-            # that may be past already. Move ``now`` on by the time spent retrying.
-            waited = time.monotonic() - started if retried else 0.0
-            expires = now + timedelta(seconds=lease + waited)
-            return conn.fetchval(self._sql.renew, job_id, token, expires, format_time(expires))
-
-        text = await self._run(renew, on_retry=retrying)
-        if text is None:
-            self._held.pop(job_id, None)
-            check_lease(await self.get(job_id), token)  # raises JobNotFound or LeaseLost
-            raise LeaseLost(job_id)
-        job = _load(text)
-        if job_id in self._held:  # not re-added if it finished meanwhile
-            self._held[job_id] = job
-        return job
+        return await claims.renew(self, job_id, token, lease=lease, now=now)
 
     async def _change(
         self,
@@ -652,32 +383,12 @@ class PostgresStore:
         self._emit(events)
         return job
 
-    async def _sweep(
-        self, select: str, arg: Any, step: Callable[[Job], tuple[Job, EventType]], now: datetime
-    ) -> list[Job]:
-        """Apply ``step`` to every job ``select`` finds, in batches of committed work."""
-        changed: list[Job] = []
-        while True:
-
-            async def op(conn: Conn) -> list[JobEvent]:
-                async with conn.transaction():
-                    rows = await conn.fetch(select, arg, _BATCH)
-                    jobs = [_load(r[0]) for r in rows]
-                    changes = [change(j, *step(j), now) for j in jobs]
-                    return await self._sql.write(conn, changes)
-
-            events = await self._run(op)
-            self._emit(events)
-            changed += [e.job for e in events]
-            if len(events) < _BATCH:
-                return changed
-
     async def requeue_expired(self, *, now: datetime) -> list[Job]:
-        return await self._sweep(self._sql.expired, now, lambda j: expire_step(j, now), now)
+        return await bulk.sweep(self, self._sql.expired, now, lambda j: expire_step(j, now), now)
 
     async def promote_scheduled(self, *, now: datetime) -> list[Job]:
-        return await self._sweep(
-            self._sql.due, now, lambda j: (promote_step(j), EventType.QUEUED), now
+        return await bulk.sweep(
+            self, self._sql.due, now, lambda j: (promote_step(j), EventType.QUEUED), now
         )
 
     async def purge(
@@ -690,68 +401,22 @@ class PostgresStore:
         expired: bool = False,
         limit: int | None = None,
     ) -> int:
-        chosen = sorted(s.value for s in check_purge_statuses(statuses))
-        if not chosen:
-            return 0
-        total = 0
-        while limit is None or total < limit:
-            batch = _BATCH if limit is None else min(_BATCH, limit - total)
-            query, args = self._sql.purge_query(
-                statuses=chosen,
-                types=None if types is None else list(types),
-                finished_before=finished_before,
-                expired_at=now if expired else None,
-                limit=batch,
-            )
-
-            async def op(conn: Conn, query: str = query, args: list[Any] = args) -> list[JobEvent]:
-                async with conn.transaction():
-                    rows = await conn.fetch(query, *args)
-                    return await self._sql.delete(conn, [_load(r[0]) for r in rows], now)
-
-            events = await self._run(op)
-            self._emit(events)
-            total += len(events)
-            if len(events) < batch:
-                break
-        return total
+        return await bulk.purge(
+            self,
+            now=now,
+            statuses=statuses,
+            types=types,
+            finished_before=finished_before,
+            expired=expired,
+            limit=limit,
+        )
 
     # -- operations: batch submit and retry in place -------------------------------
 
     async def add_many(
         self, jobs: Sequence[Job], *, max_queued: int | None = None
     ) -> list[tuple[Job, bool]]:
-        batch = list(jobs)
-        if not batch:
-            return []
-        for job in batch:
-            check_storable(job)
-        attempt = 0
-        lock_key = f"asyncjobs:add:{self.schema}"
-
-        async def op(conn: Conn) -> tuple[list[tuple[Job, bool]], list[JobEvent], bool]:
-            nonlocal attempt
-            attempt += 1
-            if attempt > 1:
-                stored = await self._ops.committed(conn, batch)
-                if stored:  # our first attempt committed before the drop
-                    return [(stored.get(j.id, j), j.id in stored) for j in batch], [], True
-            try:
-                results, events = await self._ops.add_many(
-                    conn, batch, max_queued=max_queued, lock_key=lock_key
-                )
-            except import_asyncpg().UniqueViolationError:
-                raise ValueError("a job of this batch has an id that exists already") from None
-            return results, events, False
-
-        results, events, replayed = await self._run(op)
-        if replayed:
-            for job, created in results:
-                if created:
-                    await self._announce_again(job, EventType.CREATED, job.created_at)
-            return results
-        self._emit(events)
-        return results
+        return await bulk.add_many(self, jobs, max_queued=max_queued)
 
     async def retry(self, job_id: str, *, now: datetime) -> Job:
         return await self._change(
@@ -766,21 +431,7 @@ class PostgresStore:
         types: Collection[str] | None = None,
         owner: str | None = None,
     ) -> list[Job]:
-        if types is not None and not types:
-            return []
-        retried: list[Job] = []
-        while True:
-
-            async def op(conn: Conn) -> list[JobEvent]:
-                return await self._ops.retry_batch(
-                    conn, now=now, statuses=statuses, types=types, owner=owner
-                )
-
-            events = await self._run(op)
-            self._emit(events)
-            retried += [e.job for e in events]
-            if len(events) < self._ops.batch_size():
-                return retried
+        return await bulk.retry_many(self, now=now, statuses=statuses, types=types, owner=owner)
 
     # -- operations: the webhook outbox (rows written by a trigger) -----------------
 
@@ -843,37 +494,16 @@ class PostgresStore:
     # -- worker registry -----------------------------------------------------------
 
     async def register_worker(self, info: WorkerInfo) -> None:
-        table = f"{quote_ident(self.schema)}.workers"
-        record = dumps(worker_to_record(info))
-
-        async def op(conn: Conn) -> None:
-            # Records of dead workers go here, so listing them stays a plain read.
-            await conn.execute(f"DELETE FROM {table} WHERE expires_at <= $1", info.last_heartbeat)
-            await conn.execute(
-                f"INSERT INTO {table} (id, expires_at, record) VALUES ($1, $2, $3::jsonb) "
-                "ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, "
-                "record = EXCLUDED.record",
-                info.id,
-                info.expires_at,
-                record,
-            )
-
-        await self._run(op)
+        await workers.register_worker(self, info)
 
     async def list_workers(self, *, now: datetime) -> list[WorkerInfo]:
-        sql = (
-            f"SELECT record::text FROM {quote_ident(self.schema)}.workers "
-            "WHERE expires_at > $1 ORDER BY id"
-        )
-        rows = await self._run(lambda conn: conn.fetch(sql, now))
-        return [worker_from_record(json.loads(r[0])) for r in rows]
+        return await workers.list_workers(self, now=now)
 
     async def remove_worker(self, worker_id: str) -> None:
         self._idle.forget(worker_id)
         if self._handoffs is not None:
-            await self._give_back(self._handoffs.forget(worker_id))
-        sql = f"DELETE FROM {quote_ident(self.schema)}.workers WHERE id = $1"
-        await self._run(lambda conn: conn.execute(sql, worker_id))
+            await submit.give_back(self, self._handoffs.forget(worker_id))
+        await workers.delete_worker(self, worker_id)
 
     # -- notifier ----------------------------------------------------------------
 
@@ -912,16 +542,6 @@ class PostgresStore:
         cursor: str | None = None,
         limit: int = 100,
     ) -> Page:
-        query, args = self._sql.list_query(
-            statuses=None if statuses is None else [JobStatus(s).value for s in statuses],
-            types=None if types is None else list(types),
-            owner=owner,
-            cursor=cursor,
-            limit=limit + 1,
+        return await bulk.list_jobs(
+            self, statuses=statuses, types=types, owner=owner, cursor=cursor, limit=limit
         )
-        rows = await self._run(lambda conn: conn.fetch(query, *args))
-        jobs = [_load(row[0]) for row in rows]
-        if len(jobs) > limit:
-            del jobs[limit:]
-            return Page(jobs, jobs[-1].id if jobs else None)
-        return Page(jobs, None)
