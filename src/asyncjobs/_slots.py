@@ -129,6 +129,7 @@ class Slots:
     # spans_for_all(), looked up by the claim loop once per claim rather than per job:
     # the provider lookup reads os.environ each time (a tenth of a no-op job).
     _spans_for_all: bool
+    _log_info: bool
     _job_types: dict[str, JobType]  # the registry's, as of run()
     _finish_never_suspends: bool
     # The supervisor may hold a failed finish (set before each supervisor.failed call):
@@ -247,9 +248,10 @@ class Slots:
                             current = await self._take()
                         outcome = None
                         try:
-                            # One level check per job while INFO is off (DEBUG is off then
-                            # too); the end of a completed or cancelled attempt is at INFO.
-                            info = _jobs_log.isEnabledFor(logging.INFO)
+                            # The level as of the job's claim (read once per batch): while
+                            # INFO is off DEBUG is off too, and the end of a completed or
+                            # cancelled attempt is at INFO.
+                            info = self._log_info
                             if info and _jobs_log.isEnabledFor(logging.DEBUG):
                                 joblog.attempt_started(current.job)
                             current.began = time.monotonic()

@@ -271,8 +271,9 @@ class Queue(QueueOperations):
         type_ = event.type
         if type_ is _CANCEL_REQUESTED and self.worker is not None:
             self.worker.on_event(event)  # the only event a worker acts on
-        if type_ in _FINAL_EVENTS and self.dispatcher is not None and event.job.status in TERMINAL:
-            self.dispatcher.poke(_FINAL_EVENTS[type_])  # an outbox row may come with it
+        name = _FINAL_EVENTS.get(type_)  # one lookup, not a test and then a read
+        if name is not None and self.dispatcher is not None and event.job.status in TERMINAL:
+            self.dispatcher.poke(name)  # an outbox row may come with it
 
     def _require_open(self) -> None:
         if self._background is None:

@@ -16,6 +16,7 @@ from typing import final
 import anyio
 import attrs
 
+from . import joblog
 from ._slots import Running, Slots, Stop, spans_for_all
 from ._ulid import new_ulid
 from .context import JobContext
@@ -144,6 +145,7 @@ class Worker(Slots):
         self._deep = False
         self._avg_run: float | None = None
         self._spans_for_all = False  # looked up by the claim loop (_slots.spans_for_all)
+        self._log_info = False  # whether the jobs log is at INFO, kept by the claim loop
         self._spans_checked_by = 0.0  # time.monotonic() of the next look while False
 
     @property
@@ -227,6 +229,9 @@ class Worker(Slots):
                     if clock >= self._spans_checked_by:
                         self._spans_for_all = spans_for_all()
                         self._spans_checked_by = clock + _SPANS_RECHECK
+                if jobs:
+                    # The jobs log's level, read once per claimed batch, not once per job.
+                    self._log_info = joblog.logger.isEnabledFor(logging.INFO)
                 running_jobs, ready, progress = self._running, self._ready, self._store_progress
                 for job in jobs:
                     lease = job.lease

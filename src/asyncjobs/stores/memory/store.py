@@ -260,9 +260,8 @@ class MemoryStore:
         else:
             self._put(job, done)
         self._seq += 1  # _emit(), inline: once per job
-        notifier = self._notifier
-        notifier.emit_one(make_event(event, self._seq, now, done))
-        notifier.wake()  # a slot (and maybe a per-type slot) is free again
+        # The event, then a wake-up: a slot (and maybe a per-type slot) is free again.
+        self._notifier.emit_and_wake(make_event(event, self._seq, now, done))
         return done
 
     async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
