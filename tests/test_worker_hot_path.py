@@ -185,13 +185,11 @@ async def test_a_job_cancelled_while_it_waits_for_its_slot_never_runs() -> None:
     assert all(job.status is JobStatus.COMPLETED for job in ends[:-3] + ends[-2:])
 
 
-async def test_no_span_is_made_when_no_sdk_records_it_and_no_trace_is_carried(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def spans_made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every span asyncjobs starts, in a process with no OpenTelemetry SDK."""
     pytest.importorskip("opentelemetry")
     from opentelemetry import trace
-
-    from asyncjobs.job import Job
 
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         pytest.skip("an SDK tracer provider is installed in this process")
@@ -203,6 +201,14 @@ async def test_no_span_is_made_when_no_sdk_records_it_and_no_trace_is_carried(
         return real(module)
 
     monkeypatch.setattr(tracing, "_tracer", tracer)
+    return made
+
+
+async def test_no_span_is_made_when_no_sdk_records_it_and_no_trace_is_carried(
+    spans_made: list[str],
+) -> None:
+    from asyncjobs.job import Job
+
     outcome = Outcome(JobStatus.COMPLETED)
 
     async def run() -> Outcome:
@@ -210,7 +216,7 @@ async def test_no_span_is_made_when_no_sdk_records_it_and_no_trace_is_carried(
 
     job = Job(id="j", type="t", params={}, status=JobStatus.RUNNING, created_at=_T, run_at=_T)
     assert await tracing.attempt_span(job, run) is outcome
-    assert made == []
+    assert spans_made == []
     # A job that carries its submitter's context still gets its span (it passes the
     # context on to what the handler submits, even without an SDK here).
     carried = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -224,25 +230,14 @@ async def test_no_span_is_made_when_no_sdk_records_it_and_no_trace_is_carried(
         trace={"traceparent": carried},
     )
     assert await tracing.attempt_span(traced, run) is outcome
-    assert made == ["span"]
+    assert spans_made == ["span"]
 
 
 def test_a_submit_makes_no_span_without_an_sdk_but_still_carries_the_current_trace(
-    monkeypatch: pytest.MonkeyPatch,
+    spans_made: list[str],
 ) -> None:
-    pytest.importorskip("opentelemetry")
     from opentelemetry import propagate, trace
 
-    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        pytest.skip("an SDK tracer provider is installed in this process")
-    made: list[str] = []
-    real = tracing._tracer
-
-    def tracer(module: Any) -> Any:
-        made.append("span")
-        return real(module)
-
-    monkeypatch.setattr(tracing, "_tracer", tracer)
     with tracing.submit_span("t") as span:
         assert span is None
         assert tracing.inject() is None  # no trace anywhere: nothing to carry
@@ -250,4 +245,4 @@ def test_a_submit_makes_no_span_without_an_sdk_but_still_carries_the_current_tra
     parent = propagate.extract({"traceparent": carried})
     with trace.use_span(trace.get_current_span(parent)), tracing.submit_span("t"):
         assert tracing.inject() == {"traceparent": carried}
-    assert made == []
+    assert spans_made == []
