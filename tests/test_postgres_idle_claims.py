@@ -37,6 +37,15 @@ async def _claim(store: PostgresStore, worker: str = "w") -> list[str]:
     return [job.id for job in jobs]
 
 
+async def _unheard_job(one: PostgresStore, two: PostgresStore) -> str:
+    """``one`` claims short, then ``two`` adds a job whose notification ``one`` loses."""
+    assert await _claim(one) == []
+    one._remote._wake_for = lambda type_: None
+    (job,) = await add(two, make_job())
+    await asyncio.sleep(0.1)
+    return job.id
+
+
 async def _heard(store: PostgresStore, generation: int) -> None:
     with anyio.fail_after(5):
         while store.work_generation() == generation:
@@ -90,14 +99,11 @@ async def test_a_claim_after_a_timed_out_wait_goes_to_the_server(
 ) -> None:
     """The safety net for a lost notification: the wait times out, the claim goes out."""
     one, two = await stores(), await stores()
-    assert await _claim(one) == []
-    one._remote._wake_for = lambda type_: None  # its notifications are lost
-    (job,) = await add(two, make_job())
-    await asyncio.sleep(0.1)
+    job_id = await _unheard_job(one, two)  # its notifications are lost
     assert await _claim(one) == []  # not heard of, and not looked for
     generation = one.work_generation()
     await one.wait_for_work(0.05, since=generation)
-    assert await _claim(one) == [job.id]
+    assert await _claim(one) == [job_id]
 
 
 async def test_a_claim_after_a_failed_wait_goes_to_the_server(
@@ -106,10 +112,7 @@ async def test_a_claim_after_a_failed_wait_goes_to_the_server(
 ) -> None:
     """A worker whose wait fails claims on a timer: those claims reach the server."""
     one, two = await stores(), await stores()
-    assert await _claim(one) == []
-    one._remote._wake_for = lambda type_: None
-    (job,) = await add(two, make_job())
-    await asyncio.sleep(0.1)
+    job_id = await _unheard_job(one, two)
 
     async def broken(self: object, timeout: float, *, since: int | None = None) -> None:
         raise RuntimeError("the notifier is down")
@@ -117,19 +120,16 @@ async def test_a_claim_after_a_failed_wait_goes_to_the_server(
     monkeypatch.setattr(type(one._notifier), "wait_for_work", broken)
     with pytest.raises(RuntimeError):
         await one.wait_for_work(60)
-    assert await _claim(one) == [job.id]
+    assert await _claim(one) == [job_id]
 
 
 async def test_a_resync_voids_what_was_known(
     stores: Factory,  # noqa: F811
 ) -> None:
     one, two = await stores(), await stores()
-    assert await _claim(one) == []
-    one._remote._wake_for = lambda type_: None
-    (job,) = await add(two, make_job())
-    await asyncio.sleep(0.1)
+    job_id = await _unheard_job(one, two)
     one._resync()  # what the LISTEN connection does when it reconnects
-    assert await _claim(one) == [job.id]
+    assert await _claim(one) == [job_id]
 
 
 async def test_after_a_hand_off_the_next_claim_sends_nothing_and_a_new_job_is_found(
