@@ -26,7 +26,7 @@ from ..job import (
     make_lease,
     transition,
 )
-from .protocol import Outcome, Stats
+from .protocol import Outcome, Page, Stats
 
 __all__ = [
     "EXPIRED_ERROR",
@@ -271,6 +271,31 @@ def purge_matches(
         and finished is not None
         and finished.timestamp() + job.retention <= now.timestamp()
     )
+
+
+def fill_page(
+    found: list[Job],
+    jobs: Iterable[Job | None],
+    *,
+    statuses: Collection[JobStatus] | None,
+    types: Collection[str] | None,
+    owner: str | None,
+    limit: int,
+) -> Page | None:
+    """Append to ``found`` the ``jobs`` (newest first) that :meth:`Store.list`'s filters
+    keep; the page once it is full and one more job matches, else None (read on)."""
+    for job in jobs:
+        if (
+            job is None
+            or (statuses is not None and job.status not in statuses)
+            or (types is not None and job.type not in types)
+            or (owner is not None and job.owner != owner)
+        ):
+            continue
+        if len(found) == limit:
+            return Page(found, found[-1].id)
+        found.append(job)
+    return None
 
 
 def claim_room(

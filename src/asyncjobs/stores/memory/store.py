@@ -30,6 +30,7 @@ from ..steps import (
     claim_room,
     claim_step,
     expire_step,
+    fill_page,
     finish_step,
     new_token,
     progress_step,
@@ -177,18 +178,11 @@ class MemoryStore:
         wanted_status = None if statuses is None else frozenset(JobStatus(s) for s in statuses)
         wanted_type = None if types is None else frozenset(types)
         found: builtins.list[Job] = []
-        for index in range(end - 1, -1, -1):
-            job = self._jobs[self._order[index]]
-            if wanted_status is not None and job.status not in wanted_status:
-                continue
-            if wanted_type is not None and job.type not in wanted_type:
-                continue
-            if owner is not None and job.owner != owner:
-                continue
-            if len(found) == limit:
-                return Page(found, found[-1].id)
-            found.append(job)
-        return Page(found, None)
+        newest_first = (self._jobs[self._order[index]] for index in range(end - 1, -1, -1))
+        page = fill_page(
+            found, newest_first, statuses=wanted_status, types=wanted_type, owner=owner, limit=limit
+        )
+        return page or Page(found, None)
 
     async def stats(self) -> Stats:
         return stats_from_counts((t, s, n) for t, c in self._tally.items() for s, n in c.items())

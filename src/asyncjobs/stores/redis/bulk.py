@@ -19,7 +19,13 @@ from ...errors import JobNotFound, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
 from ..protocol import Page
-from ..steps import check_purge_statuses, check_retry_statuses, purge_matches, retry_step
+from ..steps import (
+    check_purge_statuses,
+    check_retry_statuses,
+    fill_page,
+    purge_matches,
+    retry_step,
+)
 from .events import materialize
 
 if TYPE_CHECKING:
@@ -302,18 +308,12 @@ async def list_jobs(
             i.decode()
             for i in await client.zrevrangebylex(store._p + index, upper, "-", start=0, num=batch)
         ]
-        for job in await store._read(ids):
-            if job is None:
-                continue
-            if wanted_status is not None and job.status not in wanted_status:
-                continue
-            if wanted_type is not None and job.type not in wanted_type:
-                continue
-            if owner is not None and job.owner != owner:
-                continue
-            if len(found) == limit:
-                return Page(found, found[-1].id)
-            found.append(job)
+        jobs = await store._read(ids)
+        page = fill_page(
+            found, jobs, statuses=wanted_status, types=wanted_type, owner=owner, limit=limit
+        )
+        if page is not None:
+            return page
         if len(ids) < batch:
             return Page(found, None)
         upper = "(" + ids[-1]
