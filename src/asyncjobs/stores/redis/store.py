@@ -53,6 +53,7 @@ from .batch import CommitBatcher
 from .bulk import idem_field, score
 from .connection import make_client, make_tail_client
 from .events import StreamTail, materialize
+from .line import ScriptLine, open_line
 from .scripts import ADD, ADD_MANY, CLAIM, COMMIT, RENEW
 from .webhooks import WebhookOutbox
 from .workers import WorkerRegistry
@@ -113,6 +114,7 @@ class RedisStore:
         self._reconnect_timeout = reconnect_timeout
         self._instance = secrets.token_hex(8)
         self._client: Any = None
+        self._line: ScriptLine | None = None
         self._tail: StreamTail | None = None
         self._sha: dict[str, str] = {}
         self._listeners = Listeners()
@@ -142,6 +144,11 @@ class RedisStore:
         """The name (``CLIENT LIST``) of the connection that tails the event stream."""
         return f"asyncjobs-tail-{self._instance}"
 
+    @property
+    def line_client_name(self) -> str:
+        """The name (``CLIENT LIST``) of the connection that carries the script calls."""
+        return f"asyncjobs-line-{self._instance}"
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def open(self) -> None:
@@ -168,12 +175,16 @@ class RedisStore:
             await client.aclose()
             raise
         self._client, self._tail = client, tail
+        self._line = open_line(client, name=self.line_client_name)
 
     async def close(self) -> None:
         client, self._client = self._client, None
         tail, self._tail = self._tail, None
+        line, self._line = self._line, None
         self._held.clear()
         await self._finishes.stop()
+        if line is not None:
+            await line.close()
         if tail is not None:
             await tail.stop()
         if client is not None:
@@ -190,11 +201,13 @@ class RedisStore:
         from redis.exceptions import NoScriptError
 
         client = self._redis()
+        line = self._line
+        call = client.execute_command if line is None else line.call
         try:
-            return await client.evalsha(self._sha[name], 1, key, *args)
+            return await call("EVALSHA", self._sha[name], 1, key, *args)
         except NoScriptError:  # a restarted server forgot it: nothing ran, load and redo
             self._sha[name] = await client.script_load(_SOURCES[name])
-            return await client.evalsha(self._sha[name], 1, key, *args)
+            return await call("EVALSHA", self._sha[name], 1, key, *args)
 
     async def _commit(self, changes: Sequence[Sequence[str]]) -> builtins.list[Any]:
         """Write changes (each :meth:`_commit_args`) in one script call: each lands or
