@@ -115,6 +115,8 @@ class StreamTail:
         deliver: Called with each decoded event of another instance, and whether
             webhook deliveries were written with it.
         resync: Called when entries may have been missed.
+        handed: Called instead of ``deliver`` for an event of a job handed to a parked
+            worker (see :mod:`.handoff`), with the worker's member (``instance worker``).
         retry_cap: The longest pause between reconnection attempts.
     """
 
@@ -127,6 +129,7 @@ class StreamTail:
         deliver: Callable[[JobEvent, bool], None],
         resync: Callable[[], None],
         *,
+        handed: Callable[[JobEvent, bytes], None] | None = None,
         retry_cap: float = 1.0,
     ) -> None:
         self._connect = connect
@@ -140,6 +143,7 @@ class StreamTail:
         self._instance = instance.encode()
         self._deliver = deliver
         self._resync = resync
+        self._handed = handed
         self._retry_cap = retry_cap
         self._last_id = b"0-0"
         self._seq = 0
@@ -308,6 +312,10 @@ class StreamTail:
             event = decode_event(event_fields)
         except Exception:  # a malformed entry must not stop the stream
             logger.exception("undecodable event entry %r", entry_id)
+            return
+        member = event_fields.get(b"h")
+        if member is not None and self._handed is not None:
+            self._handed(event, member)
             return
         self._deliver(event, b"o" in event_fields)
 

@@ -25,12 +25,15 @@ carries it, so all of them live in one Redis Cluster slot):
 ``P seq``                the event sequence (INCR: consecutive, so gaps show)
 ``P events``             stream of events, trimmed to about ``maxlen`` entries
 ``P webhooks...``        the webhook registry and outbox (see :mod:`.webhooks`)
+``P parked:<type>``      zset: parked workers (``<instance> <worker>``) waiting for
+                         that type, by when the entry ages out (server clock, epoch)
+``P parking``            hash: parked worker -> JSON ``[lease, type, limit, ...]``
 =======================  ========================================================
 """
 
 from __future__ import annotations
 
-__all__ = ["ADD", "ADD_MANY", "CLAIM", "COMMIT", "COMMIT_FIELDS", "RENEW"]
+__all__ = ["ADD", "ADD_MANY", "CLAIM", "COMMIT", "COMMIT_FIELDS", "PARK_TTL", "RENEW", "UNPARK"]
 
 # How many jobs wait (queued or scheduled), for ``max_queued``; and the stream writes
 # with their ``ring``. Shared by :data:`ADD` and ``_COMMON`` (which every other change
@@ -264,12 +267,126 @@ return out
 """
 )
 
+#: Seconds a parked worker's entry lives (server clock) unless its next claim renews it:
+#: longer than a worker's idle wait (5 s by default), short enough that the entry of a
+#: process killed without a goodbye stops drawing jobs soon.
+PARK_TTL = 10
+
+# The hand-off's parking, at the end of CLAIM (see ``handoff`` in ADD): a claim that
+# came back short puts its worker on ``P parked:<type>`` of each type asked for, so that
+# a submit finding nothing ready hands the job straight to it. A full claim takes the
+# worker off again (it may have no free slot now). Skipped when the worker's clock is
+# more than a second off the server's (a test's fake clock): its leases would be odd.
+_PARK = (
+    r"""
+local pm = ARGV[tokens + limit + 1]
+if pm then
+  local base = tokens + limit
+  local clock = redis.call('TIME')
+  local server = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  local short = #picked < limit
+    and math.abs(tonumber(ARGV[base + 2]) / 1000000 - server) < 1
+  if short then
+    local spec = {tonumber(ARGV[base + 3])}
+    for i = 1, n do
+      local t = ARGV[8 + 2 * i]
+      redis.call('ZADD', P .. 'parked:' .. t, server + """
+    + str(PARK_TTL)
+    + r""", pm)
+      spec[#spec + 1] = t
+      spec[#spec + 1] = tonumber(ARGV[9 + 2 * i])
+    end
+    redis.call('HSET', P .. 'parking', pm, cjson.encode(spec))
+  elseif ARGV[base + 4] == '1' then
+    for i = 1, n do redis.call('ZREM', P .. 'parked:' .. ARGV[8 + 2 * i], pm) end
+    redis.call('HDEL', P .. 'parking', pm)
+  end
+end
+"""
+)
+
+#: Take parked workers off every type they wait for (a worker stopped, a store closed).
+#: ARGV: prefix, then the members.
+UNPARK = r"""
+local P = ARGV[1]
+for i = 2, #ARGV do
+  local spec = redis.call('HGET', P .. 'parking', ARGV[i])
+  if spec then
+    spec = cjson.decode(spec)
+    for j = 2, #spec, 2 do redis.call('ZREM', P .. 'parked:' .. spec[j], ARGV[i]) end
+    redis.call('HDEL', P .. 'parking', ARGV[i])
+  end
+end
+return 0
+"""
+
+# The hand-off of a new queued job to a parked worker (ADD): used only when nothing of
+# its type is ready (so no job is overtaken) and the type's running limit, as the
+# worker asked for it, has room. Takes the worker off every type (one job per parking)
+# and returns it with its lease seconds, or nil. ``now`` is the submitter's clock in
+# epoch µs; as with parking, a clock off the server's by a second or more hands nothing.
+_HANDOFF = r"""
+local function iso(us)  -- as Python's datetime.isoformat() in UTC
+  local s = math.floor(us / 1000000)
+  local frac = us - s * 1000000
+  local days = math.floor(s / 86400)
+  local sod = s - days * 86400
+  local z = days + 719468  -- days to civil date (H. Hinnant's algorithm)
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  local text = string.format('%04d-%02d-%02dT%02d:%02d:%02d', y, m, d,
+                             math.floor(sod / 3600), math.floor(sod % 3600 / 60), sod % 60)
+  if frac ~= 0 then text = text .. string.format('.%06d', frac) end
+  return text .. '+00:00'
+end
+local function handoff(t, now)
+  local key = P .. 'parked:' .. t
+  local top = redis.call('ZRANGE', key, 0, 0, 'REV', 'WITHSCORES')
+  if #top == 0 then return nil end
+  local clock = redis.call('TIME')
+  local server = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  local stale = redis.call('ZRANGEBYSCORE', key, '-inf', server)
+  if #stale > 0 then  -- a process that died parked: its entries go
+    redis.call('ZREM', key, unpack(stale))
+    redis.call('HDEL', P .. 'parking', unpack(stale))
+    if tonumber(top[2]) <= server then return nil end
+  end
+  if math.abs(now / 1000000 - server) >= 1 then return nil end
+  if redis.call('EXISTS', P .. 'ready:' .. t) == 1 then return nil end
+  local member = top[1]
+  local spec = redis.call('HGET', P .. 'parking', member)
+  if not spec then
+    redis.call('ZREM', key, member)
+    return nil
+  end
+  spec = cjson.decode(spec)
+  for j = 2, #spec, 2 do
+    if spec[j] == t and spec[j + 1] >= 0 then
+      local running = tonumber(redis.call('HGET', P .. 'counts', 'running|' .. t) or '0')
+      if running >= spec[j + 1] then return nil end
+    end
+  end
+  for j = 2, #spec, 2 do redis.call('ZREM', P .. 'parked:' .. spec[j], member) end
+  redis.call('HDEL', P .. 'parking', member)
+  return member, spec[1]
+end
+"""
+
 #: Move up to ``limit`` queued jobs to running: highest priority first, then FIFO, across
 #: the given types, never beyond a type's running limit.
 #:
 #: ARGV: prefix, worker, now (ISO), lease expiry (ISO), lease expiry (epoch), limit,
 #: instance, stream maxlen, number of types n, then n pairs (type, limit or -1), then
-#: ``limit`` fresh tokens.
+#: ``limit`` fresh tokens; for a worker that parks (see :data:`_PARK`), then: its member,
+#: its clock (epoch µs), its lease (seconds), '1' if its last claim parked it, else '0'.
 #:
 #: Returns a flat list: ``id, doc, token, seq`` per claimed job, then what the call wrote
 #: to the stream (see ``ring``).
@@ -349,6 +466,9 @@ for i, p in ipairs(picked) do
   out[#out + 1] = token
   out[#out + 1] = seq
 end
+"""
+    + _PARK
+    + r"""
 flush()
 out[#out + 1] = ring(inst)
 return out
@@ -431,9 +551,12 @@ return out
 #: cost more server time than the writes themselves.
 #:
 #: ARGV: prefix, instance, stream maxlen, id, doc, status, type, priority, run_at
-#: (epoch), idempotency field ('' for none), max_queued ('' for none), created at (ISO).
+#: (epoch), idempotency field ('' for none), max_queued ('' for none), created at (ISO);
+#: for a queued job that may be handed to a parked worker (see ``_HANDOFF``), then: now
+#: (epoch µs), a fresh token, now (ISO).
 #:
-#: Returns ``{reply, w}``: ``reply`` as :data:`COMMIT`'s for a new job (``{1, seq}``,
+#: Returns ``{reply, w}``: ``reply`` as :data:`COMMIT`'s for a new job (``{1, seq}``;
+#: ``{1, seq, started seq, worker's member, lease expiry}`` when it was handed off;
 #: ``{2, d, c, w, k, e}``, ``{3}`` or ``{4}``), ``w`` what it wrote (see ``ring``).
 ADD = (
     r"""
@@ -443,6 +566,7 @@ local idem, maxq = ARGV[10], ARGV[11]
 """
     + _WAITING
     + _EMIT
+    + _HANDOFF
     + r"""
 if idem ~= '' then
   local other = redis.call('HGET', P .. 'idem', idem)
@@ -454,6 +578,30 @@ end
 if maxq ~= '' and waiting() >= tonumber(maxq) then return {{3}, 0} end
 local key = P .. 'job:' .. id
 if redis.call('EXISTS', key) == 1 then return {{4}, 0} end
+if new == 'queued' and ARGV[13] then
+  local member, lease = handoff(t, tonumber(ARGV[13]))
+  if member then
+    -- Stored as CLAIM stores a job it takes, with both events: job_created, then
+    -- job_started; 'h' (the worker) on both tells tails it was handed off.
+    local worker = string.sub(member, string.find(member, ' ', 1, true) + 1)
+    local token, now = ARGV[14], ARGV[15]
+    local exp_us = tonumber(ARGV[13]) + math.floor(lease * 1000000 + 0.5)
+    local exp_iso = iso(exp_us)
+    redis.call('HSET', key, 'd', doc, 'v', 2, 's', 'running', 't', t, 'c', now,
+               'w', worker, 'k', token, 'e', exp_iso)
+    redis.call('ZADD', P .. 'ids', 0, id)
+    if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
+    redis.call('HINCRBY', P .. 'counts', 'running|' .. t, 1)
+    redis.call('ZADD', P .. 'st:running', 0, id)
+    redis.call('ZADD', P .. 'leases', string.format('%.6f', exp_us / 1000000), id)
+    local seq = emit(maxlen, {'t', 'job_created', 'a', ARGV[12], 'i', inst, 'd', doc,
+                              'h', member})
+    local started = emit(maxlen, {'t', 'job_started', 'a', now, 'i', inst, 'd', doc,
+                                  'c', now, 'w', worker, 'k', token, 'e', exp_iso,
+                                  'h', member})
+    return {{1, seq, started, member, exp_iso}, ring(inst)}
+  end
+end
 redis.call('HSET', key, 'd', doc, 'v', 1, 's', new, 't', t)
 redis.call('ZADD', P .. 'ids', 0, id)
 if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end

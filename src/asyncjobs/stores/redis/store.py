@@ -19,21 +19,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
+import attrs
 
 from ...codec import _iso as _time_text
-from ...codec import dumps, job_to_record
+from ...codec import dumps, job_to_record, parse_time
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
-from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus, Lease
 from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, Webhook, message_id
 from ..listeners import Listeners
@@ -53,8 +55,9 @@ from .batch import CommitBatcher
 from .bulk import idem_field, score
 from .connection import make_client, make_tail_client
 from .events import StreamTail, materialize
+from .handoff import Parking, epoch_us
 from .line import ScriptLine, open_line
-from .scripts import ADD, ADD_MANY, CLAIM, COMMIT, RENEW
+from .scripts import ADD, ADD_MANY, CLAIM, COMMIT, RENEW, UNPARK
 from .webhooks import WebhookOutbox
 from .workers import WorkerRegistry
 
@@ -125,6 +128,8 @@ class RedisStore:
         self._workers = WorkerRegistry(self._redis, self._p)
         self._webhooks = WebhookOutbox(self._redis, self._p)
         self._finishes = CommitBatcher(self._commit)
+        self._parking = Parking(self._instance)
+        self._giving: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
@@ -169,6 +174,7 @@ class RedisStore:
                 self._instance,
                 self._on_remote,
                 self._on_resync,
+                handed=self._on_handed,
             )
             await tail.start()
         except BaseException:
@@ -178,6 +184,8 @@ class RedisStore:
         self._line = open_line(client, name=self.line_client_name)
 
     async def close(self) -> None:
+        if self._client is not None:
+            await self._leave_parking()
         client, self._client = self._client, None
         tail, self._tail = self._tail, None
         line, self._line = self._line, None
@@ -330,6 +338,8 @@ class RedisStore:
         status = job.status
         if status is _QUEUED or status is _SCHEDULED:
             record = job_to_record(job)
+            now = datetime.now(timezone.utc) if status is _QUEUED else None
+            handing: tuple[str, ...] = self._handoff_args(now) if now is not None else ()
             reply, written = await self._eval(
                 "add",
                 self._p + "seq",
@@ -345,8 +355,12 @@ class RedisStore:
                 idem_field(job),
                 "" if max_queued is None else str(max_queued),
                 record["created_at"],
+                *handing,
             )
             self._wrote(written)
+            if reply[0] == 1 and len(reply) > 2:
+                assert now is not None
+                return self._handed_off(job, reply, now, handing[1])
         else:  # a job made elsewhere (an import, a test): the general path
             args = self._commit_args(
                 0, job, EventType.CREATED, job.created_at, max_queued=max_queued
@@ -398,6 +412,10 @@ class RedisStore:
         wanted = sorted(set(types))
         if not wanted or limit <= 0:
             return []
+        if handed := self._parking.take(worker_id):
+            # Stored as claimed by this worker already: no round trip. The held snapshot
+            # is the newest (a cancel request through this instance updates it).
+            return [self._held.get(job.id, job) for job in handed]
         limits = type_limits or {}
         pairs: builtins.list[str] = []
         for type_ in wanted:
@@ -418,8 +436,10 @@ class RedisStore:
             str(len(wanted)),
             *pairs,
             *tokens,
+            *self._parking.claim_args(worker_id, now, lease),
         )
         self._wrote(flat.pop())
+        self._parking.claimed(worker_id, len(flat) < 4 * limit)
         claimed: builtins.list[Job] = []
         events: builtins.list[JobEvent] = []
         for i in range(0, len(flat), 4):
@@ -578,13 +598,88 @@ class RedisStore:
     # -- worker registry -----------------------------------------------------------
 
     async def register_worker(self, info: WorkerInfo) -> None:
+        self._parking.enlist(info.id)
         await self._workers.register(info)
 
     async def list_workers(self, *, now: datetime) -> builtins.list[WorkerInfo]:
         return await self._workers.list(now=now)
 
     async def remove_worker(self, worker_id: str) -> None:
+        await self._leave_parking(worker_id)
         await self._workers.remove(worker_id)
+
+    # -- the hand-off to parked workers (see .handoff) -------------------------------
+
+    @staticmethod
+    def _handoff_args(now: datetime) -> tuple[str, str, str]:
+        """ADD's arguments that let it hand a queued job to a parked worker."""
+        return epoch_us(now), new_token(), _time_text(now)
+
+    def _handed_off(self, job: Job, reply: Any, now: datetime, token: str) -> tuple[Job, bool]:
+        """ADD stored ``job`` claimed by a parked worker: both events, as other
+        processes decode them (see ``materialize``)."""
+        member = reply[3].decode()
+        instance, _, worker = member.partition(" ")
+        started = claim_step(job, worker, token, 0.0, now)
+        lease = Lease(worker, token, parse_time(reply[4].decode()))
+        started = attrs.evolve(started, lease=lease)
+        # Nothing here may claim it: no wake-up (the worker's store wakes its worker).
+        self._listeners.emit(
+            [
+                JobEvent(EventType.CREATED, int(reply[1]), job.created_at, job),
+                JobEvent(EventType.STARTED, int(reply[2]), now, started),
+            ]
+        )
+        if instance == self._instance:  # our own tail skips these entries
+            self._arrived(worker, started)
+        return job, True
+
+    def _on_handed(self, event: JobEvent, member: bytes) -> None:
+        """An event of a job another instance handed to a parked worker (from the tail)."""
+        if self._listeners:
+            self._listeners.emit((event,))
+        if event.type is not EventType.STARTED:
+            return  # its job_created: not claimable, so no wake-up
+        instance, _, worker = member.decode().partition(" ")
+        if instance == self._instance:
+            self._arrived(worker, event.job)
+
+    def _arrived(self, worker: str, job: Job) -> None:
+        """A job was handed to ``worker`` of this store: kept for its next claim, or
+        given back if it is gone."""
+        if self._parking.arrived(worker, job):
+            self._hold([job])
+            self._notify_work()
+            return
+        task = asyncio.get_running_loop().create_task(self._give_back([job]))
+        self._giving.add(task)
+        task.add_done_callback(self._giving.discard)
+
+    async def _give_back(self, jobs: Sequence[Job]) -> None:
+        """Requeue jobs handed to a worker that is gone (their attempt returned)."""
+        for job in jobs:
+            assert job.lease is not None
+            now = datetime.now(timezone.utc)
+            try:
+                await self.finish(job.id, job.lease.token, Outcome(JobStatus.QUEUED), now=now)
+            except (LeaseLost, JobNotFound):
+                pass  # its lease ran out and it moved on: nothing to give back
+            except Exception:  # its lease runs out and the janitor requeues it
+                logger.warning("could not give back job %s", job.id, exc_info=True)
+
+    async def _leave_parking(self, worker_id: str | None = None) -> None:
+        """Take a worker (or every worker of this store) off the parked lists, and give
+        back what was handed to it and not taken."""
+        members, jobs = self._parking.forget(worker_id)
+        if members:
+            try:
+                with anyio.fail_after(5):
+                    await self._eval("unpark", self._p + "parking", self._p, *members)
+            except Exception:  # the entries age out on their own within seconds
+                logger.warning("could not take workers off the parked lists", exc_info=True)
+        await self._give_back(jobs)
+        if worker_id is None and self._giving:
+            await asyncio.wait(builtins.list(self._giving), timeout=5.0)
 
     # -- operations: batch submit and retry in place -------------------------------
 
@@ -694,6 +789,7 @@ _SOURCES = {
     "commit": COMMIT,
     "renew": RENEW,
     "add_many": ADD_MANY,
+    "unpark": UNPARK,
 }
 
 

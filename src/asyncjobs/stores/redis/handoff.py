@@ -1,0 +1,97 @@
+"""Hand-off of a new job to a parked worker of another process (or of this one).
+
+Between a submit and its job's observed end, an idle worker costs a round trip more
+than it needs to: the submit rings its tail, and only then does it ask for the job. A
+worker whose claim came back short is *parked* instead: the claim script puts it on
+``P parked:<type>`` for each type it asked for (scored by when the entry ages out,
+:data:`~.scripts.PARK_TTL` seconds on the server's clock), with what a hand-off needs in
+``P parking`` (its lease, each type's running limit as it asked). A submit (ADD) of a
+queued job whose type has nothing ready, and whose running limit has room, takes one
+parked worker off every type and stores the job already claimed by it, exactly as the
+claim script would, writing ``job_created`` then ``job_started`` (both marked ``h``
+with the worker). The worker's store sees ``job_started`` in its tail, keeps the job
+here for that worker and wakes it; its next claim returns the job without a round trip.
+
+Failure modes:
+
+* The worker stopped before the job reached its store (``remove_worker``, or the
+  store closed): the job is given back at once, requeued with its attempt returned.
+* The process was killed (-9): its entries stay until they age out (seconds); a job
+  handed to it meanwhile runs out its lease and is requeued by the janitor, like any
+  job a killed worker held.
+* A claim of the worker that crosses a hand-off in flight parks it again, so it may
+  get one job more than its free slots: its claim returns every handed job it holds
+  (the worker runs the extra one when a slot frees, renewing its lease meanwhile).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import final
+
+from ...job import Job
+
+__all__ = ["Parking", "epoch_us"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def epoch_us(when: datetime) -> str:
+    """``when`` in whole microseconds since the epoch (exact, unlike a float)."""
+    delta = when - _EPOCH
+    return str((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+@final
+class Parking:
+    """The hand-off bookkeeping of one store instance (see the module docstring)."""
+
+    def __init__(self, instance: str) -> None:
+        self._instance = instance
+        self._parked: dict[str, bool] = {}  # worker -> its last claim parked it
+        self._inbox: dict[str, list[Job]] = {}
+
+    def member(self, worker_id: str) -> str:
+        return f"{self._instance} {worker_id}"
+
+    def enlist(self, worker_id: str) -> None:
+        """A worker registered with this store: its short claims park it."""
+        self._parked.setdefault(worker_id, False)
+
+    def claim_args(self, worker_id: str, now: datetime, lease: float) -> list[str]:
+        """What the claim script takes after the tokens (none: the caller never parks)."""
+        parked = self._parked.get(worker_id)
+        if parked is None:
+            return []
+        return [self.member(worker_id), epoch_us(now), repr(lease), "1" if parked else "0"]
+
+    def claimed(self, worker_id: str, short: bool) -> None:
+        if worker_id in self._parked:
+            self._parked[worker_id] = short
+
+    def arrived(self, worker_id: str, job: Job) -> bool:
+        """``job`` was handed to ``worker_id``: kept for its next claim. False: the
+        worker is gone from this store (the caller gives the job back)."""
+        if worker_id not in self._parked:
+            return False
+        self._parked[worker_id] = False  # the submit took it off every type
+        self._inbox.setdefault(worker_id, []).append(job)
+        return True
+
+    def take(self, worker_id: str) -> list[Job]:
+        """The jobs handed to ``worker_id`` and not taken yet (now taken)."""
+        if not self._inbox:
+            return []
+        return self._inbox.pop(worker_id, [])
+
+    def forget(self, worker_id: str | None = None) -> tuple[list[str], list[Job]]:
+        """Drop one worker (or all): the members to take off Redis, its jobs not taken."""
+        if worker_id is not None:
+            if self._parked.pop(worker_id, None) is None:
+                return [], self._inbox.pop(worker_id, [])
+            return [self.member(worker_id)], self._inbox.pop(worker_id, [])
+        members = [self.member(w) for w in self._parked]
+        jobs = [job for jobs in self._inbox.values() for job in jobs]
+        self._parked.clear()
+        self._inbox.clear()
+        return members, jobs
