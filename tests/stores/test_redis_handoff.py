@@ -1,0 +1,326 @@
+"""The Redis store's hand-off of a new job to a parked worker (``stores/redis/handoff``).
+
+Every test parks a worker the way a worker does (registered with its store, a claim that
+came back short) and submits from another store, unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from asyncjobs import Job, JobStatus
+from asyncjobs._ulid import new_ulid
+from asyncjobs.job import EventType, JobEvent
+from asyncjobs.stores import Outcome, WorkerInfo
+from asyncjobs.stores.redis import RedisStore
+from asyncjobs.stores.redis.scripts import PARK_TTL
+from asyncjobs.stores.steps import claim_step
+
+from .conftest import destroy_redis_prefix
+
+pytestmark = [pytest.mark.redis]
+
+LEASE = 30.0
+
+
+@pytest.fixture
+async def prefix(redis_url: str) -> AsyncIterator[str]:
+    name = f"aj_handoff_{uuid.uuid4().hex[:12]}"
+    yield name
+    await destroy_redis_prefix(redis_url, name)
+
+
+@pytest.fixture
+async def stores(redis_url: str, prefix: str) -> AsyncIterator[Callable[[], RedisStore]]:
+    """Opened stores on one queue, closed at the end (``await stores.open(...)``)."""
+    made: list[RedisStore] = []
+
+    def make() -> RedisStore:
+        store = RedisStore(redis_url, prefix=prefix)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _job(type_: str = "t", *, priority: int = 0, run_at: datetime | None = None) -> Job:
+    now = _now()
+    status = JobStatus.QUEUED if run_at is None else JobStatus.SCHEDULED
+    return Job(
+        id=new_ulid(), type=type_, params={}, status=status, created_at=now,
+        run_at=run_at or now, priority=priority, max_attempts=3,
+    )  # fmt: skip
+
+
+async def _open(make: Callable[[], RedisStore]) -> RedisStore:
+    store = make()
+    await store.open()
+    return store
+
+
+def _info(worker: str, types: tuple[str, ...], now: datetime) -> WorkerInfo:
+    return WorkerInfo(
+        id=worker, host="h", pid=1, types=types, slots=1, running=(), started_at=now,
+        last_heartbeat=now, expires_at=now + timedelta(seconds=LEASE),
+    )  # fmt: skip
+
+
+async def _park(
+    store: RedisStore,
+    worker: str,
+    types: tuple[str, ...] = ("t",),
+    limits: dict[str, int] | None = None,
+) -> None:
+    now = _now()
+    await store.register_worker(_info(worker, types, now))
+    got = await store.claim(worker, types=types, limit=1, lease=LEASE, now=now, type_limits=limits)
+    assert got == []
+
+
+@contextmanager
+def _script_calls(store: RedisStore) -> Iterator[list[str]]:
+    calls: list[str] = []
+    inner = store._eval
+
+    async def spy(name: str, key: str, *args: object) -> object:
+        calls.append(name)
+        return await inner(name, key, *args)
+
+    store._eval = spy  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        store._eval = inner  # type: ignore[method-assign]
+
+
+def _record(store: RedisStore) -> list[JobEvent]:
+    seen: list[JobEvent] = []
+    store.add_listener(seen.append)
+    return seen
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while not check():
+            await anyio.sleep(0.005)
+
+
+async def _claim(store: RedisStore, worker: str, limit: int = 1, **kw: object) -> list[Job]:
+    return await store.claim(
+        worker,
+        types=["t"],
+        limit=limit,
+        lease=LEASE,
+        now=_now(),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_an_idle_worker_of_another_store_gets_a_new_job_with_no_claim_call(
+    stores: Callable[[], RedisStore],
+) -> None:
+    """The job reaches the parked worker already claimed: its claim makes no script call;
+    every store sees job_created then job_started with the snapshot a claim would make,
+    and the stored job is that snapshot."""
+    submitter, worker, observer = await _open(stores), await _open(stores), await _open(stores)
+    at_submitter, at_worker, at_observer = (
+        _record(submitter),
+        _record(worker),
+        _record(observer),
+    )
+    await _park(worker, "w")
+    generation = worker.work_generation()
+    job = _job()
+    stored, created = await submitter.add(job)
+    assert created and stored == job
+    await _until(lambda: worker.work_generation() > generation)
+    with _script_calls(worker) as calls:
+        (got,) = await _claim(worker, "w")
+    assert calls == []
+    assert got.status is JobStatus.RUNNING and got.attempts == 1
+    assert got.lease is not None and got.lease.worker_id == "w"
+    assert got.started_at is not None
+    # What the claim step makes of the queued job at that moment, lease included.
+    assert got == claim_step(job, "w", got.lease.token, LEASE, got.started_at)
+    assert await observer.get(job.id) == got
+    await _until(lambda: len(at_observer) == 2)
+    for seen in (at_submitter, at_worker, at_observer):
+        assert [e.type for e in seen] == [EventType.CREATED, EventType.STARTED]
+        assert [e.job for e in seen] == [job, got]
+        assert seen[1].seq == seen[0].seq + 1
+        assert [e.seq for e in seen] == [e.seq for e in at_observer]
+    stats = await observer.stats()
+    assert stats.counts[JobStatus.RUNNING] == 1 and stats.counts[JobStatus.QUEUED] == 0
+    done = await worker.finish(job.id, got.lease.token, Outcome(JobStatus.COMPLETED), now=_now())
+    assert done.status is JobStatus.COMPLETED
+    # Handed once: the worker is parked again only by its next short claim.
+    again = _job()
+    await submitter.add(again)
+    assert (await observer.get(again.id)).status is JobStatus.QUEUED
+
+
+async def test_a_worker_of_the_same_store_gets_the_job_too(
+    stores: Callable[[], RedisStore],
+) -> None:
+    store = await _open(stores)
+    await _park(store, "w")
+    job = _job()
+    await store.add(job)
+    with _script_calls(store) as calls:
+        (got,) = await _claim(store, "w")
+    assert calls == [] and got.id == job.id and got.status is JobStatus.RUNNING
+
+
+async def test_waiting_jobs_are_never_overtaken_and_delayed_jobs_never_handed(
+    stores: Callable[[], RedisStore],
+) -> None:
+    submitter, worker = await _open(stores), await _open(stores)
+    await _park(worker, "w")
+    first = _job(priority=0)
+    await submitter.add_many([first])  # a batch submit hands nothing: it waits
+    later = _job(priority=5)  # a higher priority does not jump the hand-off's rule
+    await submitter.add(later)
+    delayed = _job(run_at=_now() + timedelta(hours=1))
+    await submitter.add(delayed)
+    for job, status in ((first, JobStatus.QUEUED), (later, JobStatus.QUEUED)):
+        assert (await submitter.get(job.id)).status is status
+    assert (await submitter.get(delayed.id)).status is JobStatus.SCHEDULED
+    with _script_calls(worker) as calls:
+        got = await _claim(worker, "w", limit=5)
+    assert calls == ["claim"]
+    assert [j.id for j in got] == [later.id, first.id]
+
+
+async def test_a_type_at_its_running_limit_is_not_handed(
+    stores: Callable[[], RedisStore],
+) -> None:
+    submitter, worker, other = await _open(stores), await _open(stores), await _open(stores)
+    await submitter.add_many([_job()])
+    (running,) = await _claim(other, "o")
+    await _park(worker, "w", limits={"t": 1})  # short: no room under the limit
+    job = _job()
+    await submitter.add(job)
+    assert (await submitter.get(job.id)).status is JobStatus.QUEUED
+    assert running.lease is not None
+    await other.finish(running.id, running.lease.token, Outcome(JobStatus.COMPLETED), now=_now())
+    (got,) = await _claim(worker, "w", type_limits={"t": 1})
+    assert got.id == job.id
+    # With room under the limit, the hand-off happens.
+    await _park(worker, "w2", limits={"t": 2})
+    handed = _job()
+    await submitter.add(handed)
+    assert (await submitter.get(handed.id)).status is JobStatus.RUNNING
+
+
+async def test_a_job_handed_to_a_worker_that_stopped_is_requeued_and_runs_elsewhere(
+    stores: Callable[[], RedisStore],
+) -> None:
+    """Either way it can go: taken into the store's hand before the worker stops, or
+    arriving after (the stop raced the submit: here, its parked entry left behind)."""
+    submitter, worker, other = await _open(stores), await _open(stores), await _open(stores)
+    seen = _record(other)
+    # 1. In hand when the worker stops.
+    await _park(worker, "w")
+    generation = worker.work_generation()
+    job = _job()
+    await submitter.add(job)
+    await _until(lambda: worker.work_generation() > generation)
+    await worker.remove_worker("w")
+    back = await submitter.get(job.id)
+    assert back.status is JobStatus.QUEUED and back.attempts == 0 and back.lease is None
+    (got,) = await _claim(other, "o")
+    assert got.id == job.id and got.attempts == 1
+    # 2. Arriving after the worker stopped.
+    await _park(worker, "w2")
+    inner = worker._eval
+
+    async def no_unpark(name: str, key: str, *args: object) -> object:
+        return None if name == "unpark" else await inner(name, key, *args)
+
+    worker._eval = no_unpark  # type: ignore[method-assign]
+    await worker.remove_worker("w2")
+    worker._eval = inner  # type: ignore[method-assign]
+    late = _job()
+    await submitter.add(late)
+    await _until(lambda: any(e.job.id == late.id and e.type is EventType.RETRYING for e in seen))
+    back = await submitter.get(late.id)
+    assert back.status is JobStatus.QUEUED and back.attempts == 0
+    (got,) = await _claim(other, "o")
+    assert got.id == late.id and got.attempts == 1
+
+
+async def test_a_stopped_worker_or_a_closed_store_leaves_no_parked_entry(
+    stores: Callable[[], RedisStore], redis_url: str, prefix: str
+) -> None:
+    submitter, worker = await _open(stores), await _open(stores)
+    await _park(worker, "w", types=("t", "u"))
+    await worker.remove_worker("w")
+    await _park(worker, "x", types=("t",))
+    await worker.close()
+    job = _job()
+    await submitter.add(job)
+    assert (await submitter.get(job.id)).status is JobStatus.QUEUED
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        p = "{" + prefix + "}:"
+        assert await client.exists(p + "parked:t", p + "parked:u", p + "parking") == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_full_claim_unparks_the_worker(stores: Callable[[], RedisStore]) -> None:
+    submitter, worker = await _open(stores), await _open(stores)
+    await _park(worker, "w")
+    await submitter.add_many([_job()])
+    assert len(await _claim(worker, "w")) == 1  # no free slot left: no hand-off now
+    job = _job()
+    await submitter.add(job)
+    assert (await submitter.get(job.id)).status is JobStatus.QUEUED
+
+
+async def test_the_parked_entry_of_a_dead_process_ages_out(
+    stores: Callable[[], RedisStore], redis_url: str, prefix: str
+) -> None:
+    """A process killed without a goodbye leaves its entry: it lives PARK_TTL seconds
+    (server clock) and a submit after that hands nothing to it, and drops it."""
+    submitter, worker = await _open(stores), await _open(stores)
+    await _park(worker, "w")
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        key = "{" + prefix + "}:parked:t"
+        ((member, expires),) = await client.zrange(key, 0, -1, withscores=True)
+        server, micros = await client.time()
+        assert abs(expires - (server + micros / 1e6 + PARK_TTL)) < 1
+        await client.zadd(key, {member: server - 1})  # as if PARK_TTL had passed
+        job = _job()
+        await submitter.add(job)
+        assert (await submitter.get(job.id)).status is JobStatus.QUEUED
+        assert await client.exists(key, "{" + prefix + "}:parking") == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_worker_with_a_clock_far_off_the_server_is_not_parked(
+    stores: Callable[[], RedisStore],
+) -> None:
+    """A test's fake clock (or a badly set one) would make odd leases: no hand-off."""
+    submitter, worker = await _open(stores), await _open(stores)
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    await worker.register_worker(_info("w", ("t",), now))
+    assert await worker.claim("w", types=["t"], limit=1, lease=LEASE, now=now) == []
+    job = _job()
+    await submitter.add(job)
+    assert (await submitter.get(job.id)).status is JobStatus.QUEUED
