@@ -7,7 +7,9 @@ own, in the submitter's process; jobs submitted 10 ms apart, each awaited with
 ``queue.wait``), with each hop stamped by wrapping the stores' internals: the submit's
 reply, the worker's tail handing on ``job_created``, the claim sent and its reply, the
 handler's start, the finish sent and its reply, the observer's tail handing on
-``job_completed``, ``wait`` returning. Prints each hop's p50 after the submit call.
+``job_completed``, ``wait`` returning (a job handed to the parked worker: its tail
+handing on ``job_started`` instead, and a claim with no round trip). Prints each hop's
+p50 after the submit call.
 """
 
 from __future__ import annotations
@@ -62,6 +64,15 @@ async def main(n: int) -> None:
             observer_deliver(event, outbox)
 
         ws._tail._deliver, ss._tail._deliver = on_worker, on_observer
+        worker_handed = getattr(ws._tail, "_handed", None)
+        if worker_handed is not None:  # a store that hands jobs to parked workers
+
+            def on_handed(event: Any, member: bytes) -> None:
+                if event.type is EventType.STARTED:
+                    mark(event.job.id, "2 worker has job_started (handed)")
+                worker_handed(event, member)
+
+            ws._tail._handed = on_handed
         claim, commit = ws.claim, ws._commit
 
         async def timed_claim(*args: Any, **kwargs: Any) -> Any:

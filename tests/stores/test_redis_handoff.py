@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import anyio
+import attrs
 import pytest
 import redis.asyncio as aioredis
 
@@ -324,3 +325,47 @@ async def test_a_worker_with_a_clock_far_off_the_server_is_not_parked(
     job = _job()
     await submitter.add(job)
     assert (await submitter.get(job.id)).status is JobStatus.QUEUED
+
+
+async def test_a_claim_crossing_a_hand_off_gets_no_job_beyond_its_free_room(
+    stores: Callable[[], RedisStore],
+) -> None:
+    """The worker claims (one free slot) while a job handed to it is on its way: that
+    claim parks it again and a second job is handed to it. The store keeps the first
+    for it and gives back the second."""
+    submitter, worker = await _open(stores), await _open(stores)
+    await _park(worker, "w")
+    assert worker._tail is not None
+    handed, held_back = worker._tail._handed, []
+    assert handed is not None
+    worker._tail._handed = lambda event, member: held_back.append((event, member))
+    first, second = _job(), _job()
+    await submitter.add(first)
+    await _until(lambda: len(held_back) == 2)  # its job_created and job_started
+    assert await _claim(worker, "w") == []  # the crossing claim: one free slot, parks
+    await submitter.add(second)
+    await _until(lambda: len(held_back) == 4)
+    for event, member in held_back:
+        handed(event, member)
+    worker._tail._handed = handed
+    await _until(lambda: not worker._giving)
+    back = await submitter.get(second.id)
+    assert back.status is JobStatus.QUEUED and back.attempts == 0
+    with _script_calls(worker) as calls:
+        assert [j.id for j in await _claim(worker, "w")] == [first.id]
+    assert calls == []
+
+
+async def test_a_submit_whose_reply_was_lost_after_a_hand_off_is_its_own(
+    stores: Callable[[], RedisStore],
+) -> None:
+    """A retried ADD finds the job its first attempt stored (and handed off): created,
+    not a clash of ids."""
+    submitter, worker = await _open(stores), await _open(stores)
+    await _park(worker, "w")
+    job = _job()
+    assert await submitter.add(job) == (job, True)
+    assert (await submitter.get(job.id)).status is JobStatus.RUNNING
+    assert await submitter.add(job) == (job, True)
+    with pytest.raises(ValueError, match="exists already"):
+        await submitter.add(attrs.evolve(job, params={"other": 1}))

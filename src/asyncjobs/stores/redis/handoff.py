@@ -19,9 +19,11 @@ Failure modes:
 * The process was killed (-9): its entries stay until they age out (seconds); a job
   handed to it meanwhile runs out its lease and is requeued by the janitor, like any
   job a killed worker held.
-* A claim of the worker that crosses a hand-off in flight parks it again, so it may
-  get one job more than its free slots: its claim returns every handed job it holds
-  (the worker runs the extra one when a slot frees, renewing its lease meanwhile).
+* A claim of the worker that crosses a hand-off in flight parks it again, and a second
+  job may be handed to it: the store keeps no more jobs for a worker than the free room
+  its last claim left (asked for minus got), and gives back the one beyond.
+* A worker that stops claiming without stopping (draining at shutdown) keeps its entry:
+  a job handed to it then waits until the worker is removed, and is given back.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ class Parking:
 
     def __init__(self, instance: str) -> None:
         self._instance = instance
-        self._parked: dict[str, bool] = {}  # worker -> its last claim parked it
+        # worker -> its claims may have parked it since its last full claim
+        self._parked: dict[str, bool] = {}
+        self._room: dict[str, int] = {}  # worker -> free room its last short claim left
         self._inbox: dict[str, list[Job]] = {}
 
     def member(self, worker_id: str) -> str:
@@ -65,16 +69,21 @@ class Parking:
             return []
         return [self.member(worker_id), epoch_us(now), repr(lease), "1" if parked else "0"]
 
-    def claimed(self, worker_id: str, short: bool) -> None:
+    def claimed(self, worker_id: str, limit: int, got: int) -> None:
         if worker_id in self._parked:
-            self._parked[worker_id] = short
+            # A short claim parked it; a full one took it off (it said it was parked).
+            # A hand-off takes it off too, but this stays set: a claim that crossed the
+            # hand-off may have parked it again, and the next full claim clears that.
+            self._parked[worker_id] = got < limit
+            self._room[worker_id] = limit - got
 
     def arrived(self, worker_id: str, job: Job) -> bool:
         """``job`` was handed to ``worker_id``: kept for its next claim. False: the
         worker is gone from this store (the caller gives the job back)."""
-        if worker_id not in self._parked:
+        room = self._room.get(worker_id, 0)
+        if worker_id not in self._parked or room <= 0:
             return False
-        self._parked[worker_id] = False  # the submit took it off every type
+        self._room[worker_id] = room - 1
         self._inbox.setdefault(worker_id, []).append(job)
         return True
 
@@ -87,11 +96,13 @@ class Parking:
     def forget(self, worker_id: str | None = None) -> tuple[list[str], list[Job]]:
         """Drop one worker (or all): the members to take off Redis, its jobs not taken."""
         if worker_id is not None:
+            self._room.pop(worker_id, None)
             if self._parked.pop(worker_id, None) is None:
                 return [], self._inbox.pop(worker_id, [])
             return [self.member(worker_id)], self._inbox.pop(worker_id, [])
         members = [self.member(w) for w in self._parked]
         jobs = [job for jobs in self._inbox.values() for job in jobs]
         self._parked.clear()
+        self._room.clear()
         self._inbox.clear()
         return members, jobs

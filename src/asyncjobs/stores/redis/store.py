@@ -336,8 +336,10 @@ class RedisStore:
     async def add(self, job: Job, *, max_queued: int | None = None) -> tuple[Job, bool]:
         check_storable(job)  # the rule every store applies (see jsonrules.json_problems)
         status = job.status
+        doc: str | None = None
         if status is _QUEUED or status is _SCHEDULED:
             record = job_to_record(job)
+            doc = dumps(record)
             now = datetime.now(timezone.utc) if status is _QUEUED else None
             handing: tuple[str, ...] = self._handoff_args(now) if now is not None else ()
             reply, written = await self._eval(
@@ -347,7 +349,7 @@ class RedisStore:
                 self._instance,
                 self._maxlen,
                 job.id,
-                dumps(record),
+                doc,
                 record["status"],
                 job.type,
                 str(job.priority),
@@ -377,6 +379,8 @@ class RedisStore:
             raise QueueFull(max_queued)
         stored = await self.get(job.id)
         if stored == job:  # our own first attempt landed before a dropped reply
+            return job, True
+        if doc is not None and await self._claimed_as_sent(job.id, doc):
             return job, True
         raise ValueError(f"a job with id {job.id} exists already")
 
@@ -439,7 +443,7 @@ class RedisStore:
             *self._parking.claim_args(worker_id, now, lease),
         )
         self._wrote(flat.pop())
-        self._parking.claimed(worker_id, len(flat) < 4 * limit)
+        self._parking.claimed(worker_id, limit, len(flat) // 4)
         claimed: builtins.list[Job] = []
         events: builtins.list[JobEvent] = []
         for i in range(0, len(flat), 4):
@@ -654,6 +658,12 @@ class RedisStore:
         task = asyncio.get_running_loop().create_task(self._give_back([job]))
         self._giving.add(task)
         task.add_done_callback(self._giving.discard)
+
+    async def _claimed_as_sent(self, job_id: str, doc: str) -> bool:
+        """Whether the stored job is the one we sent, claimed since (handed off by our
+        own first attempt, whose reply was lost): the claim leaves its record as sent."""
+        stored = await self._redis().hget(self._key(job_id), "d")
+        return stored is not None and stored.decode() == doc
 
     async def _give_back(self, jobs: Sequence[Job]) -> None:
         """Requeue jobs handed to a worker that is gone (their attempt returned)."""
