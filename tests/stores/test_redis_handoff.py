@@ -369,3 +369,32 @@ async def test_a_submit_whose_reply_was_lost_after_a_hand_off_is_its_own(
     assert await submitter.add(job) == (job, True)
     with pytest.raises(ValueError, match="exists already"):
         await submitter.add(attrs.evolve(job, params={"other": 1}))
+
+
+async def test_a_job_kept_for_a_worker_follows_changes_made_elsewhere(
+    stores: Callable[[], RedisStore],
+) -> None:
+    """A cancel request before the worker takes its job: it takes the flagged snapshot.
+    A lease that ran out meanwhile (requeued elsewhere): the job is not the worker's."""
+    submitter, worker = await _open(stores), await _open(stores)
+    seen = _record(worker)
+    await _park(worker, "w")
+    job = _job()
+    await submitter.add(job)
+    await submitter.request_cancel(job.id, now=_now())
+    await _until(lambda: any(e.type is EventType.CANCEL_REQUESTED for e in seen))
+    (got,) = await _claim(worker, "w")
+    assert got.cancel_requested and got == await submitter.get(job.id)
+    assert got.lease is not None
+    await worker.finish(got.id, got.lease.token, Outcome(JobStatus.CANCELLED), now=_now())
+    await _park(worker, "w")
+    lost = _job()
+    await submitter.add(lost)
+    await _until(lambda: any(e.job.id == lost.id for e in seen))
+    (requeued,) = await submitter.requeue_expired(now=_now() + timedelta(seconds=2 * LEASE))
+    assert requeued.id == lost.id and requeued.status is JobStatus.QUEUED
+    await _until(lambda: any(e.job == requeued for e in seen))
+    with _script_calls(worker) as calls:
+        (again,) = await _claim(worker, "w")
+    assert calls == ["claim"]  # nothing kept: a claim of the requeued job
+    assert again.id == lost.id and again.attempts == requeued.attempts + 1

@@ -31,7 +31,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import final
 
-from ...job import Job
+from ...job import Job, JobStatus
 
 __all__ = ["Parking", "epoch_us"]
 
@@ -86,6 +86,28 @@ class Parking:
         self._room[worker_id] = room - 1
         self._inbox.setdefault(worker_id, []).append(job)
         return True
+
+    def changed(self, job: Job) -> Job | None:
+        """Another process changed a job (an event): if it is kept for a worker, the
+        newer snapshot replaces it while it still holds that lease (a cancel request),
+        and it is dropped if not (its lease ran out: it is no longer the worker's).
+        Returns the snapshot now kept, if any."""
+        for jobs in self._inbox.values():
+            for i, kept in enumerate(jobs):
+                if kept.id != job.id:
+                    continue
+                lease, held = job.lease, kept.lease
+                if job.status is JobStatus.RUNNING and lease and held and lease.token == held.token:
+                    jobs[i] = job
+                    return job
+                del jobs[i]
+                return None
+        return None
+
+    @property
+    def keeping(self) -> bool:
+        """Whether jobs are kept for workers (cheap: asked on every event)."""
+        return bool(self._inbox)
 
     def take(self, worker_id: str) -> list[Job]:
         """The jobs handed to ``worker_id`` and not taken yet (now taken)."""

@@ -302,6 +302,8 @@ class RedisStore:
     def _on_remote(self, event: JobEvent, outbox: bool) -> None:
         if outbox:
             self._webhooks.written()
+        if self._parking.keeping:
+            self._kept_changed(event.job)
         if self._listeners:
             self._listeners.emit((event,))
         if event.type in WAKE:
@@ -658,6 +660,12 @@ class RedisStore:
         task = asyncio.get_running_loop().create_task(self._give_back([job]))
         self._giving.add(task)
         task.add_done_callback(self._giving.discard)
+
+    def _kept_changed(self, job: Job) -> None:
+        """A job kept for a worker changed elsewhere: the worker takes the newest."""
+        kept = self._parking.changed(job)
+        if kept is not None and kept.id in self._held:
+            self._held[kept.id] = kept
 
     async def _claimed_as_sent(self, job_id: str, doc: str) -> bool:
         """Whether the stored job is the one we sent, claimed since (handed off by our
