@@ -163,6 +163,7 @@ async def test_an_idle_worker_of_another_store_gets_a_new_job_with_no_claim_call
         assert [e.job for e in seen] == [job, got]
         assert seen[1].seq == seen[0].seq + 1
         assert [e.seq for e in seen] == [e.seq for e in at_observer]
+        assert [e.at for e in seen] == [job.created_at, got.started_at]
     stats = await observer.stats()
     assert stats.counts[JobStatus.RUNNING] == 1 and stats.counts[JobStatus.QUEUED] == 0
     done = await worker.finish(job.id, got.lease.token, Outcome(JobStatus.COMPLETED), now=_now())
@@ -398,3 +399,34 @@ async def test_a_job_kept_for_a_worker_follows_changes_made_elsewhere(
         (again,) = await _claim(worker, "w")
     assert calls == ["claim"]  # nothing kept: a claim of the requeued job
     assert again.id == lost.id and again.attempts == requeued.attempts + 1
+
+
+async def test_the_scripts_time_text_is_pythons_isoformat(redis_url: str) -> None:
+    """The hand-off writes the start and the lease's expiry as text made in Lua."""
+    import random
+
+    from asyncjobs.stores.redis.handoff import epoch_us
+    from asyncjobs.stores.redis.scripts import _HANDOFF
+
+    rng = random.Random(7)
+    base = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    moments = [
+        base,
+        datetime(2000, 2, 29, 23, 59, 59, 999999, tzinfo=timezone.utc),
+        datetime(2024, 12, 31, 12, 0, tzinfo=timezone.utc),
+        datetime(2100, 3, 1, tzinfo=timezone.utc),
+        _now(),
+    ]
+    moments += [base + timedelta(microseconds=rng.randrange(5 * 10**15)) for _ in range(200)]
+    script = (
+        "local P = ''\n"
+        + _HANDOFF
+        + "\nlocal out = {}\n"
+        + ("for i = 1, #ARGV do out[i] = iso(tonumber(ARGV[i])) end\nreturn out")
+    )
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        texts = await client.eval(script, 0, *(epoch_us(m) for m in moments))
+    finally:
+        await client.aclose()
+    assert [t.decode() for t in texts] == [m.isoformat() for m in moments]

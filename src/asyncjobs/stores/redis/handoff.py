@@ -28,12 +28,12 @@ Failure modes:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import final
 
 from ...job import Job, JobStatus
 
-__all__ = ["Parking", "epoch_us"]
+__all__ = ["Parking", "epoch_us", "from_epoch_us"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -42,6 +42,10 @@ def epoch_us(when: datetime) -> str:
     """``when`` in whole microseconds since the epoch (exact, unlike a float)."""
     delta = when - _EPOCH
     return str((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+def from_epoch_us(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 @final

@@ -553,7 +553,7 @@ return out
 #: ARGV: prefix, instance, stream maxlen, id, doc, status, type, priority, run_at
 #: (epoch), idempotency field ('' for none), max_queued ('' for none), created at (ISO);
 #: for a queued job that may be handed to a parked worker (see ``_HANDOFF``), then: now
-#: (epoch µs), a fresh token, now (ISO).
+#: (epoch µs), a fresh token.
 #:
 #: Returns ``{reply, w}``: ``reply`` as :data:`COMMIT`'s for a new job (``{1, seq}``;
 #: ``{1, seq, started seq, worker's member, lease expiry}`` when it was handed off;
@@ -584,7 +584,7 @@ if new == 'queued' and ARGV[13] then
     -- Stored as CLAIM stores a job it takes, with both events: job_created, then
     -- job_started; 'h' (the worker) on both tells tails it was handed off.
     local worker = string.sub(member, string.find(member, ' ', 1, true) + 1)
-    local token, now = ARGV[14], ARGV[15]
+    local token, now = ARGV[14], iso(tonumber(ARGV[13]))
     local exp_us = tonumber(ARGV[13]) + math.floor(lease * 1000000 + 0.5)
     local exp_iso = iso(exp_us)
     redis.call('HSET', key, 'd', doc, 'v', 2, 's', 'running', 't', t, 'c', now,

@@ -26,6 +26,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from time import time_ns
 from typing import Any, final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -55,7 +56,7 @@ from .batch import CommitBatcher
 from .bulk import idem_field, score
 from .connection import make_client, make_tail_client
 from .events import StreamTail, materialize
-from .handoff import Parking, epoch_us
+from .handoff import Parking, from_epoch_us
 from .line import ScriptLine, open_line
 from .scripts import ADD, ADD_MANY, CLAIM, COMMIT, RENEW, UNPARK
 from .webhooks import WebhookOutbox
@@ -342,8 +343,8 @@ class RedisStore:
         if status is _QUEUED or status is _SCHEDULED:
             record = job_to_record(job)
             doc = dumps(record)
-            now = datetime.now(timezone.utc) if status is _QUEUED else None
-            handing: tuple[str, ...] = self._handoff_args(now) if now is not None else ()
+            # The hand-off's clock (epoch µs) and token (see .handoff).
+            handing = (str(time_ns() // 1000), new_token()) if status is _QUEUED else ()
             reply, written = await self._eval(
                 "add",
                 self._p + "seq",
@@ -363,8 +364,7 @@ class RedisStore:
             )
             self._wrote(written)
             if reply[0] == 1 and len(reply) > 2:
-                assert now is not None
-                return self._handed_off(job, reply, now, handing[1])
+                return self._handed_off(job, reply, *handing)
         else:  # a job made elsewhere (an import, a test): the general path
             args = self._commit_args(
                 0, job, EventType.CREATED, job.created_at, max_queued=max_queued
@@ -616,14 +616,10 @@ class RedisStore:
 
     # -- the hand-off to parked workers (see .handoff) -------------------------------
 
-    @staticmethod
-    def _handoff_args(now: datetime) -> tuple[str, str, str]:
-        """ADD's arguments that let it hand a queued job to a parked worker."""
-        return epoch_us(now), new_token(), _time_text(now)
-
-    def _handed_off(self, job: Job, reply: Any, now: datetime, token: str) -> tuple[Job, bool]:
+    def _handed_off(self, job: Job, reply: Any, micros: str, token: str) -> tuple[Job, bool]:
         """ADD stored ``job`` claimed by a parked worker: both events, as other
         processes decode them (see ``materialize``)."""
+        now = from_epoch_us(int(micros))
         member = reply[3].decode()
         instance, _, worker = member.partition(" ")
         started = claim_step(job, worker, token, 0.0, now)
