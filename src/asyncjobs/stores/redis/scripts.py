@@ -349,8 +349,8 @@ local function iso(us)  -- as Python's datetime.isoformat() in UTC
 end
 local function handoff(t, now)
   local key = P .. 'parked:' .. t
-  local top = redis.call('ZRANGE', key, 0, 0, 'REV', 'WITHSCORES')
-  if #top == 0 then return nil end
+  if redis.call('EXISTS', key) == 0 then return nil end  -- the usual case: the cheapest
+  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   local clock = redis.call('TIME')
   local server = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   local stale = redis.call('ZRANGEBYSCORE', key, '-inf', server)
