@@ -368,6 +368,9 @@ async def test_a_submit_whose_reply_was_lost_after_a_hand_off_is_its_own(
     assert await submitter.add(job) == (job, True)
     assert (await submitter.get(job.id)).status is JobStatus.RUNNING
     assert await submitter.add(job) == (job, True)
+    await _park(worker, "w2")  # the id exists, and a worker is parked: still the id wins
+    assert await submitter.add(job) == (job, True)
+    assert (await submitter.stats()).counts[JobStatus.RUNNING] == 1
     with pytest.raises(ValueError, match="exists already"):
         await submitter.add(attrs.evolve(job, params={"other": 1}))
 

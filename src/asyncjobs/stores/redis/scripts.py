@@ -323,8 +323,9 @@ return 0
 # The hand-off of a new queued job to a parked worker (ADD): used only when nothing of
 # its type is ready (so no job is overtaken) and the type's running limit, as the
 # worker asked for it, has room. Takes the worker off every type (one job per parking)
-# and returns it with its lease seconds, or nil. ``now`` is the submitter's clock in
-# epoch µs; as with parking, a clock off the server's by a second or more hands nothing.
+# and returns it with its lease seconds, or nil. ADD calls it only when the type's
+# parked set exists. ``now`` is the submitter's clock in epoch µs; as with parking, a
+# clock off the server's by a second or more hands nothing.
 _HANDOFF = r"""
 local function iso(us)  -- as Python's datetime.isoformat() in UTC
   local s = math.floor(us / 1000000)
@@ -348,8 +349,7 @@ local function iso(us)  -- as Python's datetime.isoformat() in UTC
   return text .. '+00:00'
 end
 local function handoff(t, now)
-  local key = P .. 'parked:' .. t
-  if redis.call('EXISTS', key) == 0 then return nil end  -- the usual case: the cheapest
+  local key = P .. 'parked:' .. t  -- it exists (ADD asked)
   local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   local clock = redis.call('TIME')
   local server = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
@@ -577,8 +577,11 @@ if idem ~= '' then
 end
 if maxq ~= '' and waiting() >= tonumber(maxq) then return {{3}, 0} end
 local key = P .. 'job:' .. id
-if redis.call('EXISTS', key) == 1 then return {{4}, 0} end
-if new == 'queued' and ARGV[13] then
+-- One call asks both whether the id exists and whether a worker is parked for the type
+-- (see _HANDOFF): the usual answer, 0, costs a submit nothing more.
+local found = redis.call('EXISTS', key, P .. 'parked:' .. t)
+if found == 2 or (found == 1 and redis.call('EXISTS', key) == 1) then return {{4}, 0} end
+if found == 1 and new == 'queued' and ARGV[13] then
   local member, lease = handoff(t, tonumber(ARGV[13]))
   if member then
     -- Stored as CLAIM stores a job it takes, with both events: job_created, then
