@@ -19,6 +19,7 @@ Failure modes:
 * The process was killed (-9): its entries stay until they age out (seconds); a job
   handed to it meanwhile runs out its lease and is requeued by the janitor, like any
   job a killed worker held.
+* The worker's tail missed the entry (a resync): the same, recovered by lease expiry.
 * A claim of the worker that crosses a hand-off in flight parks it again, and a second
   job may be handed to it: the store keeps no more jobs for a worker than the free room
   its last claim left (asked for minus got), and gives back the one beyond.
