@@ -278,6 +278,13 @@ return out
 """
 )
 
+#: A member of ``P leases`` that is no job: longer than a small sorted set's packed
+#: entries may be (``zset-max-listpack-value``, 64 by default), it keeps the index a
+#: skiplist. Packed, every insert parsed the float score of every lease before it
+#: (strtod), a tenth of a drain's server time; the sweep reads scores up to now, never
+#: this one's +inf.
+LEASES_PIN = "~ not a job: keeps this sorted set a skiplist (asyncjobs.stores.redis.scripts) ~"
+
 #: Move up to ``limit`` queued jobs to running: highest priority first, then FIFO, across
 #: the given types, never beyond a type's running limit.
 #:
@@ -344,6 +351,9 @@ else
   end
 end
 local out = {}
+if #picked > 0 then zadd(P .. 'leases', '+inf', '"""
+    + LEASES_PIN
+    + r"""') end
 for i, p in ipairs(picked) do
   local id, t = p[1], p[2]
   local key = P .. 'job:' .. id
