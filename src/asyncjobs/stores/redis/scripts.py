@@ -60,12 +60,15 @@ end
 """
 _EMIT = r"""
 local written = {}
-local function emit(maxlen, fields)
-  local seq = redis.call('INCR', P .. 'seq')
+-- The event numbered ``seq``, taken from ``P seq`` (by INCR, or INCRBY for several).
+local function append(seq, maxlen, fields)
   local id = redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'q', fmt('%d', seq),
                         unpack(fields))
   written[#written + 1] = {id, seq, fields}
   return seq
+end
+local function emit(maxlen, fields)
+  return append(redis.call('INCR', P .. 'seq'), maxlen, fields)
 end
 -- The bells (see asyncjobs.stores.redis.events): every other store instance that waits
 -- for events gets a copy of this script's entries on its bell stream, and stops waiting.
@@ -350,10 +353,13 @@ else
     redis.call('ZREM', P .. 'ready:' .. t, unpack(ids))
   end
 end
-local out = {}
-if #picked > 0 then zadd(P .. 'leases', '+inf', '"""
+local out, base = {}, 0
+if #picked > 0 then
+  base = redis.call('INCRBY', P .. 'seq', fmt('%d', #picked)) - #picked  -- a seq per job
+  zadd(P .. 'leases', '+inf', '"""
     + LEASES_PIN
-    + r"""') end
+    + r"""')
+end
 for i, p in ipairs(picked) do
   local id, t = p[1], p[2]
   local key = P .. 'job:' .. id
@@ -366,8 +372,8 @@ for i, p in ipairs(picked) do
   zrem(P .. 'st:queued', id)
   zadd(P .. 'st:running', '0', id)
   zadd(P .. 'leases', exp_score, id)
-  local seq = emit(maxlen, {'t', 'job_started', 'a', now, 'i', inst, 'd', h[1],
-                            'c', now, 'w', worker, 'k', token, 'e', exp_iso})
+  local seq = append(base + i, maxlen, {'t', 'job_started', 'a', now, 'i', inst, 'd', h[1],
+                                        'c', now, 'w', worker, 'k', token, 'e', exp_iso})
   out[#out + 1] = id
   out[#out + 1] = h[1]
   out[#out + 1] = token
