@@ -390,33 +390,36 @@ async def test_a_submit_stores_what_the_commit_script_stores(redis_url: str) -> 
 
 async def test_the_leases_pin_keeps_a_skiplist_and_is_never_swept(redis_url: str) -> None:
     """The claim script keeps a member that is no job at +inf in ``leases`` (see
-    scripts.LEASES_PIN): the sweep requeues exactly the expired jobs around it."""
+    scripts.PIN): the sweep requeues exactly the expired jobs around it. A claim of
+    several jobs leaves ``st:running`` a skiplist holding exactly the jobs."""
     from datetime import timedelta
 
     import redis.asyncio as aioredis
 
-    from asyncjobs.stores.redis.scripts import LEASES_PIN
+    from asyncjobs.stores.redis.scripts import PIN
 
     prefix = f"aj_pin_{uuid.uuid4().hex[:12]}"
     store = RedisStore(redis_url, prefix=prefix)
     client = aioredis.Redis.from_url(redis_url)
     p = "{" + prefix + "}:"
-    jobs = [_queued() for _ in range(3)]
+    jobs = [_queued() for _ in range(6)]
     now = jobs[0].created_at
     try:
         await store.open()
         await store.add_many(jobs)
-        running = await store.claim("w", types=["t"], limit=2, lease=30, now=now)
-        assert [j.id for j in running] == [j.id for j in jobs[:2]]
+        running = await store.claim("w", types=["t"], limit=5, lease=30, now=now)
+        assert [j.id for j in running] == [j.id for j in jobs[:5]]
+        assert await client.object("encoding", p + "st:running") == b"skiplist"
+        assert await client.zrange(p + "st:running", 0, -1) == [j.id.encode() for j in running]
         assert await client.object("encoding", p + "leases") == b"skiplist"
-        assert await client.zscore(p + "leases", LEASES_PIN) == float("inf")
+        assert await client.zscore(p + "leases", PIN) == float("inf")
         assert await store.requeue_expired(now=now + timedelta(seconds=29)) == []
         later = now + timedelta(days=365 * 100)
         assert {j.id for j in await store.requeue_expired(now=later)} == {j.id for j in running}
-        assert await client.zrange(p + "leases", 0, -1) == [LEASES_PIN.encode()]
+        assert await client.zrange(p + "leases", 0, -1) == [PIN.encode()]
         assert (await store.stats()).counts[JobStatus.RUNNING] == 0
         again = await store.claim("w", types=["t"], limit=5, lease=30, now=later)
-        assert jobs[2].id in {j.id for j in again}
+        assert jobs[5].id in {j.id for j in again}
         assert await client.zcard(p + "leases") == len(again) + 1
     finally:
         await client.aclose()

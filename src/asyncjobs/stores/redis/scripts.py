@@ -281,12 +281,13 @@ return out
 """
 )
 
-#: A member of ``P leases`` that is no job: longer than a small sorted set's packed
-#: entries may be (``zset-max-listpack-value``, 64 by default), it keeps the index a
-#: skiplist. Packed, every insert parsed the float score of every lease before it
-#: (strtod), a tenth of a drain's server time; the sweep reads scores up to now, never
-#: this one's +inf.
-LEASES_PIN = "~ not a job: keeps this sorted set a skiplist (asyncjobs.stores.redis.scripts) ~"
+#: A sorted-set member that is no job: longer than a small sorted set's packed entries
+#: may be (``zset-max-listpack-value``, 64 by default), it turns the set into a
+#: skiplist, which stays one. Packed, every insert walked every member before it (and
+#: parsed the float score of each lease: strtod), a tenth of a drain's server time.
+#: ``P leases`` keeps it at +inf (the sweep reads scores up to now, never this one);
+#: ``P st:running`` has it only inside a claim script (see :data:`CLAIM`).
+PIN = "~ not a job: keeps this sorted set a skiplist (asyncjobs.stores.redis.scripts) ~"
 
 #: Move up to ``limit`` queued jobs to running: highest priority first, then FIFO, across
 #: the given types, never beyond a type's running limit.
@@ -357,9 +358,15 @@ local out, base = {}, 0
 if #picked > 0 then
   base = redis.call('INCRBY', P .. 'seq', fmt('%d', #picked)) - #picked  -- a seq per job
   zadd(P .. 'leases', '+inf', '"""
-    + LEASES_PIN
+    + PIN
     + r"""')
 end
+-- A claim of several jobs (a busy queue) turns ``st:running`` into a skiplist the same
+-- way, and takes the pin out again below: the encoding stays, the members are the jobs.
+local pinned = #picked >= 4
+if pinned then zadd(P .. 'st:running', '0', '"""
+    + PIN
+    + r"""') end
 for i, p in ipairs(picked) do
   local id, t = p[1], p[2]
   local key = P .. 'job:' .. id
@@ -380,6 +387,9 @@ for i, p in ipairs(picked) do
   out[#out + 1] = seq
 end
 flush()
+if pinned then redis.call('ZREM', P .. 'st:running', '"""
+    + PIN
+    + r"""') end
 out[#out + 1] = ring(inst)
 return out
 """
