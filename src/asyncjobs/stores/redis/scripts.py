@@ -473,8 +473,9 @@ return out
 #: ARGV: prefix, instance, stream maxlen, id, doc, status, type, priority, run_at
 #: (epoch), idempotency field ('' for none), max_queued ('' for none), created at (ISO).
 #:
-#: Returns ``{reply, w}``: ``reply`` as :data:`COMMIT`'s for a new job (``{1, seq}``,
-#: ``{2, d, c, w, k, e}``, ``{3}`` or ``{4}``), ``w`` what it wrote (see ``ring``).
+#: Returns what :data:`COMMIT` does for a new job, flat (each table of a reply costs the
+#: server a dozen lookups to convert): ``{1, seq, entry id}``, ``{2, d, c, w, k, e}``,
+#: ``{3}`` or ``{4}``.
 ADD = (
     _TEXT
     + r"""
@@ -488,13 +489,13 @@ if idem ~= '' then
   local other = redis.call('HGET', P .. 'idem', idem)
   if other then
     local h = redis.call('HMGET', P .. 'job:' .. other, 'd', 'c', 'w', 'k', 'e')
-    if h[1] then return {{2, h[1], h[2], h[3], h[4], h[5]}, 0} end
+    if h[1] then return {2, h[1], h[2], h[3], h[4], h[5]} end
   end
 end
-if ARGV[11] ~= '' and waiting() >= tonumber(ARGV[11]) then return {{3}, 0} end
+if ARGV[11] ~= '' and waiting() >= tonumber(ARGV[11]) then return {3} end
 -- ``ids`` holds the id of every stored job (every script writes and deletes the two
 -- together), so adding to it is the check that the id is new.
-if redis.call('ZADD', P .. 'ids', 'NX', '0', id) == 0 then return {{4}, 0} end
+if redis.call('ZADD', P .. 'ids', 'NX', '0', id) == 0 then return {4} end
 redis.call('HSET', P .. 'job:' .. id, 'd', doc, 'v', '1', 's', new, 't', t)
 if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
 redis.call('HINCRBY', P .. 'counts', new .. '|' .. t, '1')
@@ -518,6 +519,6 @@ for _, tail in ipairs(redis.call('SMEMBERS', P .. 'tails')) do
     redis.call('SREM', P .. 'tails', tail)
   end
 end
-return {{1, seq}, {seq, seq, eid}}
+return {1, seq, eid}
 """
 )
