@@ -62,13 +62,13 @@ _EMIT = r"""
 local written = {}
 -- The event numbered ``seq``, taken from ``P seq`` (by INCR, or INCRBY for several).
 local function append(seq, maxlen, fields)
-  local id = redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'q', fmt('%d', seq),
+  local id = redis.call('XADD', K_EVENTS, 'MAXLEN', '~', maxlen, '*', 'q', fmt('%d', seq),
                         unpack(fields))
   written[#written + 1] = {id, seq, fields}
   return seq
 end
 local function emit(maxlen, fields)
-  return append(redis.call('INCR', P .. 'seq'), maxlen, fields)
+  return append(redis.call('INCR', K_SEQ), maxlen, fields)
 end
 -- The bells (see asyncjobs.stores.redis.events): every other store instance that waits
 -- for events gets a copy of this script's entries on its bell stream, and stops waiting.
@@ -101,6 +101,21 @@ _COMMON = (
     _TEXT
     + r"""
 local P = ARGV[1]
+-- The key names a batch uses for every job, made once (each concatenation is a new
+-- string to hash); ``st`` and ``ready`` remember theirs per status and type.
+local K_EVENTS, K_SEQ, K_LEASES, K_IDS = P .. 'events', P .. 'seq', P .. 'leases', P .. 'ids'
+local K_FINISHED, K_EXPIRY, K_SCHEDULED = P .. 'finished', P .. 'expiry', P .. 'scheduled'
+local st_keys, ready_keys = {}, {}
+local function st(s)
+  local k = st_keys[s]
+  if not k then k = P .. 'st:' .. s; st_keys[s] = k end
+  return k
+end
+local function ready(t)
+  local k = ready_keys[t]
+  if not k then k = P .. 'ready:' .. t; ready_keys[t] = k end
+  return k
+end
 local function terminal(s)
   return s == 'completed' or s == 'failed' or s == 'cancelled'
 end
@@ -139,25 +154,25 @@ local function move(id, t, old, new, prio, runat, fin, expiry)
   if old == new then return end
   if old ~= '' then
     count(old .. '|' .. t, -1)
-    zrem(P .. 'st:' .. old, id)
-    if old == 'queued' then zrem(P .. 'ready:' .. t, id)
-    elseif old == 'scheduled' then zrem(P .. 'scheduled', id)
-    elseif old == 'running' then zrem(P .. 'leases', id)
+    zrem(st(old), id)
+    if old == 'queued' then zrem(ready(t), id)
+    elseif old == 'scheduled' then zrem(K_SCHEDULED, id)
+    elseif old == 'running' then zrem(K_LEASES, id)
     end
   end
   if new ~= '' then
     count(new .. '|' .. t, 1)
-    zadd(P .. 'st:' .. new, '0', id)
-    if new == 'queued' then zadd(P .. 'ready:' .. t, neg(prio), id)
-    elseif new == 'scheduled' then zadd(P .. 'scheduled', runat, id)
+    zadd(st(new), '0', id)
+    if new == 'queued' then zadd(ready(t), neg(prio), id)
+    elseif new == 'scheduled' then zadd(K_SCHEDULED, runat, id)
     elseif terminal(new) then
-      zadd(P .. 'finished', fin, id)
-      if expiry ~= '' then zadd(P .. 'expiry', expiry, id) end
+      zadd(K_FINISHED, fin, id)
+      if expiry ~= '' then zadd(K_EXPIRY, expiry, id) end
     end
   end
   if terminal(old) then  -- deleted, or retried in place
-    zrem(P .. 'finished', id)
-    zrem(P .. 'expiry', id)
+    zrem(K_FINISHED, id)
+    zrem(K_EXPIRY, id)
   end
 end
 -- The webhook outbox: a job that just ended gets one pending delivery per webhook that
@@ -235,7 +250,7 @@ local function commit(b)
     end
     if redis.call('EXISTS', key) == 1 then return {4} end
     redis.call('HSET', key, 'd', doc, 'v', '1', 's', new, 't', t)
-    zadd(P .. 'ids', '0', id)
+    zadd(K_IDS, '0', id)
     if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
     move(id, t, '', new, prio, runat, fin, expiry)
     return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc})}
@@ -248,7 +263,7 @@ local function commit(b)
   if doc == '' then
     local last = redis.call('HGET', key, 'd')  -- the deleted job's event carries it
     redis.call('DEL', key)
-    zrem(P .. 'ids', id)
+    zrem(K_IDS, id)
     if idem ~= '' and redis.call('HGET', P .. 'idem', idem) == id then
       redis.call('HDEL', P .. 'idem', idem)
     end
@@ -356,17 +371,18 @@ else
 end
 local out, base = {}, 0
 if #picked > 0 then
-  base = redis.call('INCRBY', P .. 'seq', fmt('%d', #picked)) - #picked  -- a seq per job
-  zadd(P .. 'leases', '+inf', '"""
+  base = redis.call('INCRBY', K_SEQ, fmt('%d', #picked)) - #picked  -- a seq per job
+  zadd(K_LEASES, '+inf', '"""
     + PIN
     + r"""')
 end
 -- A claim of several jobs (a busy queue) turns ``st:running`` into a skiplist the same
 -- way, and takes the pin out again below: the encoding stays, the members are the jobs.
 local pinned = #picked >= 4
-if pinned then zadd(P .. 'st:running', '0', '"""
+if pinned then zadd(st('running'), '0', '"""
     + PIN
     + r"""') end
+local st_queued, st_running, moved = st('queued'), st('running'), {}
 for i, p in ipairs(picked) do
   local id, t = p[1], p[2]
   local key = P .. 'job:' .. id
@@ -374,11 +390,10 @@ for i, p in ipairs(picked) do
   local h = redis.call('HMGET', key, 'd', 'v')
   redis.call('HSET', key, 'v', fmt('%d', tonumber(h[2]) + 1), 's', 'running', 'c', now,
              'w', worker, 'k', token, 'e', exp_iso)
-  count('queued|' .. t, -1)
-  count('running|' .. t, 1)
-  zrem(P .. 'st:queued', id)
-  zadd(P .. 'st:running', '0', id)
-  zadd(P .. 'leases', exp_score, id)
+  moved[t] = (moved[t] or 0) + 1
+  zrem(st_queued, id)
+  zadd(st_running, '0', id)
+  zadd(K_LEASES, exp_score, id)
   local seq = append(base + i, maxlen, {'t', 'job_started', 'a', now, 'i', inst, 'd', h[1],
                                         'c', now, 'w', worker, 'k', token, 'e', exp_iso})
   out[#out + 1] = id
@@ -386,8 +401,12 @@ for i, p in ipairs(picked) do
   out[#out + 1] = token
   out[#out + 1] = seq
 end
+for t, k in pairs(moved) do
+  count('queued|' .. t, -k)
+  count('running|' .. t, k)
+end
 flush()
-if pinned then redis.call('ZREM', P .. 'st:running', '"""
+if pinned then redis.call('ZREM', st_running, '"""
     + PIN
     + r"""') end
 out[#out + 1] = ring(inst)
@@ -453,7 +472,7 @@ for i = 1, n do
     local id, doc, new, t = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
     local idem = ARGV[b + 7]
     redis.call('HSET', P .. 'job:' .. id, 'd', doc, 'v', '1', 's', new, 't', t)
-    zadd(P .. 'ids', '0', id)
+    zadd(K_IDS, '0', id)
     if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
     move(id, t, '', new, ARGV[b + 5], ARGV[b + 6], '', '')
     out[i + 1] = {1, emit(maxlen, {'t', 'job_created', 'a', ARGV[b + 8], 'i', inst, 'd', doc})}
