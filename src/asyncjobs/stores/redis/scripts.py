@@ -44,9 +44,9 @@ local function neg(p)
 end
 """
 
-# How many jobs wait (queued or scheduled), for ``max_queued``; and the stream writes
-# with their ``ring``. Shared by :data:`ADD` and ``_COMMON`` (which every other change
-# script starts with).
+# How many jobs wait (queued or scheduled), for ``max_queued`` (:data:`ADD` and
+# ``_COMMON``, which every other change script starts with); and the stream writes with
+# their ``ring`` (``_COMMON``; ADD writes its one entry inline).
 _WAITING = r"""
 local function waiting()
   local n = 0
