@@ -330,7 +330,7 @@ class RedisStore:
         status = job.status
         if status is _QUEUED or status is _SCHEDULED:
             record = job_to_record(job)
-            reply, written = await self._eval(
+            reply = await self._eval(
                 "add",
                 self._p + "seq",
                 self._p,
@@ -346,7 +346,8 @@ class RedisStore:
                 "" if max_queued is None else str(max_queued),
                 record["created_at"],
             )
-            self._wrote(written)
+            if reply[0] == 1:  # {1, seq, entry id}: the one entry it wrote
+                self._wrote((reply[1], reply[1], reply[2]))
         else:  # a job made elsewhere (an import, a test): the general path
             args = self._commit_args(
                 0, job, EventType.CREATED, job.created_at, max_queued=max_queued
