@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import attrs
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
@@ -333,6 +334,93 @@ async def test_a_job_retried_in_place_leaves_the_finished_indexes(redis_url: str
         assert await client.zscore(p + "finished", job.id) is None
         assert await client.zscore(p + "expiry", job.id) is None
         assert await client.zscore(p + "ready:t", job.id) is not None
+    finally:
+        await client.aclose()
+        await store.close()
+        await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_a_submit_stores_what_the_commit_script_stores(redis_url: str) -> None:
+    """ADD (a submit) and COMMIT (a new job made elsewhere) write the same hash, index
+    scores and event; the scores are the text the scripts once printed from numbers
+    ('-0' for priority 0), and an id that exists is refused with nothing written."""
+    import redis.asyncio as aioredis
+
+    prefix = f"aj_add_{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    p = "{" + prefix + "}:"
+
+    async def score(key: str, member: str) -> bytes:  # as the server prints it
+        return await client.eval("return redis.call('ZSCORE', KEYS[1], ARGV[1])", 1, key, member)
+
+    try:
+        await store.open()
+        for priority, stored in ((0, b"0"), (5, b"-5"), (-3, b"3")):
+            by_add, by_commit = _queued(priority=priority), _queued(priority=priority)
+            await store.add(by_add)
+            args = store._commit_args(0, by_commit, EventType.CREATED, by_commit.created_at)
+            ((code, _),) = await store._commit([args])
+            assert code == 1
+            for job in (by_add, by_commit):
+                assert await score(p + "ready:t", job.id) == stored
+                assert await score(p + "ids", job.id) == b"0"
+                assert await score(p + "st:queued", job.id) == b"0"
+            hashes = [await client.hgetall(p + "job:" + j.id) for j in (by_add, by_commit)]
+            assert [{k: v for k, v in h.items() if k != b"d"} for h in hashes] == [
+                {b"v": b"1", b"s": b"queued", b"t": b"t"}
+            ] * 2
+        entries = await client.xrange(p + "events")
+        assert [int(f[b"q"]) for _, f in entries] == list(range(1, 7))
+        assert {tuple(f) for _, f in entries} == {(b"q", b"t", b"a", b"i", b"d")}
+        assert await client.hgetall(p + "counts") == {b"queued|t": b"6"}
+
+        taken = attrs.evolve(_queued(), id=by_add.id, params={"other": 1})
+        with pytest.raises(ValueError, match="exists already"):
+            await store.add(taken)
+        assert await client.hgetall(p + "counts") == {b"queued|t": b"6"}
+        assert await client.zcard(p + "ids") == 6
+        assert await client.xlen(p + "events") == 6
+        assert (await store.get(by_add.id)).params == {}
+    finally:
+        await client.aclose()
+        await store.close()
+        await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_the_leases_pin_keeps_a_skiplist_and_is_never_swept(redis_url: str) -> None:
+    """The claim script keeps a member that is no job at +inf in ``leases`` (see
+    scripts.PIN): the sweep requeues exactly the expired jobs around it. A claim of
+    several jobs leaves ``st:running`` a skiplist holding exactly the jobs."""
+    from datetime import timedelta
+
+    import redis.asyncio as aioredis
+
+    from asyncjobs.stores.redis.scripts import PIN
+
+    prefix = f"aj_pin_{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    p = "{" + prefix + "}:"
+    jobs = [_queued() for _ in range(6)]
+    now = jobs[0].created_at
+    try:
+        await store.open()
+        await store.add_many(jobs)
+        running = await store.claim("w", types=["t"], limit=5, lease=30, now=now)
+        assert [j.id for j in running] == [j.id for j in jobs[:5]]
+        assert await client.object("encoding", p + "st:running") == b"skiplist"
+        assert await client.zrange(p + "st:running", 0, -1) == [j.id.encode() for j in running]
+        assert await client.object("encoding", p + "leases") == b"skiplist"
+        assert await client.zscore(p + "leases", PIN) == float("inf")
+        assert await store.requeue_expired(now=now + timedelta(seconds=29)) == []
+        later = now + timedelta(days=365 * 100)
+        assert {j.id for j in await store.requeue_expired(now=later)} == {j.id for j in running}
+        assert await client.zrange(p + "leases", 0, -1) == [PIN.encode()]
+        assert (await store.stats()).counts[JobStatus.RUNNING] == 0
+        again = await store.claim("w", types=["t"], limit=5, lease=30, now=later)
+        assert jobs[5].id in {j.id for j in again}
+        assert await client.zcard(p + "leases") == len(again) + 1
     finally:
         await client.aclose()
         await store.close()

@@ -21,7 +21,7 @@ from asyncjobs._ulid import new_ulid
 from asyncjobs.job import EventType, JobEvent
 from asyncjobs.stores import Outcome, WorkerInfo
 from asyncjobs.stores.redis import RedisStore
-from asyncjobs.stores.redis.scripts import PARK_TTL
+from asyncjobs.stores.redis.scripts import PARK_TTL, PIN
 from asyncjobs.stores.steps import claim_step
 
 from .conftest import destroy_redis_prefix
@@ -166,6 +166,20 @@ async def test_an_idle_worker_of_another_store_gets_a_new_job_with_no_claim_call
         assert [e.at for e in seen] == [job.created_at, got.started_at]
     stats = await observer.stats()
     assert stats.counts[JobStatus.RUNNING] == 1 and stats.counts[JobStatus.QUEUED] == 0
+    # The indexes as a claim leaves them.
+    client = aioredis.Redis.from_url(worker.redis_url)
+    try:
+        p = "{" + worker.prefix + "}:"
+        expires = await client.zscore(p + "leases", job.id)
+        assert expires == pytest.approx(got.lease.expires_at.timestamp(), abs=1e-6)
+        assert await client.zscore(p + "leases", PIN) == float("inf")
+        assert await client.zscore(p + "st:running", job.id) == 0
+        for index in ("st:queued", "ready:t"):
+            assert await client.zscore(p + index, job.id) is None
+        assert await client.hmget(p + "counts", "queued|t", "running|t") == [b"0", b"1"]
+        assert await client.hget(p + "job:" + job.id, "v") == b"2"
+    finally:
+        await client.aclose()
     done = await worker.finish(job.id, got.lease.token, Outcome(JobStatus.COMPLETED), now=_now())
     assert done.status is JobStatus.COMPLETED
     # Handed once: the worker is parked again only by its next short claim.

@@ -35,9 +35,21 @@ from __future__ import annotations
 
 __all__ = ["ADD", "ADD_MANY", "CLAIM", "COMMIT", "COMMIT_FIELDS", "PARK_TTL", "RENEW", "UNPARK"]
 
-# How many jobs wait (queued or scheduled), for ``max_queued``; and the stream writes
-# with their ``ring``. Shared by :data:`ADD` and ``_COMMON`` (which every other change
-# script starts with).
+# A number handed to redis.call becomes text by a '%.17g' print (a tenth of a short
+# script's server time for three of them): the scripts hand it text, made with Lua's
+# integer format where they computed a number. ``neg`` is the ready index's score, the
+# text '%.17g' made of -priority before ('-0' for 0: the same double, stored the same).
+_TEXT = r"""
+local fmt = string.format
+local function neg(p)
+  if string.byte(p, 1) == 45 then return string.sub(p, 2) end
+  return '-' .. p
+end
+"""
+
+# How many jobs wait (queued or scheduled), for ``max_queued`` (:data:`ADD` and
+# ``_COMMON``, which every other change script starts with); and the stream writes with
+# their ``ring`` (``_COMMON``; ADD writes its one entry inline).
 _WAITING = r"""
 local function waiting()
   local n = 0
@@ -51,12 +63,15 @@ end
 """
 _EMIT = r"""
 local written = {}
-local function emit(maxlen, fields)
-  local seq = redis.call('INCR', P .. 'seq')
-  local id = redis.call('XADD', P .. 'events', 'MAXLEN', '~', maxlen, '*', 'q', seq,
+-- The event numbered ``seq``, taken from ``P seq`` (by INCR, or INCRBY for several).
+local function append(seq, maxlen, fields)
+  local id = redis.call('XADD', K_EVENTS, 'MAXLEN', '~', maxlen, '*', 'q', fmt('%d', seq),
                         unpack(fields))
   written[#written + 1] = {id, seq, fields}
   return seq
+end
+local function emit(maxlen, fields)
+  return append(redis.call('INCR', K_SEQ), maxlen, fields)
 end
 -- The bells (see asyncjobs.stores.redis.events): every other store instance that waits
 -- for events gets a copy of this script's entries on its bell stream, and stops waiting.
@@ -69,9 +84,9 @@ local function ring(inst)
     if tail ~= inst then
       local bell = P .. 'bell:' .. tail
       for _, e in ipairs(written) do
-        redis.call('XADD', bell, '*', 'x', e[1], 'q', e[2], unpack(e[3]))
+        redis.call('XADD', bell, '*', 'x', e[1], 'q', fmt('%d', e[2]), unpack(e[3]))
       end
-      redis.call('PEXPIRE', bell, 60000)  -- a reader that died leaves nothing behind
+      redis.call('PEXPIRE', bell, '60000')  -- a reader that died leaves nothing behind
       redis.call('SREM', P .. 'tails', tail)
     end
   end
@@ -86,8 +101,24 @@ end
 # one does) and nothing reads an index before its flush (``flush`` runs before the
 # queue-full check, the only such read).
 _COMMON = (
-    r"""
+    _TEXT
+    + r"""
 local P = ARGV[1]
+-- The key names a batch uses for every job, made once (each concatenation is a new
+-- string to hash); ``st`` and ``ready`` remember theirs per status and type.
+local K_EVENTS, K_SEQ, K_LEASES, K_IDS = P .. 'events', P .. 'seq', P .. 'leases', P .. 'ids'
+local K_FINISHED, K_EXPIRY, K_SCHEDULED = P .. 'finished', P .. 'expiry', P .. 'scheduled'
+local st_keys, ready_keys = {}, {}
+local function st(s)
+  local k = st_keys[s]
+  if not k then k = P .. 'st:' .. s; st_keys[s] = k end
+  return k
+end
+local function ready(t)
+  local k = ready_keys[t]
+  if not k then k = P .. 'ready:' .. t; ready_keys[t] = k end
+  return k
+end
 local function terminal(s)
   return s == 'completed' or s == 'failed' or s == 'cancelled'
 end
@@ -114,7 +145,7 @@ local function flush()
     for i = 1, #t, 4000 do redis.call('ZADD', key, unpack(t, i, math.min(i + 3999, #t))) end
   end
   for field, d in pairs(counts) do
-    if d ~= 0 then redis.call('HINCRBY', P .. 'counts', field, d) end
+    if d ~= 0 then redis.call('HINCRBY', P .. 'counts', field, fmt('%d', d)) end
   end
   adds, rems, counts, seen = {}, {}, {}, {}
 end
@@ -126,25 +157,25 @@ local function move(id, t, old, new, prio, runat, fin, expiry)
   if old == new then return end
   if old ~= '' then
     count(old .. '|' .. t, -1)
-    zrem(P .. 'st:' .. old, id)
-    if old == 'queued' then zrem(P .. 'ready:' .. t, id)
-    elseif old == 'scheduled' then zrem(P .. 'scheduled', id)
-    elseif old == 'running' then zrem(P .. 'leases', id)
+    zrem(st(old), id)
+    if old == 'queued' then zrem(ready(t), id)
+    elseif old == 'scheduled' then zrem(K_SCHEDULED, id)
+    elseif old == 'running' then zrem(K_LEASES, id)
     end
   end
   if new ~= '' then
     count(new .. '|' .. t, 1)
-    zadd(P .. 'st:' .. new, 0, id)
-    if new == 'queued' then zadd(P .. 'ready:' .. t, -tonumber(prio), id)
-    elseif new == 'scheduled' then zadd(P .. 'scheduled', runat, id)
+    zadd(st(new), '0', id)
+    if new == 'queued' then zadd(ready(t), neg(prio), id)
+    elseif new == 'scheduled' then zadd(K_SCHEDULED, runat, id)
     elseif terminal(new) then
-      zadd(P .. 'finished', fin, id)
-      if expiry ~= '' then zadd(P .. 'expiry', expiry, id) end
+      zadd(K_FINISHED, fin, id)
+      if expiry ~= '' then zadd(K_EXPIRY, expiry, id) end
     end
   end
   if terminal(old) then  -- deleted, or retried in place
-    zrem(P .. 'finished', id)
-    zrem(P .. 'expiry', id)
+    zrem(K_FINISHED, id)
+    zrem(K_EXPIRY, id)
   end
 end
 -- The webhook outbox: a job that just ended gets one pending delivery per webhook that
@@ -162,9 +193,10 @@ local function outbox(doc, new, msg, at, at_score)
       local dkey = P .. 'dlv:' .. did
       if redis.call('EXISTS', dkey) == 0 then
         redis.call('HSET', dkey, 'w', hook, 'ev', ev, 'd', doc, 'at', at, 'st', 'pending',
-                   'n', 0, 'nx', at)
+                   'n', '0', 'nx', at)
         redis.call('ZADD', P .. 'dlv:due', at_score, did)
-        redis.call('ZADD', P .. 'dlv:hook:' .. hook, redis.call('INCR', P .. 'dlv:n'), did)
+        redis.call('ZADD', P .. 'dlv:hook:' .. hook, fmt('%d', redis.call('INCR', P .. 'dlv:n')),
+                   did)
         wrote = wrote + 1
       end
     end
@@ -220,8 +252,8 @@ local function commit(b)
       if waiting() >= tonumber(maxq) then return {3} end
     end
     if redis.call('EXISTS', key) == 1 then return {4} end
-    redis.call('HSET', key, 'd', doc, 'v', 1, 's', new, 't', t)
-    zadd(P .. 'ids', 0, id)
+    redis.call('HSET', key, 'd', doc, 'v', '1', 's', new, 't', t)
+    zadd(K_IDS, '0', id)
     if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
     move(id, t, '', new, prio, runat, fin, expiry)
     return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', doc})}
@@ -234,14 +266,14 @@ local function commit(b)
   if doc == '' then
     local last = redis.call('HGET', key, 'd')  -- the deleted job's event carries it
     redis.call('DEL', key)
-    zrem(P .. 'ids', id)
+    zrem(K_IDS, id)
     if idem ~= '' and redis.call('HGET', P .. 'idem', idem) == id then
       redis.call('HDEL', P .. 'idem', idem)
     end
     move(id, t, old, '', prio, runat, fin, expiry)
     return {1, emit(maxlen, {'t', etype, 'a', at, 'i', inst, 'd', last})}
   end
-  redis.call('HSET', key, 'd', doc, 'v', tonumber(expected) + 1, 's', new)
+  redis.call('HSET', key, 'd', doc, 'v', fmt('%d', tonumber(expected) + 1), 's', new)
   move(id, t, old, new, prio, runat, fin, expiry)
   if new == 'running' then
     redis.call('HDEL', key, 'c')
@@ -267,37 +299,45 @@ return out
 """
 )
 
+#: A sorted-set member that is no job: longer than a small sorted set's packed entries
+#: may be (``zset-max-listpack-value``, 64 by default), it turns the set into a
+#: skiplist, which stays one. Packed, every insert walked every member before it (and
+#: parsed the float score of each lease: strtod), a tenth of a drain's server time.
+#: ``P leases`` keeps it at +inf (the sweep reads scores up to now, never this one);
+#: ``P st:running`` has it only inside a claim script (see :data:`CLAIM`).
+PIN = "~ not a job: keeps this sorted set a skiplist (asyncjobs.stores.redis.scripts) ~"
+
 #: Seconds a parked worker's entry lives (server clock) unless its next claim renews it:
 #: longer than a worker's idle wait (5 s by default), short enough that the entry of a
 #: process killed without a goodbye stops drawing jobs soon.
 PARK_TTL = 10
 
-# The hand-off's parking, at the end of CLAIM (see ``handoff`` in ADD): a claim that
-# came back short puts its worker on ``P parked:<type>`` of each type asked for, so that
-# a submit finding nothing ready hands the job straight to it. A full claim takes the
-# worker off again (it may have no free slot now). Skipped when the worker's clock is
-# more than a second off the server's (a test's fake clock): its leases would be odd.
+# The hand-off's parking, at the end of CLAIM (see ``_HANDOFF``): a claim that came back
+# short puts its worker on ``P parked:<type>`` of each type asked for, so that a submit
+# finding nothing ready hands the job straight to it. A full claim takes the worker off
+# again (it may have no free slot now). Skipped when the worker's clock is more than a
+# second off the server's (a test's fake clock): its leases would be odd.
 _PARK = (
     r"""
 local pm = ARGV[tokens + limit + 1]
 if pm then
-  local base = tokens + limit
+  local pa = tokens + limit
   local clock = redis.call('TIME')
   local server = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   local short = #picked < limit
-    and math.abs(tonumber(ARGV[base + 2]) / 1000000 - server) < 1
+    and math.abs(tonumber(ARGV[pa + 2]) / 1000000 - server) < 1
   if short then
-    local spec = {tonumber(ARGV[base + 3])}
+    local spec, until_ = {tonumber(ARGV[pa + 3])}, fmt('%.6f', server + """
+    + str(PARK_TTL)
+    + r""")
     for i = 1, n do
       local t = ARGV[8 + 2 * i]
-      redis.call('ZADD', P .. 'parked:' .. t, server + """
-    + str(PARK_TTL)
-    + r""", pm)
+      redis.call('ZADD', P .. 'parked:' .. t, until_, pm)
       spec[#spec + 1] = t
       spec[#spec + 1] = tonumber(ARGV[9 + 2 * i])
     end
     redis.call('HSET', P .. 'parking', pm, cjson.encode(spec))
-  elseif ARGV[base + 4] == '1' then
+  elseif ARGV[pa + 4] == '1' then
     for i = 1, n do redis.call('ZREM', P .. 'parked:' .. ARGV[8 + 2 * i], pm) end
     redis.call('HDEL', P .. 'parking', pm)
   end
@@ -320,13 +360,16 @@ end
 return 0
 """
 
-# The hand-off of a new queued job to a parked worker (ADD): used only when nothing of
-# its type is ready (so no job is overtaken) and the type's running limit, as the
-# worker asked for it, has room. Takes the worker off every type (one job per parking)
-# and returns it with its lease seconds, or nil. ADD calls it only when the type's
-# parked set exists. ``now`` is the submitter's clock in epoch µs; as with parking, a
-# clock off the server's by a second or more hands nothing.
-_HANDOFF = r"""
+# The hand-off of a new queued job to a parked worker, a branch of ADD: it runs when
+# the job is the only one of its type waiting (so no job is overtaken), after ADD stored
+# it queued in the hash, ``ids`` and the counts. If a live worker is parked for the type
+# and the type's running limit, as that worker asked for it, has room: takes the worker
+# off every type (one job per parking) and stores the job claimed by it as CLAIM would,
+# writes job_created then job_started (``h``, the worker, on both), rings the bells and
+# returns ADD's reply; else nil. ARGV[13] is the submitter's clock (epoch µs): as with
+# parking, a clock off the server's by a second or more hands nothing.
+_HANDOFF = (
+    r"""
 local function iso(us)  -- as Python's datetime.isoformat() in UTC
   local s = math.floor(us / 1000000)
   local frac = us - s * 1000000
@@ -348,19 +391,20 @@ local function iso(us)  -- as Python's datetime.isoformat() in UTC
   if frac ~= 0 then text = text .. string.format('.%06d', frac) end
   return text .. '+00:00'
 end
-local function handoff(t, now)
-  local key = P .. 'parked:' .. t  -- it exists (ADD asked)
-  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+local function handoff()
+  local key = P .. 'parked:' .. t
+  if redis.call('EXISTS', key) == 0 then return nil end  -- nobody parked: the usual case
+  local top = redis.call('ZRANGE', key, '-1', '-1', 'WITHSCORES')
   local clock = redis.call('TIME')
   local server = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-  local stale = redis.call('ZRANGEBYSCORE', key, '-inf', server)
+  local stale = redis.call('ZRANGEBYSCORE', key, '-inf', fmt('%.6f', server))
   if #stale > 0 then  -- a process that died parked: its entries go
     redis.call('ZREM', key, unpack(stale))
     redis.call('HDEL', P .. 'parking', unpack(stale))
     if tonumber(top[2]) <= server then return nil end
   end
-  if math.abs(now / 1000000 - server) >= 1 then return nil end
-  if redis.call('EXISTS', P .. 'ready:' .. t) == 1 then return nil end
+  local now_us = tonumber(ARGV[13])
+  if math.abs(now_us / 1000000 - server) >= 1 then return nil end
   local member = top[1]
   local spec = redis.call('HGET', P .. 'parking', member)
   if not spec then
@@ -376,9 +420,41 @@ local function handoff(t, now)
   end
   for j = 2, #spec, 2 do redis.call('ZREM', P .. 'parked:' .. spec[j], member) end
   redis.call('HDEL', P .. 'parking', member)
-  return member, spec[1]
+  -- Claimed as CLAIM claims: the hash, the counts, the indexes (the pin too).
+  local worker = string.sub(member, string.find(member, ' ', 1, true) + 1)
+  local token, now = ARGV[14], iso(now_us)
+  local exp_us = now_us + math.floor(spec[1] * 1000000 + 0.5)
+  local exp_iso = iso(exp_us)
+  redis.call('HSET', P .. 'job:' .. id, 'v', '2', 's', 'running', 'c', now, 'w', worker,
+             'k', token, 'e', exp_iso)
+  redis.call('HINCRBY', P .. 'counts', 'queued|' .. t, '-1')
+  redis.call('HINCRBY', P .. 'counts', 'running|' .. t, '1')
+  redis.call('ZADD', P .. 'st:running', '0', id)
+  redis.call('ZADD', P .. 'leases', fmt('%.6f', exp_us / 1000000), id, '+inf', '"""
+    + PIN
+    + r"""')
+  -- Both events, and their copies on the bells (as ``ring`` does).
+  local last = redis.call('INCRBY', P .. 'seq', '2')
+  local q1, q2 = fmt('%d', last - 1), fmt('%d', last)
+  local created = {'t', 'job_created', 'a', ARGV[12], 'i', inst, 'd', doc, 'h', member}
+  local started = {'t', 'job_started', 'a', now, 'i', inst, 'd', doc, 'c', now,
+                   'w', worker, 'k', token, 'e', exp_iso, 'h', member}
+  local events = P .. 'events'
+  local e1 = redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], '*', 'q', q1, unpack(created))
+  local e2 = redis.call('XADD', events, 'MAXLEN', '~', ARGV[3], '*', 'q', q2, unpack(started))
+  for _, tail in ipairs(redis.call('SMEMBERS', P .. 'tails')) do
+    if tail ~= inst then
+      local bell = P .. 'bell:' .. tail
+      redis.call('XADD', bell, '*', 'x', e1, 'q', q1, unpack(created))
+      redis.call('XADD', bell, '*', 'x', e2, 'q', q2, unpack(started))
+      redis.call('PEXPIRE', bell, '60000')
+      redis.call('SREM', P .. 'tails', tail)
+    end
+  end
+  return {1, last - 1, e1, last, e2, member, exp_iso}
 end
 """
+)
 
 #: Move up to ``limit`` queued jobs to running: highest priority first, then FIFO, across
 #: the given types, never beyond a type's running limit.
@@ -446,30 +522,49 @@ else
     redis.call('ZREM', P .. 'ready:' .. t, unpack(ids))
   end
 end
-local out = {}
+local out, base = {}, 0
+if #picked > 0 then
+  base = redis.call('INCRBY', K_SEQ, fmt('%d', #picked)) - #picked  -- a seq per job
+  zadd(K_LEASES, '+inf', '"""
+    + PIN
+    + r"""')
+end
+-- A claim of several jobs (a busy queue) turns ``st:running`` into a skiplist the same
+-- way, and takes the pin out again below: the encoding stays, the members are the jobs.
+local pinned = #picked >= 4
+if pinned then zadd(st('running'), '0', '"""
+    + PIN
+    + r"""') end
+local st_queued, st_running, moved = st('queued'), st('running'), {}
 for i, p in ipairs(picked) do
   local id, t = p[1], p[2]
   local key = P .. 'job:' .. id
   local token = ARGV[tokens + i]
   local h = redis.call('HMGET', key, 'd', 'v')
-  redis.call('HSET', key, 'v', tonumber(h[2]) + 1, 's', 'running', 'c', now,
+  redis.call('HSET', key, 'v', fmt('%d', tonumber(h[2]) + 1), 's', 'running', 'c', now,
              'w', worker, 'k', token, 'e', exp_iso)
-  count('queued|' .. t, -1)
-  count('running|' .. t, 1)
-  zrem(P .. 'st:queued', id)
-  zadd(P .. 'st:running', 0, id)
-  zadd(P .. 'leases', exp_score, id)
-  local seq = emit(maxlen, {'t', 'job_started', 'a', now, 'i', inst, 'd', h[1],
-                            'c', now, 'w', worker, 'k', token, 'e', exp_iso})
+  moved[t] = (moved[t] or 0) + 1
+  zrem(st_queued, id)
+  zadd(st_running, '0', id)
+  zadd(K_LEASES, exp_score, id)
+  local seq = append(base + i, maxlen, {'t', 'job_started', 'a', now, 'i', inst, 'd', h[1],
+                                        'c', now, 'w', worker, 'k', token, 'e', exp_iso})
   out[#out + 1] = id
   out[#out + 1] = h[1]
   out[#out + 1] = token
   out[#out + 1] = seq
 end
+for t, k in pairs(moved) do
+  count('queued|' .. t, -k)
+  count('running|' .. t, k)
+end
 """
     + _PARK
     + r"""
 flush()
+if pinned then redis.call('ZREM', st_running, '"""
+    + PIN
+    + r"""') end
 out[#out + 1] = ring(inst)
 return out
 """
@@ -532,8 +627,8 @@ for i = 1, n do
     local b = 5 + (i - 1) * 8
     local id, doc, new, t = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
     local idem = ARGV[b + 7]
-    redis.call('HSET', P .. 'job:' .. id, 'd', doc, 'v', 1, 's', new, 't', t)
-    zadd(P .. 'ids', 0, id)
+    redis.call('HSET', P .. 'job:' .. id, 'd', doc, 'v', '1', 's', new, 't', t)
+    zadd(K_IDS, '0', id)
     if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
     move(id, t, '', new, ARGV[b + 5], ARGV[b + 6], '', '')
     out[i + 1] = {1, emit(maxlen, {'t', 'job_created', 'a', ARGV[b + 8], 'i', inst, 'd', doc})}
@@ -555,67 +650,58 @@ return out
 #: for a queued job that may be handed to a parked worker (see ``_HANDOFF``), then: now
 #: (epoch µs), a fresh token.
 #:
-#: Returns ``{reply, w}``: ``reply`` as :data:`COMMIT`'s for a new job (``{1, seq}``;
-#: ``{1, seq, started seq, worker's member, lease expiry}`` when it was handed off;
-#: ``{2, d, c, w, k, e}``, ``{3}`` or ``{4}``), ``w`` what it wrote (see ``ring``).
+#: Returns what :data:`COMMIT` does for a new job, flat (each table of a reply costs the
+#: server a dozen lookups to convert): ``{1, seq, entry id}``, ``{2, d, c, w, k, e}``,
+#: ``{3}`` or ``{4}``; ``{1, seq, entry id, started seq, its entry id, the worker's
+#: member, lease expiry}`` when it was handed off.
 ADD = (
-    r"""
-local P, inst, maxlen = ARGV[1], ARGV[2], ARGV[3]
+    _TEXT
+    + r"""
+local P, inst = ARGV[1], ARGV[2]
 local id, doc, new, t = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local idem, maxq = ARGV[10], ARGV[11]
+local idem = ARGV[10]
 """
     + _WAITING
-    + _EMIT
     + _HANDOFF
     + r"""
 if idem ~= '' then
   local other = redis.call('HGET', P .. 'idem', idem)
   if other then
     local h = redis.call('HMGET', P .. 'job:' .. other, 'd', 'c', 'w', 'k', 'e')
-    if h[1] then return {{2, h[1], h[2], h[3], h[4], h[5]}, 0} end
+    if h[1] then return {2, h[1], h[2], h[3], h[4], h[5]} end
   end
 end
-if maxq ~= '' and waiting() >= tonumber(maxq) then return {{3}, 0} end
-local key = P .. 'job:' .. id
--- One call asks both whether the id exists and whether a worker is parked for the type
--- (see _HANDOFF): the usual answer, 0, costs a submit nothing more.
-local found = redis.call('EXISTS', key, P .. 'parked:' .. t)
-if found == 2 or (found == 1 and redis.call('EXISTS', key) == 1) then return {{4}, 0} end
-if found == 1 and new == 'queued' and ARGV[13] then
-  local member, lease = handoff(t, tonumber(ARGV[13]))
-  if member then
-    -- Stored as CLAIM stores a job it takes, with both events: job_created, then
-    -- job_started; 'h' (the worker) on both tells tails it was handed off.
-    local worker = string.sub(member, string.find(member, ' ', 1, true) + 1)
-    local token, now = ARGV[14], iso(tonumber(ARGV[13]))
-    local exp_us = tonumber(ARGV[13]) + math.floor(lease * 1000000 + 0.5)
-    local exp_iso = iso(exp_us)
-    redis.call('HSET', key, 'd', doc, 'v', 2, 's', 'running', 't', t, 'c', now,
-               'w', worker, 'k', token, 'e', exp_iso)
-    redis.call('ZADD', P .. 'ids', 0, id)
-    if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
-    redis.call('HINCRBY', P .. 'counts', 'running|' .. t, 1)
-    redis.call('ZADD', P .. 'st:running', 0, id)
-    redis.call('ZADD', P .. 'leases', string.format('%.6f', exp_us / 1000000), id)
-    local seq = emit(maxlen, {'t', 'job_created', 'a', ARGV[12], 'i', inst, 'd', doc,
-                              'h', member})
-    local started = emit(maxlen, {'t', 'job_started', 'a', now, 'i', inst, 'd', doc,
-                                  'c', now, 'w', worker, 'k', token, 'e', exp_iso,
-                                  'h', member})
-    return {{1, seq, started, member, exp_iso}, ring(inst)}
-  end
-end
-redis.call('HSET', key, 'd', doc, 'v', 1, 's', new, 't', t)
-redis.call('ZADD', P .. 'ids', 0, id)
+if ARGV[11] ~= '' and waiting() >= tonumber(ARGV[11]) then return {3} end
+-- ``ids`` holds the id of every stored job (every script writes and deletes the two
+-- together), so adding to it is the check that the id is new.
+if redis.call('ZADD', P .. 'ids', 'NX', '0', id) == 0 then return {4} end
+redis.call('HSET', P .. 'job:' .. id, 'd', doc, 'v', '1', 's', new, 't', t)
 if idem ~= '' then redis.call('HSET', P .. 'idem', idem, id) end
-redis.call('HINCRBY', P .. 'counts', new .. '|' .. t, 1)
-redis.call('ZADD', P .. 'st:' .. new, 0, id)
+local waiting_now = redis.call('HINCRBY', P .. 'counts', new .. '|' .. t, '1')
+if waiting_now == 1 and new == 'queued' and ARGV[13] then  -- nothing else ready
+  local handed = handoff()
+  if handed then return handed end
+end
+redis.call('ZADD', P .. 'st:' .. new, '0', id)
 if new == 'queued' then
-  redis.call('ZADD', P .. 'ready:' .. t, -tonumber(ARGV[8]), id)
+  redis.call('ZADD', P .. 'ready:' .. t, neg(ARGV[8]), id)
 else
   redis.call('ZADD', P .. 'scheduled', ARGV[9], id)
 end
-local seq = emit(maxlen, {'t', 'job_created', 'a', ARGV[12], 'i', inst, 'd', doc})
-return {{1, seq}, ring(inst)}
+-- emit and ring of ``_EMIT``, written out for the one entry.
+local seq = redis.call('INCR', P .. 'seq')
+local q = fmt('%d', seq)
+local eid = redis.call('XADD', P .. 'events', 'MAXLEN', '~', ARGV[3], '*', 'q', q,
+                       't', 'job_created', 'a', ARGV[12], 'i', inst, 'd', doc)
+for _, tail in ipairs(redis.call('SMEMBERS', P .. 'tails')) do
+  if tail ~= inst then
+    local bell = P .. 'bell:' .. tail
+    redis.call('XADD', bell, '*', 'x', eid, 'q', q, 't', 'job_created', 'a', ARGV[12],
+               'i', inst, 'd', doc)
+    redis.call('PEXPIRE', bell, '60000')
+    redis.call('SREM', P .. 'tails', tail)
+  end
+end
+return {1, seq, eid}
 """
 )

@@ -345,7 +345,7 @@ class RedisStore:
             doc = dumps(record)
             # The hand-off's clock (epoch µs) and token (see .handoff).
             handing = (str(time_ns() // 1000), new_token()) if status is _QUEUED else ()
-            reply, written = await self._eval(
+            reply = await self._eval(
                 "add",
                 self._p + "seq",
                 self._p,
@@ -362,9 +362,11 @@ class RedisStore:
                 record["created_at"],
                 *handing,
             )
-            self._wrote(written)
-            if reply[0] == 1 and len(reply) > 2:
-                return self._handed_off(job, reply, *handing)
+            if reply[0] == 1:
+                if len(reply) > 3:  # two entries: the job was handed off
+                    self._wrote((reply[1], reply[3], reply[4]))
+                    return self._handed_off(job, reply, *handing)
+                self._wrote((reply[1], reply[1], reply[2]))  # the one entry it wrote
         else:  # a job made elsewhere (an import, a test): the general path
             args = self._commit_args(
                 0, job, EventType.CREATED, job.created_at, max_queued=max_queued
@@ -620,16 +622,16 @@ class RedisStore:
         """ADD stored ``job`` claimed by a parked worker: both events, as other
         processes decode them (see ``materialize``)."""
         now = from_epoch_us(int(micros))
-        member = reply[3].decode()
+        member = reply[5].decode()
         instance, _, worker = member.partition(" ")
         started = claim_step(job, worker, token, 0.0, now)
-        lease = Lease(worker, token, parse_time(reply[4].decode()))
+        lease = Lease(worker, token, parse_time(reply[6].decode()))
         started = attrs.evolve(started, lease=lease)
         # Nothing here may claim it: no wake-up (the worker's store wakes its worker).
         self._listeners.emit(
             [
                 JobEvent(EventType.CREATED, int(reply[1]), job.created_at, job),
-                JobEvent(EventType.STARTED, int(reply[2]), now, started),
+                JobEvent(EventType.STARTED, int(reply[3]), now, started),
             ]
         )
         if instance == self._instance:  # our own tail skips these entries
