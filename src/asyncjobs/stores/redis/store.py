@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 
 from ...codec import _iso as _time_text
-from ...codec import dumps, job_to_record
+from ...codec import record_text
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
@@ -248,7 +248,7 @@ class RedisStore:
         return [
             nxt.id,
             str(expected),
-            "" if delete else dumps(job_to_record(nxt)),
+            "" if delete else record_text(nxt),
             status,
             nxt.type,
             str(nxt.priority),
@@ -316,7 +316,6 @@ class RedisStore:
         check_storable(job)  # the rule every store applies (see jsonrules.json_problems)
         status = job.status
         if status is _QUEUED or status is _SCHEDULED:
-            record = job_to_record(job)
             reply, written = await self._eval(
                 "add",
                 self._p + "seq",
@@ -324,14 +323,14 @@ class RedisStore:
                 self._instance,
                 self._maxlen,
                 job.id,
-                dumps(record),
-                record["status"],
+                record_text(job),
+                status.value,
                 job.type,
                 str(job.priority),
                 score(job.run_at),
                 idem_field(job),
                 "" if max_queued is None else str(max_queued),
-                record["created_at"],
+                _time_text(job.created_at),
             )
             self._wrote(written)
         else:  # a job made elsewhere (an import, a test): the general path
