@@ -5,6 +5,7 @@ Also the PostgreSQL store's patches (the changed fields of a change)."""
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -266,6 +267,40 @@ def test_record_text_of_every_finish_is_the_records_json(
     assert record_text(job) == dumps(job_to_record(job))
     ended, _ = finish_step(job, "tok", outcome, at(3))
     assert record_text(ended) == dumps(job_to_record(ended))
+
+
+def _loaded(load: Any, text: bytes | str) -> Any:
+    try:
+        return ("value", load(text))
+    except Exception as exc:
+        return ("error", type(exc), str(exc))
+
+
+@given(
+    job=jobs,
+    cut=st.integers(0, 600),
+    extra=st.sampled_from(["", " ", "\n", "x", "}", '"', "é"]),
+    as_bytes=st.booleans(),
+    bom=st.sampled_from([b"", codecs.BOM_UTF8, codecs.BOM_UTF16_LE]),
+)
+def test_loads_reads_what_json_loads_reads(
+    job: Job, cut: int, extra: str, as_bytes: bool, bom: bytes
+) -> None:
+    """The same value, or the same error, for records and for what is nearly one: cut
+    short, with something after it, as bytes in another encoding."""
+    whole = record_text(job)
+    for text in (whole, whole + extra, whole[:cut] + extra, extra + whole):
+        data: bytes | str = text
+        if as_bytes:
+            data = bom + text.encode("utf-16-le" if bom == codecs.BOM_UTF16_LE else "utf-8")
+        assert _loaded(codec.loads, data) == _loaded(json.loads, data)
+
+
+def test_loads_reads_a_record_not_through_json_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    job = make_job()
+    text = record_text(job)
+    monkeypatch.setattr(json, "loads", None)  # the quick path must not need it
+    assert codec.loads(text) == codec.loads(text.encode()) == job_to_record(job)
 
 
 @given(job=jobs, missing=st.sampled_from(["history", "trace", "owner", "lease", "tags"]))
