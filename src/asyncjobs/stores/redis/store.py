@@ -31,9 +31,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 
 from ...codec import _iso as _time_text
-from ...codec import record_text
+from ...codec import job_from_record, loads, record_text
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost, QueueFull
-from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
+from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus, make_event
 from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, Webhook, message_id
 from ..listeners import Listeners
@@ -64,6 +64,10 @@ logger = logging.getLogger("asyncjobs.store.redis")
 _HELD_MAX = 10_000
 _FIELDS = ("d", "c", "w", "k", "e")
 _QUEUED, _SCHEDULED = JobStatus.QUEUED, JobStatus.SCHEDULED
+_STARTED = EventType.STARTED
+# An enum's .value is a property (about 100 ns on Python 3.11); a dict is a third of that.
+_STATUS_TEXT = {status: status.value for status in JobStatus}
+_EVENT_TEXT = {type_: type_.value for type_ in EventType}
 _ENDS = frozenset(status.value for status in TERMINAL)
 #: Events after which a job may have become claimable (or a per-type slot freed up).
 WAKE = frozenset(
@@ -239,7 +243,7 @@ class RedisStore:
             fin_score = repr(fin_epoch)
             if nxt.retention is not None:
                 expiry = repr(fin_epoch + nxt.retention)
-        status = nxt.status.value
+        status = _STATUS_TEXT[nxt.status]
         # A job's end goes to the webhook outbox with its time (the record's own text).
         msg = at = at_score = ""
         if not delete and status in _ENDS:
@@ -255,7 +259,7 @@ class RedisStore:
             score(nxt.run_at),
             fin_score,
             expiry,
-            type_.value,
+            _EVENT_TEXT[type_],
             _time_text(now),
             idem_field(nxt) if (expected == 0 or delete) else "",
             "" if max_queued is None else str(max_queued),
@@ -409,12 +413,13 @@ class RedisStore:
         claimed: builtins.list[Job] = []
         events: builtins.list[JobEvent] = []
         for i in range(0, len(flat), 4):
-            queued = materialize(flat[i + 1], None, None, None, None)
+            # materialize(doc, None, None, None, None): the claim's lease is made here.
+            queued = job_from_record(loads(flat[i + 1]))
             job = claim_step(queued, worker_id, flat[i + 2].decode(), lease, now)
             claimed.append(job)
-            events.append(JobEvent(EventType.STARTED, int(flat[i + 3]), now, job))
+            events.append(make_event(_STARTED, int(flat[i + 3]), now, job))
         if events:
-            self._emit(events)
+            self._listeners.emit(events)  # _emit() without its wake: a start frees nothing
             self._hold(claimed)
         return claimed
 
@@ -489,7 +494,10 @@ class RedisStore:
                     self._hold([nxt])
                 else:
                     held.pop(job_id, None)
-                self._emit([JobEvent(type_, int(reply[1]), now, nxt)])
+                event = make_event(type_, int(reply[1]), now, nxt)
+                self._listeners.emit_one(event)  # _emit([event]), without the list
+                if type_ in WAKE:
+                    self._notify_work()
                 return nxt
             if reply[0] == -1:
                 held.pop(job_id, None)
