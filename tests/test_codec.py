@@ -280,20 +280,22 @@ def _loaded(load: Any, text: bytes | str) -> Any:
     job=jobs,
     cut=st.integers(0, 600),
     extra=st.sampled_from(["", " ", "\n", "x", "}", '"', "é"]),
-    as_bytes=st.booleans(),
+    kind=st.sampled_from([str, bytes, bytearray]),
     bom=st.sampled_from([b"", codecs.BOM_UTF8, codecs.BOM_UTF16_LE]),
 )
 def test_loads_reads_what_json_loads_reads(
-    job: Job, cut: int, extra: str, as_bytes: bool, bom: bytes
+    job: Job, cut: int, extra: str, kind: type, bom: bytes
 ) -> None:
     """The same value, or the same error, for records and for what is nearly one: cut
     short, with something after it, as bytes in another encoding."""
     whole = record_text(job)
     for text in (whole, whole + extra, whole[:cut] + extra, extra + whole):
-        data: bytes | str = text
-        if as_bytes:
-            data = bom + text.encode("utf-16-le" if bom == codecs.BOM_UTF16_LE else "utf-8")
+        data: Any = text
+        if kind is not str:
+            encoding = "utf-16-le" if bom == codecs.BOM_UTF16_LE else "utf-8"
+            data = kind(bom + text.encode(encoding))
         assert _loaded(codec.loads, data) == _loaded(json.loads, data)
+    assert _loaded(codec.loads, None) == _loaded(json.loads, None)
 
 
 def test_loads_reads_a_record_not_through_json_loads(monkeypatch: pytest.MonkeyPatch) -> None:

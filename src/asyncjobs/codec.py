@@ -377,9 +377,13 @@ def loads(text: bytes | str) -> Any:
     json.loads spends a third of its time guessing the encoding and skipping blanks
     around the value; anything else goes to json.loads, which also raises its errors.
     """
-    if text[:2] in _OBJECT_START:
-        # json.loads' own decoding of bytes it finds to be UTF-8, as it does it.
-        chars = text if isinstance(text, str) else text.decode("utf-8", "surrogatepass")
+    if isinstance(text, str):
+        chars = text
+    elif isinstance(text, (bytes, bytearray)) and text[:2] == b'{"':
+        chars = text.decode("utf-8", "surrogatepass")  # what json.loads finds and does
+    else:
+        return json.loads(text)
+    if chars[:2] == '{"':
         try:
             value, end = _scan(chars, 0)
         except StopIteration:  # not a value at all: json.loads raises its error
@@ -391,7 +395,6 @@ def loads(text: bytes | str) -> Any:
 
 
 _STATUS_JSON: Final = {status: f'"{status.value}"' for status in JobStatus}
-_OBJECT_START: Final = frozenset({b'{"', '{"'})
 _finite: Final = math.isfinite
 _str: Final = json.encoder.encode_basestring  # what the encoder above writes a str with
 
