@@ -237,6 +237,17 @@ def test_record_text_is_the_records_json(
     assert record_text(job) == dumps(job_to_record(job))
 
 
+@pytest.mark.parametrize("field", _ODD_FIELDS)
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), float("-inf"), True, False, 0, 2**70, 1.5, "é\n", None, [1]],
+    ids=repr,
+)
+def test_record_text_writes_every_odd_scalar_as_the_encoder(field: str, value: Any) -> None:
+    job = attrs.evolve(make_job(), **{field: value})
+    assert record_text(job) == dumps(job_to_record(job))
+
+
 outcomes = st.one_of(
     st.builds(Outcome, st.just(JobStatus.COMPLETED), result=json_values),
     st.builds(Outcome, st.just(JobStatus.FAILED), error=errors),

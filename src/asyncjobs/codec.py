@@ -426,12 +426,12 @@ def record_text(job: Job) -> str:
     scalars a record usually holds go through the encoder itself.
     """
     # The common values inline (an int or a finite float formats as the encoder writes
-    # it; None is null); anything else through _value.
+    # it, x - x == 0.0 only for a finite x; None is null); anything else through _value.
     params, tags, history, lease = job.params, job.tags, job.history, job.lease
     id_, type_, message, result = job.id, job.type, job.message, job.result
     priority, prog, attempts, most = job.priority, job.progress, job.attempts, job.max_attempts
     started, finished, cancel = job.started_at, job.finished_at, job.cancel_requested
-    timeout, retention, key, owner = job.timeout, job.retention, job.idempotency_key, job.owner
+    timeout, keep, key, owner = job.timeout, job.retention, job.idempotency_key, job.owner
     trace, version, status = job.trace, job.version, job.status
     # An _iso text never needs escaping (digits, "-", ":", ".", "+", "T").
     started_text = "null" if started is None else f'"{_iso(started)}"'
@@ -443,7 +443,7 @@ def record_text(job: Job) -> str:
         f'"status":{_STATUS_JSON[status] if type(status) is JobStatus else _str(status.value)},'
         f'"created_at":"{_iso(job.created_at)}","run_at":"{_iso(job.run_at)}",'
         f'"priority":{priority if type(priority) is int else _value(priority)},'
-        f'"progress":{prog if type(prog) is float and _finite(prog) else _value(prog)},'
+        f'"progress":{prog if type(prog) is float and prog - prog == 0.0 else _value(prog)},'
         f'"message":{"null" if message is None else _value(message)},'
         f'"result":{"null" if result is None else _value(result)},'
         f'"error":{"null" if job.error is None else _dumps(_error(job.error))},'
@@ -451,7 +451,7 @@ def record_text(job: Job) -> str:
         f'"max_attempts":{most if type(most) is int else _value(most)},'
         f'"started_at":{started_text},"finished_at":{finished_text},'
         f'"timeout":{"null" if timeout is None else _value(timeout)},'
-        f'"retention":{"null" if retention is None else _value(retention)},'
+        f'"retention":{keep if type(keep) is float and keep - keep == 0.0 else _value(keep)},'
         f'"idempotency_key":{"null" if key is None else _value(key)},'
         f'"owner":{"null" if owner is None else _value(owner)},'
         f'"tags":{"[]" if tags == () else _dumps(list(tags))},'
