@@ -518,13 +518,12 @@ class RedisStore:
         return await self._change(job_id, step, now, token)
 
     async def finish(self, job_id: str, token: str, outcome: Outcome, *, now: datetime) -> Job:
-        def step(job: Job) -> tuple[Job, EventType]:
-            return finish_step(job, token, outcome, now)
-
         job = self._held.get(job_id)
+        written: Job | None = None
         if job is not None:
             # _change's first round inline (a worker ending the job it holds: once per
-            # job): a coroutine less; anything but a landed commit goes on in _change.
+            # job): no step closure, a coroutine less; anything but a landed commit goes
+            # on in _change.
             try:
                 nxt, type_ = finish_step(job, token, outcome, now)
             except (LeaseLost, IllegalTransition):
@@ -541,8 +540,10 @@ class RedisStore:
                 if reply[0] == -1:
                     self._held.pop(job_id, None)
                     raise JobNotFound(job_id)
-                return await self._change(job_id, step, now, token, written=nxt)
-        return await self._change(job_id, step, now, token)
+                written = nxt
+        return await self._change(
+            job_id, lambda job: finish_step(job, token, outcome, now), now, token, written
+        )
 
     async def request_cancel(self, job_id: str, *, now: datetime) -> Job:
         return await self._change(job_id, lambda j: cancel_step(j, now), now)
