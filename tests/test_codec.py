@@ -5,6 +5,7 @@ Also the PostgreSQL store's patches (the changed fields of a change)."""
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -16,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncjobs import codec
-from asyncjobs.codec import RECORD_FIELDS, dumps, job_from_record, job_to_record
+from asyncjobs.codec import RECORD_FIELDS, dumps, job_from_record, job_to_record, record_text
 from asyncjobs.job import Job, JobError, JobStatus, Lease, Run, advance
 from asyncjobs.stores import Outcome
 from asyncjobs.stores.postgres.records import patch_of
@@ -187,6 +188,132 @@ def test_the_codec_writes_and_reads_what_cattrs_did(job: Job) -> None:
     text = dumps(job_to_record(job))
     assert text == dumps(cattrs_record(job))
     assert job_from_record(json.loads(text)) == cattrs_job(json.loads(text)) == job
+
+
+@pytest.mark.parametrize("job", _snapshots(), ids=lambda j: f"{j.status.value}-v{j.version}")
+def test_record_text_is_the_records_json_for_every_snapshot(job: Job) -> None:
+    assert record_text(job) == dumps(job_to_record(job))
+
+
+#: Values a field may hold though its type says otherwise (attrs checks none): each one
+#: must still come out as the encoder writes it (NaN, Infinity, true, a nested value).
+odd_values = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=4)
+    | st.lists(st.integers(), max_size=2)
+)
+_ODD_FIELDS = [
+    "id",
+    "type",
+    "priority",
+    "progress",
+    "message",
+    "attempts",
+    "max_attempts",
+    "timeout",
+    "retention",
+    "idempotency_key",
+    "owner",
+    "cancel_requested",
+    "trace",
+    "version",
+]
+
+
+@given(
+    job=jobs,
+    result=json_values | st.floats(),
+    params=st.sampled_from([{}, [], {"a": float("nan")}]) | st.dictionaries(st.text(), json_values),
+    odd=st.dictionaries(st.sampled_from(_ODD_FIELDS), odd_values, max_size=4),
+    tags=st.sampled_from([(), [], ["x"], ("a", "\n")]),
+)
+def test_record_text_is_the_records_json(
+    job: Job, result: Any, params: Any, odd: dict[str, Any], tags: Any
+) -> None:
+    job = attrs.evolve(job, result=result, params=params, tags=tags, **odd)
+    assert record_text(job) == dumps(job_to_record(job))
+
+
+@pytest.mark.parametrize("field", _ODD_FIELDS)
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), float("-inf"), True, False, 0, 2**70, 1.5, "é\n", None, [1]],
+    ids=repr,
+)
+def test_record_text_writes_every_odd_scalar_as_the_encoder(field: str, value: Any) -> None:
+    job = attrs.evolve(make_job(), **{field: value})
+    assert record_text(job) == dumps(job_to_record(job))
+
+
+outcomes = st.one_of(
+    st.builds(Outcome, st.just(JobStatus.COMPLETED), result=json_values),
+    st.builds(Outcome, st.just(JobStatus.FAILED), error=errors),
+    st.builds(Outcome, st.just(JobStatus.CANCELLED), error=errors),
+    st.builds(Outcome, st.just(JobStatus.SCHEDULED), error=errors, run_at=times),
+    st.builds(Outcome, st.just(JobStatus.QUEUED)),
+)
+
+
+@given(
+    job=jobs,
+    outcome=outcomes,
+    progress=st.none()
+    | st.tuples(st.floats(0.0, 1.0) | st.sampled_from([0, 1]), st.none() | st.text()),
+    cancel=st.booleans(),
+)
+def test_record_text_of_every_finish_is_the_records_json(
+    job: Job, outcome: Outcome, progress: tuple[float, str | None] | None, cancel: bool
+) -> None:
+    """What a worker's finish writes: a claimed job (maybe with progress, a cancel
+    request), ended every way a finish can end it."""
+    queued = attrs.evolve(job, status=JobStatus.QUEUED, lease=None, cancel_requested=False)
+    job = claim_step(queued, "worker-1", "tok", 30.0, at(1))
+    if progress is not None:
+        job = progress_step(job, "tok", *progress)
+    if cancel:
+        job, _ = cancel_step(job, at(2)) or (job, None)
+    assert record_text(job) == dumps(job_to_record(job))
+    ended, _ = finish_step(job, "tok", outcome, at(3))
+    assert record_text(ended) == dumps(job_to_record(ended))
+
+
+def _loaded(load: Any, text: bytes | str) -> Any:
+    try:
+        return ("value", load(text))
+    except Exception as exc:
+        return ("error", type(exc), str(exc))
+
+
+@given(
+    job=jobs,
+    cut=st.integers(0, 600),
+    extra=st.sampled_from(["", " ", "\n", "x", "}", '"', "é"]),
+    kind=st.sampled_from([str, bytes, bytearray]),
+    bom=st.sampled_from([b"", codecs.BOM_UTF8, codecs.BOM_UTF16_LE]),
+)
+def test_loads_reads_what_json_loads_reads(
+    job: Job, cut: int, extra: str, kind: type, bom: bytes
+) -> None:
+    """The same value, or the same error, for records and for what is nearly one: cut
+    short, with something after it, as bytes in another encoding."""
+    whole = record_text(job)
+    for text in (whole, whole + extra, whole[:cut] + extra, extra + whole):
+        data: Any = text
+        if kind is not str:
+            encoding = "utf-16-le" if bom == codecs.BOM_UTF16_LE else "utf-8"
+            data = kind(bom + text.encode(encoding))
+        assert _loaded(codec.loads, data) == _loaded(json.loads, data)
+    assert _loaded(codec.loads, None) == _loaded(json.loads, None)
+
+
+def test_loads_reads_a_record_not_through_json_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    job = make_job()
+    text = record_text(job)
+    monkeypatch.setattr(json, "loads", None)  # the quick path must not need it
+    assert codec.loads(text) == codec.loads(text.encode()) == job_to_record(job)
 
 
 @given(job=jobs, missing=st.sampled_from(["history", "trace", "owner", "lease", "tags"]))

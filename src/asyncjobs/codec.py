@@ -8,6 +8,7 @@ strings (``2026-11-22T12:00:00.123456+00:00``). Never pickle.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import cattrs
 
-from .job import EventType, Job, JobError, JobEvent, JobStatus, Lease, Run
+from .job import EventType, Job, JobError, JobEvent, JobStatus, Lease, Run, _JobDraft
 from .stores.protocol import WorkerInfo
 
 if TYPE_CHECKING:
@@ -33,7 +34,9 @@ __all__ = [
     "job_from_record",
     "job_to_record",
     "job_to_wire",
+    "loads",
     "parse_time",
+    "record_text",
     "problem_to_wire",
 ]
 
@@ -77,6 +80,7 @@ _conv = _make_converter()
 _UTC: Final = timezone.utc
 _STATUS: Final = {s.value: s for s in JobStatus}
 _fromiso: Final = datetime.fromisoformat
+_new: Final = object.__new__
 
 #: Times as written, by the instant they name: a job's times are written again at
 #: each of its changes, and every job of a claim starts at the same instant, so the
@@ -242,39 +246,58 @@ def _run(data: dict[str, Any]) -> Run:
 def job_from_record(record: dict[str, Any]) -> Job:
     """Rebuild a :class:`Job` from :func:`job_to_record` output (or the wire shape:
     missing fields take their defaults)."""
+    # Filled in as a draft (see job._draft_of): Job(**25 keywords) spent most of this
+    # function's time taking its keywords apart. Each field is what the keyword was:
+    # the conversions are skipped only for values that already have the type.
     get = record.get
-    lease = get("lease")
-    history = get("history")
-    trace = get("trace")
-    return Job(
-        id=str(record["id"]),
-        type=str(record["type"]),
-        params=record["params"],
-        status=_STATUS[record["status"]],
-        created_at=_when(record["created_at"]),
-        run_at=_when(record["run_at"]),
-        priority=int(get("priority", 0)),
-        progress=float(get("progress", 0.0)),
-        message=get("message"),
-        result=get("result"),
-        error=_job_error(get("error")),
-        attempts=int(get("attempts", 0)),
-        max_attempts=int(get("max_attempts", 1)),
-        started_at=_opt_time(get("started_at")),
-        finished_at=_opt_time(get("finished_at")),
-        timeout=_opt_float(get("timeout")),
-        retention=_opt_float(get("retention")),
-        idempotency_key=get("idempotency_key"),
-        owner=get("owner"),
-        tags=tuple(get("tags", ())),
-        cancel_requested=bool(get("cancel_requested", False)),
-        history=() if not history else tuple(_run(run) for run in history),
-        trace=None if trace is None else dict(trace),
-        version=int(get("version", 1)),
-        lease=None
-        if lease is None
-        else Lease(str(lease["worker_id"]), str(lease["token"]), _when(lease["expires_at"])),
+    job = _new(_JobDraft)
+    value = record["id"]
+    job.id = value if type(value) is str else str(value)
+    value = record["type"]
+    job.type = value if type(value) is str else str(value)
+    job.params = record["params"]
+    job.status = _STATUS[record["status"]]
+    created, run_at = record["created_at"], record["run_at"]
+    job.created_at = created_at = _when(created)
+    job.run_at = created_at if run_at == created else _when(run_at)
+    value = get("priority", 0)
+    job.priority = value if type(value) is int else int(value)
+    value = get("progress", 0.0)
+    job.progress = value if type(value) is float else float(value)
+    job.message = get("message")
+    job.result = get("result")
+    value = get("error")
+    job.error = None if value is None else _job_error(value)
+    value = get("attempts", 0)
+    job.attempts = value if type(value) is int else int(value)
+    value = get("max_attempts", 1)
+    job.max_attempts = value if type(value) is int else int(value)
+    value = get("started_at")
+    job.started_at = None if value is None else _when(value)
+    value = get("finished_at")
+    job.finished_at = None if value is None else _when(value)
+    value = get("timeout")
+    job.timeout = None if value is None else float(value)
+    value = get("retention")
+    job.retention = None if value is None else float(value)
+    job.idempotency_key = get("idempotency_key")
+    job.owner = get("owner")
+    job.tags = tuple(get("tags", ()))
+    job.cancel_requested = bool(get("cancel_requested", False))
+    value = get("history")
+    job.history = () if not value else tuple(_run(run) for run in value)
+    value = get("trace")
+    job.trace = None if value is None else dict(value)
+    value = get("version", 1)
+    job.version = value if type(value) is int else int(value)
+    value = get("lease")
+    job.lease = (
+        None
+        if value is None
+        else Lease(str(value["worker_id"]), str(value["token"]), _when(value["expires_at"]))
     )
+    job.__class__ = Job
+    return job  # type: ignore[no-any-return]
 
 
 def job_to_wire(job: Job) -> dict[str, Any]:
@@ -341,6 +364,110 @@ _dumps: Final = _encoder()
 def dumps(value: Any) -> str:
     """Compact JSON, as used on the wire and in stores."""
     return _dumps(value)
+
+
+#: The C scanner of a decoder configured as json.loads' own.
+_scan: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def loads(text: bytes | str) -> Any:
+    """``json.loads(text)``, without its steps that compact JSON never needs.
+
+    For a stored record (a JSON object, UTF-8 with no BOM nor whitespace around it)
+    json.loads spends a third of its time guessing the encoding and skipping blanks
+    around the value; anything else goes to json.loads, which also raises its errors.
+    """
+    if isinstance(text, str):
+        chars = text
+    elif isinstance(text, (bytes, bytearray)) and text[:2] == b'{"':
+        chars = text.decode("utf-8", "surrogatepass")  # what json.loads finds and does
+    else:
+        return json.loads(text)
+    if chars[:2] == '{"':
+        try:
+            value, end = _scan(chars, 0)
+        except StopIteration:  # not a value at all: json.loads raises its error
+            pass
+        else:
+            if end == len(chars):
+                return value
+    return json.loads(text)
+
+
+_STATUS_JSON: Final = {status: f'"{status.value}"' for status in JobStatus}
+_finite: Final = math.isfinite
+_str: Final = json.encoder.encode_basestring  # what the encoder above writes a str with
+
+
+def _value(value: Any) -> str:
+    """``dumps(value)``; the scalars a record holds written without the encoder."""
+    if value is None:
+        return "null"
+    kind = type(value)
+    if kind is str:
+        return _str(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and _finite(value):  # the encoder writes NaN, Infinity
+        return float.__repr__(value)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return _dumps(value)
+
+
+def record_text(job: Job) -> str:
+    """``dumps(job_to_record(job))``, the same text, written without the record dict.
+
+    The encoder writes a record of mostly scalars key by key (a call per key, a chunk
+    per key and value): several times the cost of formatting the one string directly.
+    Each field is written as the encoder writes it; values that are not the plain
+    scalars a record usually holds go through the encoder itself.
+    """
+    # The common values inline (an int or a finite float formats as the encoder writes
+    # it, x - x == 0.0 only for a finite x; None is null); anything else through _value.
+    params, tags, history, lease = job.params, job.tags, job.history, job.lease
+    id_, type_, message, result = job.id, job.type, job.message, job.result
+    priority, prog, attempts, most = job.priority, job.progress, job.attempts, job.max_attempts
+    started, finished, cancel = job.started_at, job.finished_at, job.cancel_requested
+    timeout, keep, key, owner = job.timeout, job.retention, job.idempotency_key, job.owner
+    trace, version, status = job.trace, job.version, job.status
+    # An _iso text never needs escaping (digits, "-", ":", ".", "+", "T").
+    started_text = "null" if started is None else f'"{_iso(started)}"'
+    finished_text = "null" if finished is None else f'"{_iso(finished)}"'
+    return (
+        f'{{"id":{_str(id_) if type(id_) is str else _value(id_)},'
+        f'"type":{_str(type_) if type(type_) is str else _value(type_)},'
+        f'"params":{"{}" if type(params) is dict and not params else _dumps(params)},'
+        f'"status":{_STATUS_JSON[status] if type(status) is JobStatus else _str(status.value)},'
+        f'"created_at":"{_iso(job.created_at)}","run_at":"{_iso(job.run_at)}",'
+        f'"priority":{priority if type(priority) is int else _value(priority)},'
+        f'"progress":{prog if type(prog) is float and prog - prog == 0.0 else _value(prog)},'
+        f'"message":{"null" if message is None else _value(message)},'
+        f'"result":{"null" if result is None else _value(result)},'
+        f'"error":{"null" if job.error is None else _dumps(_error(job.error))},'
+        f'"attempts":{attempts if type(attempts) is int else _value(attempts)},'
+        f'"max_attempts":{most if type(most) is int else _value(most)},'
+        f'"started_at":{started_text},"finished_at":{finished_text},'
+        f'"timeout":{"null" if timeout is None else _value(timeout)},'
+        f'"retention":{keep if type(keep) is float and keep - keep == 0.0 else _value(keep)},'
+        f'"idempotency_key":{"null" if key is None else _value(key)},'
+        f'"owner":{"null" if owner is None else _value(owner)},'
+        f'"tags":{"[]" if tags == () else _dumps(list(tags))},'
+        f'"cancel_requested":{"false" if cancel is False else _value(cancel)},'
+        f'"history":{"[]" if not history else _dumps(_history(history))},'
+        f'"trace":{"null" if trace is None else _value(trace)},'
+        f'"version":{version if type(version) is int else _value(version)},'
+        f'"lease":{"null" if lease is None else _lease_text(lease)}}}'
+    )
+
+
+def _lease_text(lease: Lease) -> str:
+    return (
+        f'{{"worker_id":{_value(lease.worker_id)},"token":{_value(lease.token)},'
+        f'"expires_at":"{_iso(lease.expires_at)}"}}'
+    )
 
 
 def problem_to_wire(problem: Problem) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -515,6 +516,119 @@ async def test_a_batch_of_finishes_is_one_call_and_a_stale_token_fails_only_its_
         await mine.close()
         await other.close()
         await destroy_redis_prefix(redis_url, prefix)
+
+
+async def test_claimed_jobs_are_what_a_read_makes_and_only_an_end_wakes(redis_url: str) -> None:
+    """A claim builds its jobs from the reply (not through ``materialize``) and announces
+    them without a wake-up (a start frees nothing): the jobs are those a read of the
+    stored job makes, and the events a finish announces are the general ones."""
+    from datetime import datetime, timedelta, timezone
+
+    from asyncjobs.job import JobError
+    from asyncjobs.stores import Outcome
+
+    prefix = f"aj_claimread_{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    seen: list[JobEvent] = []
+    try:
+        await store.open()
+        store.add_listener(seen.append)
+        plain = _queued()
+        rich = attrs.evolve(
+            _queued(max_attempts=3),
+            params={"n": [1, 2.5, None, "é"], "s": 'a"b\\c'},
+            tags=("x", "y"),
+            trace={"traceparent": "00-ab-cd-01"},
+            owner="tenant",
+            idempotency_key="k1",
+            timeout=30,
+            retention=60.0,
+            run_at=t0 + timedelta(microseconds=1),
+        )
+        for job in (plain, rich):
+            await store.add(job)
+        seen.clear()
+        generation = store.work_generation()
+        claimed = await store.claim("w1", types=["t"], limit=5, lease=30, now=t0)
+        assert store.work_generation() == generation
+        assert claimed == [await store.get(job.id) for job in (plain, rich)]
+        assert [(e.type, e.job) for e in seen] == [(EventType.STARTED, j) for j in claimed]
+        seen.clear()
+        outcomes = [
+            Outcome(JobStatus.COMPLETED, result={"ok": [1, "é"]}),
+            Outcome(JobStatus.SCHEDULED, error=JobError("E", "m", "tb"), run_at=t0),
+        ]
+        done = []
+        for job, outcome in zip(claimed, outcomes, strict=True):
+            assert job.lease is not None
+            done.append(await store.finish(job.id, job.lease.token, outcome, now=t0))
+        assert store.work_generation() > generation
+        assert done == [await store.get(job.id) for job in claimed]
+        assert [(e.type, e.job) for e in seen] == [
+            (EventType.COMPLETED, done[0]),
+            (EventType.RETRYING, done[1]),
+        ]
+    finally:
+        await store.close()
+        await destroy_redis_prefix(redis_url, prefix)
+
+
+async def _finish_with_a_lost_reply(redis_url: str, held: bool, landed: bool) -> tuple[Any, ...]:
+    from datetime import datetime, timezone
+
+    from asyncjobs.stores import Outcome
+
+    prefix = f"aj_lostreply_{uuid.uuid4().hex[:12]}"
+    store = RedisStore(redis_url, prefix=prefix)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    seen: list[JobEvent] = []
+    try:
+        await store.open()
+        await store.add(_queued())
+        (job,) = await store.claim("w1", types=["t"], limit=1, lease=30, now=t0)
+        assert job.lease is not None
+        store.add_listener(seen.append)
+        if not held:
+            store._held.clear()
+        send, sent = store._finishes._send, []
+
+        async def lossy(changes: list[Any]) -> list[Any]:
+            sent.append(changes)
+            if len(sent) > 1:
+                return await send(changes)
+            if landed:  # written, then the reply went missing
+                await send(changes)
+            return [[0]]
+
+        store._finishes._send = lossy  # type: ignore[method-assign]
+        done = await store.finish(job.id, job.lease.token, Outcome(JobStatus.COMPLETED), now=t0)
+        stored = await store.get(job.id)
+        return (
+            attrs.evolve(done, id=""),
+            attrs.evolve(stored, id=""),
+            [(e.type, e.job == done) for e in seen],
+            job.id in store._held,
+            len(sent),
+        )
+    finally:
+        await store.close()
+        await destroy_redis_prefix(redis_url, prefix)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "missed"])
+async def test_a_finish_with_a_lost_reply_ends_the_same_held_or_not(
+    redis_url: str, landed: bool
+) -> None:
+    """A worker's finish of a job it holds takes a path of its own (_change's first round
+    inline): when the commit's reply says it missed (it landed, or it did not), it ends
+    as the general path ends it, with the same job, stored record and events."""
+    fast = await _finish_with_a_lost_reply(redis_url, held=True, landed=landed)
+    general = await _finish_with_a_lost_reply(redis_url, held=False, landed=landed)
+    assert fast == general
+    assert fast[0] == fast[1] and fast[0].status is JobStatus.COMPLETED
+    assert fast[2] == ([] if landed else [(EventType.COMPLETED, True)])
+    assert fast[3:] == (False, 1 if landed else 2)  # one commit more only if it missed
 
 
 async def test_a_big_claim_across_types_keeps_the_order_and_limits_and_no_job_twice(

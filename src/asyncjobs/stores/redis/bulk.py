@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ...codec import _iso as _time_text
-from ...codec import dumps, job_to_record
+from ...codec import record_text
 from ...errors import JobNotFound, QueueFull
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...jsonrules import check_storable
@@ -190,7 +190,7 @@ async def add_many(
     for job in jobs:
         args += [
             job.id,
-            dumps(job_to_record(job)),
+            record_text(job),
             job.status.value,
             job.type,
             str(job.priority),

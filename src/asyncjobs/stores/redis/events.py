@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, final
 
 import attrs
 
-from ...codec import job_from_record, parse_time
+from ...codec import job_from_record, loads, parse_time
 from ...job import EventType, Job, JobEvent, Lease
 from ..steps import claim_step
 
@@ -61,7 +60,7 @@ def materialize(
 ) -> Job:
     """The job a hash (or a stream entry) describes: the stored record, the claim step
     applied when the claim script left it pending, and the lease from its own fields."""
-    job = job_from_record(json.loads(doc))
+    job = job_from_record(loads(doc))
     worker_s, token_s, expires_s = _text(worker), _text(token), _text(expires)
     claimed = _text(claimed_at)
     if claimed:
