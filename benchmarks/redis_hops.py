@@ -8,8 +8,8 @@ own, in the submitter's process; jobs submitted 10 ms apart, each awaited with
 reply, the worker's tail handing on ``job_created``, the claim sent and its reply, the
 handler's start, the finish sent and its reply, the observer's tail handing on
 ``job_completed``, ``wait`` returning (a job handed to the parked worker: its tail
-handing on ``job_started`` instead, and a claim with no round trip). Prints each hop's
-p50 after the submit call.
+hands on ``job_created`` and then ``job_started``, and the claim makes no round trip).
+Prints each hop's p50 after the submit call.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ async def main(n: int) -> None:
         if worker_handed is not None:  # a store that hands jobs to parked workers
 
             def on_handed(event: Any, member: bytes) -> None:
-                if event.type is EventType.STARTED:
-                    mark(event.job.id, "2 worker has job_started (handed)")
+                if event.type is EventType.CREATED:
+                    mark(event.job.id, "2 worker has job_created")
+                else:
+                    mark(event.job.id, "2b worker has job_started (handed)")
                 worker_handed(event, member)
 
             ws._tail._handed = on_handed
