@@ -447,3 +447,24 @@ async def test_the_scripts_time_text_is_pythons_isoformat(redis_url: str) -> Non
     finally:
         await client.aclose()
     assert [t.decode() for t in texts] == [m.isoformat() for m in moments]
+
+
+async def test_a_worker_parking_drops_the_entry_of_a_dead_process_on_its_type(
+    stores: Callable[[], RedisStore], redis_url: str, prefix: str
+) -> None:
+    """A type nobody submits any more would keep a dead process's entry forever: the
+    next worker that parks on the type drops it, with its parking record."""
+    dead, alive = await _open(stores), await _open(stores)
+    await _park(dead, "gone")
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        key, parking = "{" + prefix + "}:parked:t", "{" + prefix + "}:parking"
+        ((member, _),) = await client.zrange(key, 0, -1, withscores=True)
+        server, _ = await client.time()
+        await client.zadd(key, {member: server - 1})  # as if PARK_TTL had passed
+        await _park(alive, "w")
+        mine = alive._parking.member("w").encode()
+        assert await client.zrange(key, 0, -1) == [mine]
+        assert await client.hkeys(parking) == [mine]
+    finally:
+        await client.aclose()

@@ -330,8 +330,16 @@ if pm then
     local spec, until_ = {tonumber(ARGV[pa + 3])}, fmt('%.6f', server + """
     + str(PARK_TTL)
     + r""")
+    local now_text = fmt('%.6f', server)
     for i = 1, n do
       local t = ARGV[8 + 2 * i]
+      -- Entries of processes that died parked on this type go (a submit of the type
+      -- drops them too; a type nobody submits would keep them otherwise).
+      local stale = redis.call('ZRANGEBYSCORE', P .. 'parked:' .. t, '-inf', now_text)
+      if #stale > 0 then
+        redis.call('ZREM', P .. 'parked:' .. t, unpack(stale))
+        redis.call('HDEL', P .. 'parking', unpack(stale))
+      end
       redis.call('ZADD', P .. 'parked:' .. t, until_, pm)
       spec[#spec + 1] = t
       spec[#spec + 1] = tonumber(ARGV[9 + 2 * i])
