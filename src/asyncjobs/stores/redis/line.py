@@ -6,17 +6,20 @@ reply and gives the connection back: in a worker draining a queue, and in a loop
 submits, that was more Python time than the store's own work around the call. The
 scripts are the store's hot path, so they go through a :class:`ScriptLine` instead:
 
-* one connection, made by the pool's own connection class and settings (password, TLS,
-  database, client setup are the pool's), that every script call of the store shares;
-* a call writes its command at once, whatever is in flight (Redis answers in order), and
-  one reader task hands each reply to its caller: calls made together cost one round
-  trip, not one each, and no call waits for a connection;
+* one connection, set up by the pool's own connection class and settings (password,
+  TLS, database, client setup are the pool's), that every script call of the store
+  shares; once set up, its transport is read by this module's protocol, which feeds
+  what arrives to hiredis and hands each reply to its caller as the bytes come in (no
+  reader task to wake per reply);
+* a call writes its command at once, whatever is in flight (Redis answers in order):
+  calls made together cost one round trip, not one each, and no call waits for a
+  connection;
 * a caller that is cancelled stops waiting; its reply is still read and dropped, so the
   replies of the others stay in step;
 * when the connection breaks, every call in flight fails with ``ConnectionError`` and
   is sent again on a new connection (as redis-py's retry did: a script whose reply was
   lost may have run; the store's callers already tell their own landed write from
-  another's), with redis-py's backoff, for up to ``reconnect_timeout`` seconds.
+  another's), with redis-py's backoff, for as many tries as the pool's retry policy.
 """
 
 from __future__ import annotations
@@ -31,19 +34,63 @@ _RETRYABLE = (ConnectionError, TimeoutError, OSError)
 
 
 @final
+class _Replies(asyncio.Protocol):
+    """Reads one connection's replies and hands them, in order, to the waiting calls."""
+
+    def __init__(self, reader: Any, broken: Any) -> None:
+        self.reader = reader  # a hiredis.Reader
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.transport: Any = None
+        # Kept until the connection is gone: asyncio warns of a StreamWriter dropped
+        # while its transport is open.
+        self.writer: Any = None
+        self.lost: BaseException | None = None  # set once: the connection is unusable
+        self._broken = broken  # the error a lost connection raises in its callers
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        try:
+            reply = reader.gets()
+            while reply is not False:
+                future = self.waiting.popleft()
+                if not future.done():  # its caller may have been cancelled
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+                reply = reader.gets()
+        except Exception as exc:  # a protocol error: nothing more can be read in step
+            self.fail(self._broken(f"the Redis connection broke: {exc!r}"))
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        self.fail(self._broken("Redis closed the connection"))
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(self._broken(f"the Redis connection was lost: {exc!r}"))
+
+    def fail(self, error: BaseException) -> None:
+        if self.lost is None:
+            self.lost = error
+        waiting, self.waiting = self.waiting, deque()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+
+@final
 class ScriptLine:
     """Script calls over one connection, pipelined. Made by :func:`open_line`."""
 
-    def __init__(self, make: Any, pack: Any, reader_of: Any, errors: Any, backoff: Any) -> None:
+    def __init__(self, make: Any, pack: Any, reader_of: Any, errors: Any, retry: Any) -> None:
         self._make = make  # () -> a redis-py connection, not yet connected
         self._pack = pack  # args -> bytes (hiredis.pack_command)
         self._reader_of = reader_of  # connection -> a hiredis.Reader for its replies
-        self._errors = errors  # the redis-py exception types a broken connection raises
-        self._backoff, self._tries = backoff
-        self._conn: Any = None
-        self._writer: Any = None
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-        self._reading: asyncio.Task[None] | None = None
+        self._errors = errors  # the exception types of a broken connection
+        self._backoff, self._tries = retry
+        self._replies: _Replies | None = None
         self._connecting: asyncio.Lock | None = None
         self._closed = False
 
@@ -52,11 +99,16 @@ class ScriptLine:
         packed = self._pack(args)
         failures = 0
         while True:
-            if self._writer is None:
+            replies = self._replies
+            if replies is None or replies.lost is not None:
                 # Retries through an outage with the pool's own policy: its failure is final.
-                await self._connect()
+                replies = await self._connect()
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            # Appended and written in one step: replies come back in the order of writes.
+            replies.waiting.append(future)
+            replies.transport.write(packed)
             try:
-                return await self._send(packed)
+                return await future
             except self._errors:
                 if self._closed:
                     raise
@@ -65,16 +117,7 @@ class ScriptLine:
                     raise
                 await asyncio.sleep(self._backoff.compute(failures))
 
-    async def _send(self, packed: bytes) -> Any:
-        if self._writer is None:  # broke since the caller looked: counts as a failure
-            raise ConnectionError("the Redis connection broke")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        # Appended and written in one step: replies come back in the order of writes.
-        self._waiting.append(future)
-        self._writer.write(packed)
-        return await future
-
-    async def _connect(self) -> None:
+    async def _connect(self) -> _Replies:
         from redis.exceptions import ConnectionError as RedisConnectionError
 
         if self._closed:
@@ -82,65 +125,34 @@ class ScriptLine:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._writer is not None:
-                return
+            replies = self._replies
+            if replies is not None and replies.lost is None:
+                return replies
             conn = self._make()
             await conn.connect()  # retries through an outage with the pool's policy
+            writer = conn._writer
+            transport = writer.transport
+            # The handshake's replies were all read: from here on the socket is ours, and
+            # redis-py's connection object no longer holds it.
+            replies = _Replies(self._reader_of(conn), RedisConnectionError)
+            replies.transport, replies.writer = transport, writer
+            conn._parser.on_disconnect()
+            conn._reader = conn._writer = None
+            transport.set_protocol(replies)
             if self._closed:
-                await conn.disconnect()
+                transport.close()
                 raise RedisConnectionError("the store closed")
-            self._conn, self._writer = conn, conn._writer
-            self._reading = asyncio.get_running_loop().create_task(
-                self._read(conn, self._reader_of(conn), self._waiting)
-            )
-
-    async def _read(self, conn: Any, reader: Any, waiting: deque[asyncio.Future[Any]]) -> None:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        stream = conn._reader
-        error: BaseException
-        try:
-            while True:
-                data = await stream.read(65536)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection")
-                reader.feed(data)
-                reply = reader.gets()
-                while reply is not False:
-                    future = waiting.popleft()
-                    if not future.done():  # its caller may have been cancelled
-                        if isinstance(reply, Exception):
-                            future.set_exception(reply)
-                        else:
-                            future.set_result(reply)
-                    reply = reader.gets()
-        except asyncio.CancelledError:
-            error = RedisConnectionError("the store closed")
-            raise
-        except RedisConnectionError as exc:
-            error = exc
-        except Exception as exc:  # an OSError, a protocol error: the line is unusable
-            error = RedisConnectionError(f"the Redis connection broke: {exc!r}")
-        finally:
-            # Nothing more can be read from this connection: whoever still waits on it
-            # is told now (and sends again on a new one), never left hanging.
-            if self._conn is conn:
-                self._conn = self._writer = self._reading = None
-                self._waiting = deque()
-            for future in waiting:
-                if not future.done():
-                    future.set_exception(error)
-            waiting.clear()
-            await conn.disconnect(nowait=True)
+            self._replies = replies
+            return replies
 
     async def close(self) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
         self._closed = True
-        task = self._reading
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task}, timeout=5.0)
-        elif self._conn is not None:
-            await self._conn.disconnect(nowait=True)
+        replies, self._replies = self._replies, None
+        if replies is not None:
+            replies.fail(RedisConnectionError("the store closed"))
+            replies.transport.close()
 
 
 def open_line(client: Any, *, name: str) -> ScriptLine | None:
