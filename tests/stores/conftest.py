@@ -16,9 +16,10 @@ from __future__ import annotations
 import re
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import final
+from typing import Any, final
 
 import pytest
 
@@ -175,3 +176,21 @@ async def store_factory(backend: Backend) -> AsyncIterator[StoreFactory]:
 async def store(store_factory: StoreFactory) -> Store:
     """A fresh, opened store; closed (and its database removed) after the test."""
     return await store_factory()
+
+
+@contextmanager
+def script_calls(store: Any) -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
+    """Every script call a Redis store makes while inside: (script name, its arguments
+    after the key)."""
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    inner = store._eval
+
+    async def spy(name: str, key: str, *args: Any) -> Any:
+        calls.append((name, args))
+        return await inner(name, key, *args)
+
+    store._eval = spy
+    try:
+        yield calls
+    finally:
+        store._eval = inner

@@ -39,6 +39,7 @@ from typing import Any, TypeVar, final
 from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseLost
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus
 from ...webhooks.model import Delivery, Webhook
+from ..handoff import give_back
 from ..listeners import LocalNotifier
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
@@ -189,7 +190,7 @@ class PostgresStore:
 
     async def close(self) -> None:
         if self._handoffs is not None and self._pool is not None:
-            await submit.give_back(self, self._handoffs.forget())
+            await give_back(self, self._handoffs.forget())
         pool, self._pool = self._pool, None
         listener, self._listener = self._listener, None
         self._held.clear()
@@ -502,7 +503,7 @@ class PostgresStore:
     async def remove_worker(self, worker_id: str) -> None:
         self._idle.forget(worker_id)
         if self._handoffs is not None:
-            await submit.give_back(self, self._handoffs.forget(worker_id))
+            await give_back(self, self._handoffs.forget(worker_id))
         await workers.delete_worker(self, worker_id)
 
     # -- notifier ----------------------------------------------------------------

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ...codec import dumps, job_to_record
-from ...errors import JobNotFound, LeaseLost, QueueFull
-from ...job import EventType, Job, JobEvent, JobStatus
+from ...errors import QueueFull
+from ...job import EventType, Job, JobEvent
 from ...jsonrules import check_storable
-from ..protocol import Outcome
+from ..handoff import give_back
 from ..steps import claim_step
 from .bulk import load_job
 from .events import encode_head
@@ -27,7 +25,7 @@ from .schema import import_asyncpg
 if TYPE_CHECKING:
     from .store import PostgresStore
 
-__all__ = ["add", "add_handed", "give_back"]
+__all__ = ["add", "add_handed"]
 
 logger = logging.getLogger("asyncjobs.store.postgres")
 
@@ -174,16 +172,3 @@ async def add_handed(
         await store._announce_again(job, EventType.CREATED, job.created_at)
         await store._announce_again(running, EventType.STARTED, job.created_at)
     return job, True
-
-
-async def give_back(store: PostgresStore, jobs: Sequence[Job]) -> None:
-    """Requeue jobs handed to a worker that never took them (attempt returned)."""
-    for job in jobs:
-        assert job.lease is not None
-        now = datetime.now(timezone.utc)
-        try:
-            await store.finish(job.id, job.lease.token, Outcome(JobStatus.QUEUED), now=now)
-        except (LeaseLost, JobNotFound):
-            pass  # its lease ran out and it moved on: nothing to give back
-        except Exception:  # the lease runs out and the janitor requeues it
-            logger.warning("could not give back job %s", job.id, exc_info=True)

@@ -25,7 +25,7 @@ import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from time import time_ns
 from typing import Any, final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,6 +39,7 @@ from ...errors import ConfigurationError, IllegalTransition, JobNotFound, LeaseL
 from ...job import TERMINAL, EventType, Job, JobEvent, JobStatus, Lease, make_event
 from ...jsonrules import check_storable
 from ...webhooks.model import Delivery, Webhook, message_id
+from ..handoff import give_back
 from ..listeners import Listeners
 from ..protocol import EventListener, Outcome, Page, Stats, WorkerInfo
 from ..steps import (
@@ -690,7 +691,7 @@ class RedisStore:
             self._hold([job])
             self._notify_work()
             return
-        task = asyncio.get_running_loop().create_task(self._give_back([job]))
+        task = asyncio.get_running_loop().create_task(give_back(self, [job]))
         self._giving.add(task)
         task.add_done_callback(self._giving.discard)
 
@@ -706,18 +707,6 @@ class RedisStore:
         stored = await self._redis().hget(self._key(job_id), "d")
         return stored is not None and stored.decode() == doc
 
-    async def _give_back(self, jobs: Sequence[Job]) -> None:
-        """Requeue jobs handed to a worker that is gone (their attempt returned)."""
-        for job in jobs:
-            assert job.lease is not None
-            now = datetime.now(timezone.utc)
-            try:
-                await self.finish(job.id, job.lease.token, Outcome(JobStatus.QUEUED), now=now)
-            except (LeaseLost, JobNotFound):
-                pass  # its lease ran out and it moved on: nothing to give back
-            except Exception:  # its lease runs out and the janitor requeues it
-                logger.warning("could not give back job %s", job.id, exc_info=True)
-
     async def _leave_parking(self, worker_id: str | None = None) -> None:
         """Take a worker (or every worker of this store) off the parked lists, and give
         back what was handed to it and not taken."""
@@ -728,7 +717,7 @@ class RedisStore:
                     await self._eval("unpark", self._p + "parking", self._p, *members)
             except Exception:  # the entries age out on their own within seconds
                 logger.warning("could not take workers off the parked lists", exc_info=True)
-        await self._give_back(jobs)
+        await give_back(self, jobs)
         if worker_id is None and self._giving:
             await asyncio.wait(builtins.list(self._giving), timeout=5.0)
 
